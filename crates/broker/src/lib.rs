@@ -1,0 +1,21 @@
+//! FleetMQ's broker core: sessions, QoS 1/2 state machines, inflight windows,
+//! offline queues, the retained store, wills and the router. It does no network
+//! IO: connection tasks talk to it through [`Event`]s on a bounded channel and
+//! drain a bounded outbox per connection ([`ConnectionHandle`]); it writes to
+//! storage through [`fleetmq_storage::KvEngine`], group-committed.
+
+pub mod config;
+pub mod connection;
+pub mod message;
+pub mod metrics;
+pub mod persist;
+pub mod router;
+pub mod service;
+pub mod session;
+
+pub use config::{BrokerConfig, QueueFullPolicy};
+pub use connection::{ConnId, ConnectionEnd, ConnectionHandle, Outgoing, OutgoingPublish};
+pub use message::{now_ms, Message, MessageProperties};
+pub use metrics::{CloseReason, DropReason, Metrics};
+pub use router::{ConnectReply, ConnectRequest, Event};
+pub use service::BrokerService;

@@ -1,0 +1,1135 @@
+//! The router: one owner of every session, the subscription trie and the retained
+//! store, fed by events from connection tasks over a bounded channel. It never does
+//! IO: what must be written goes into the round's [`WriteBatch`], what must be sent
+//! into its outputs, and the service decides when both happen (after the batch is
+//! durable, when there is one).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleetmq_codec::{
+    AckProperties, LastWill, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+    RetainHandling, SubAck, SubscriptionOptions, UnsubAck,
+};
+use fleetmq_storage::WriteBatch;
+use fleetmq_topic::{Match, SubscriptionTrie, TopicFilter};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::config::{BrokerConfig, QueueFullPolicy};
+use crate::connection::{ConnId, ConnectionHandle, Outgoing, OutgoingPublish};
+use crate::message::{now_ms, Message, MessageProperties};
+use crate::metrics::{DropReason, Metrics};
+use crate::persist::{
+    self, client_key, client_prefix, DeliveryRecord, MessageRecord, SessionRecord, Snapshot,
+    SubscriptionRecord, WillRecord, DELIVERIES, MESSAGES, QOS2_IN, RETAINED, SESSIONS,
+};
+use crate::session::{Delivery, Inflight, Phase, Session, SubscriptionEntry};
+
+/// What a connection task asks of the router.
+#[derive(Debug)]
+pub enum Event {
+    Connect {
+        conn: ConnectionHandle,
+        request: ConnectRequest,
+        reply: oneshot::Sender<ConnectReply>,
+    },
+    /// A PUBLISH whose topic alias the connection already resolved.
+    Publish { conn: ConnId, publish: Publish },
+    PubAck { conn: ConnId, packet_id: u16 },
+    PubRec { conn: ConnId, packet_id: u16, reason: ReasonCode },
+    PubRel { conn: ConnId, packet_id: u16 },
+    PubComp { conn: ConnId, packet_id: u16 },
+    Subscribe {
+        conn: ConnId,
+        packet_id: u16,
+        /// Per filter, in order: parsed, or the reason it was refused.
+        filters: Vec<Result<(TopicFilter, SubscriptionOptions), ReasonCode>>,
+        subscription_id: Option<u32>,
+    },
+    Unsubscribe {
+        conn: ConnId,
+        packet_id: u16,
+        filters: Vec<String>,
+    },
+    /// The connection ended; `publish_will` is false only after a normal DISCONNECT.
+    Disconnect {
+        conn: ConnId,
+        publish_will: bool,
+        session_expiry_interval: Option<u32>,
+    },
+}
+
+/// A validated CONNECT.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    pub client_id: Arc<str>,
+    pub protocol: ProtocolVersion,
+    pub clean_start: bool,
+    /// Already capped by `max_session_expiry_interval`.
+    pub session_expiry_interval: u32,
+    /// The client's Receive Maximum (65,535 for MQTT 3.x).
+    pub receive_maximum: u16,
+    pub will: Option<LastWill>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectReply {
+    pub session_present: bool,
+}
+
+/// Something to do once the round's writes are durable.
+#[derive(Debug)]
+pub enum Output {
+    Send(ConnectionHandle, Outgoing),
+    Reply(oneshot::Sender<ConnectReply>, ConnectReply),
+}
+
+/// Everything one pass of the router produced.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub batch: WriteBatch,
+    pub outputs: Vec<Output>,
+}
+
+impl Round {
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.outputs.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Timer {
+    WillDelay { client: Arc<str>, generation: u64 },
+    SessionExpiry { client: Arc<str>, generation: u64 },
+    Sys,
+}
+
+/// State the router shares between sessions: everything but the sessions.
+struct Core {
+    config: BrokerConfig,
+    metrics: Arc<Metrics>,
+    round: Round,
+    /// Stored message id → number of persistent deliveries still pointing at it.
+    stored_refs: HashMap<u64, u32>,
+    next_seq: u64,
+}
+
+pub struct Router {
+    core: Core,
+    sessions: HashMap<Arc<str>, Session>,
+    connections: HashMap<ConnId, Arc<str>>,
+    trie: SubscriptionTrie<Arc<str>, SubscriptionEntry>,
+    retained: HashMap<Arc<str>, Arc<Message>>,
+    timers: BTreeMap<(Instant, u64), Timer>,
+    timer_seq: u64,
+    share_counter: usize,
+    /// Reused for every PUBLISH to avoid an allocation per message.
+    targets: Vec<(Arc<str>, SubscriptionEntry)>,
+}
+
+const SYS_PREFIX: &str = "$SYS/";
+
+impl Router {
+    /// A router holding what `snapshot` stored.
+    pub fn new(config: BrokerConfig, metrics: Arc<Metrics>, snapshot: Snapshot) -> Self {
+        let sys_interval = config.sys_interval;
+        let mut router = Router {
+            core: Core {
+                config,
+                metrics,
+                round: Round::default(),
+                stored_refs: HashMap::new(),
+                next_seq: 1,
+            },
+            sessions: HashMap::new(),
+            connections: HashMap::new(),
+            trie: SubscriptionTrie::new(),
+            retained: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            share_counter: 0,
+            targets: Vec::new(),
+        };
+        router.restore(snapshot);
+        if let Some(interval) = sys_interval {
+            router.set_timer(Instant::now() + interval.min(Duration::from_secs(1)), Timer::Sys);
+        }
+        router
+    }
+
+    fn restore(&mut self, snap: Snapshot) {
+        let now = now_ms();
+        let instant_now = Instant::now();
+        for record in snap.retained {
+            let message = Arc::new(record.into_message());
+            self.retained.insert(message.topic.clone(), message);
+        }
+        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+        let mut max_seq = 0;
+        for (id, record) in snap.messages {
+            max_seq = max_seq.max(id);
+            messages.insert(id, Arc::new(record.into_message()));
+        }
+        for (client, record) in snap.sessions {
+            let client: Arc<str> = Arc::from(client);
+            let mut session = Session::new(client.clone(), record.protocol(), record.expiry_interval);
+            for sub in &record.subscriptions {
+                match TopicFilter::parse(&sub.filter) {
+                    Ok(filter) => {
+                        let entry = sub.entry();
+                        self.trie.insert(&filter, client.clone(), entry);
+                        session.subscriptions.insert(sub.filter.clone(), entry);
+                    }
+                    Err(e) => warn!(client_id = %client, filter = %sub.filter, error = %e, "dropping stored subscription"),
+                }
+            }
+            // A session stored without a disconnect time was connected when the
+            // process died: its connection ended now, abnormally.
+            let ended_at = record.disconnected_at_ms.unwrap_or(now);
+            session.disconnected_at_ms = Some(ended_at);
+            session.will = record.will.map(WillRecord::into_will);
+            let elapsed = Duration::from_millis(now.saturating_sub(ended_at));
+            if let Some(will) = &session.will {
+                let delay = Duration::from_secs(u64::from(
+                    will.properties.will_delay_interval.unwrap_or(0),
+                ));
+                self.set_timer(
+                    instant_now + delay.saturating_sub(elapsed),
+                    Timer::WillDelay {
+                        client: client.clone(),
+                        generation: 0,
+                    },
+                );
+            }
+            if session.expiry_interval != u32::MAX {
+                let expiry = Duration::from_secs(u64::from(session.expiry_interval));
+                self.set_timer(
+                    instant_now + expiry.saturating_sub(elapsed),
+                    Timer::SessionExpiry {
+                        client: client.clone(),
+                        generation: 0,
+                    },
+                );
+            }
+            Metrics::gauge_add(&self.core.metrics.sessions_current, 1);
+            Metrics::gauge_add(
+                &self.core.metrics.subscriptions_current,
+                session.subscriptions.len() as i64,
+            );
+            self.sessions.insert(client, session);
+        }
+        for (client, seq, record) in snap.deliveries {
+            max_seq = max_seq.max(seq);
+            let Some(session) = self.sessions.get_mut(client.as_str()) else {
+                self.core.round.batch.delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
+                continue;
+            };
+            let Some(message) = messages.get(&record.message_id) else {
+                warn!(client_id = %client, seq, "stored delivery without its message");
+                self.core.round.batch.delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
+                continue;
+            };
+            *self.core.stored_refs.entry(record.message_id).or_insert(0) += 1;
+            let delivery = Delivery {
+                seq,
+                message: message.clone(),
+                stored_id: Some(record.message_id),
+                qos: QoS::from_u8(record.qos).unwrap_or(QoS::AtLeastOnce),
+                retain: record.retain,
+                subscription_ids: record.subscription_ids.clone(),
+            };
+            match record.phase() {
+                Some((packet_id, phase)) => {
+                    session.note_packet_id(packet_id);
+                    session.inflight.push_back(Inflight {
+                        packet_id,
+                        phase,
+                        delivery,
+                    });
+                }
+                None => {
+                    session.queue.push_back(delivery);
+                    Metrics::gauge_add(&self.core.metrics.queued_messages_current, 1);
+                }
+            }
+        }
+        for (client, packet_id) in snap.qos2_in {
+            if let Some(session) = self.sessions.get_mut(client.as_str()) {
+                session.incoming_qos2.insert(packet_id);
+            }
+        }
+        for id in messages.keys() {
+            if !self.core.stored_refs.contains_key(id) {
+                self.core.round.batch.delete(MESSAGES, id.to_be_bytes());
+            }
+        }
+        self.core.next_seq = max_seq + 1;
+        let retained_count = self.retained.len() as i64;
+        Metrics::gauge_add(&self.core.metrics.retained_current, retained_count);
+        if !self.sessions.is_empty() || !self.retained.is_empty() {
+            info!(
+                sessions = self.sessions.len(),
+                retained = self.retained.len(),
+                stored_messages = self.core.stored_refs.len(),
+                "restored state from storage"
+            );
+        }
+    }
+
+    /// Takes what the events handled since the last call produced.
+    pub fn take_round(&mut self) -> Round {
+        std::mem::take(&mut self.core.round)
+    }
+
+    /// Outputs and writes produced so far in this round.
+    pub fn round_len(&self) -> usize {
+        self.core.round.outputs.len() + self.core.round.batch.len()
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    fn set_timer(&mut self, at: Instant, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq), timer);
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn fire_timers(&mut self, now: Instant) {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            match timer {
+                Timer::WillDelay { client, generation } => {
+                    if let Some(session) = self.sessions.get_mut(&client) {
+                        if session.generation == generation && !session.is_connected() {
+                            if let Some(will) = session.will.take() {
+                                if session.is_persistent() {
+                                    let record = session_record(session);
+                                    self.core.round.batch.put(SESSIONS, client.as_bytes(), persist::encode(&record));
+                                }
+                                self.publish_will(&client, &will);
+                            }
+                        }
+                    }
+                }
+                Timer::SessionExpiry { client, generation } => {
+                    let expired = self
+                        .sessions
+                        .get(&client)
+                        .is_some_and(|s| s.generation == generation && !s.is_connected());
+                    if expired {
+                        debug!(client_id = %client, "session expired");
+                        self.end_session(&client);
+                    }
+                }
+                Timer::Sys => {
+                    self.publish_sys();
+                    if let Some(interval) = self.core.config.sys_interval {
+                        self.set_timer(now + interval, Timer::Sys);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connect {
+                conn,
+                request,
+                reply,
+            } => self.connect(conn, request, reply),
+            Event::Publish { conn, publish } => self.client_publish(conn, publish),
+            Event::PubAck { conn, packet_id } => {
+                self.with_session(conn, |core, s| core.complete(s, packet_id, Phase::AwaitPubAck))
+            }
+            Event::PubRec {
+                conn,
+                packet_id,
+                reason,
+            } => self.with_session(conn, |core, s| core.pubrec(s, packet_id, reason)),
+            Event::PubComp { conn, packet_id } => {
+                self.with_session(conn, |core, s| core.complete(s, packet_id, Phase::AwaitPubComp))
+            }
+            Event::PubRel { conn, packet_id } => {
+                self.with_session(conn, |core, s| core.pubrel(s, packet_id))
+            }
+            Event::Subscribe {
+                conn,
+                packet_id,
+                filters,
+                subscription_id,
+            } => self.subscribe(conn, packet_id, filters, subscription_id),
+            Event::Unsubscribe {
+                conn,
+                packet_id,
+                filters,
+            } => self.unsubscribe(conn, packet_id, filters),
+            Event::Disconnect {
+                conn,
+                publish_will,
+                session_expiry_interval,
+            } => self.disconnect(conn, publish_will, session_expiry_interval),
+        }
+    }
+
+    fn with_session(&mut self, conn: ConnId, f: impl FnOnce(&mut Core, &mut Session)) {
+        let Some(client) = self.connections.get(&conn) else {
+            return;
+        };
+        if let Some(session) = self.sessions.get_mut(client) {
+            f(&mut self.core, session);
+        }
+    }
+
+    fn connect(
+        &mut self,
+        conn: ConnectionHandle,
+        request: ConnectRequest,
+        reply: oneshot::Sender<ConnectReply>,
+    ) {
+        let client = request.client_id.clone();
+        let mut session_present = false;
+        let mut old_will = None;
+        if let Some(existing) = self.sessions.get_mut(&client) {
+            if let Some(old) = existing.connection.take() {
+                debug!(client_id = %client, old_conn = old.id, "session taken over");
+                old.close(ReasonCode::SessionTakenOver);
+                self.connections.remove(&old.id);
+            }
+            if request.clean_start {
+                old_will = existing.will.take();
+                self.end_session(&client);
+            } else {
+                session_present = true;
+            }
+        }
+        if let Some(will) = old_will {
+            self.publish_will(&client, &will);
+        }
+        let core = &mut self.core;
+        let session = self.sessions.entry(client.clone()).or_insert_with(|| {
+            Metrics::gauge_add(&core.metrics.sessions_current, 1);
+            Session::new(client.clone(), request.protocol, request.session_expiry_interval)
+        });
+        let was_persistent = session.is_persistent();
+        session.protocol = request.protocol;
+        session.expiry_interval = request.session_expiry_interval;
+        session.will = request.will;
+        session.generation += 1;
+        session.disconnected_at_ms = None;
+        session.inflight_window = request
+            .receive_maximum
+            .min(core.config.max_inflight)
+            .max(1);
+        session.connection = Some(conn.clone());
+        self.connections.insert(conn.id, client.clone());
+
+        if was_persistent && !session.is_persistent() {
+            core.forget_stored_state(session);
+        }
+        if session.is_persistent() {
+            core.persist_session(session);
+        }
+        core.round.outputs.push(Output::Reply(
+            reply,
+            ConnectReply { session_present },
+        ));
+        core.resume(session);
+    }
+
+    fn disconnect(&mut self, conn: ConnId, publish_will: bool, new_expiry: Option<u32>) {
+        let Some(client) = self.connections.remove(&conn) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&client) else {
+            return;
+        };
+        if session.connection.as_ref().map(|c| c.id) != Some(conn) {
+            return;
+        }
+        session.connection = None;
+        session.disconnected_at_ms = Some(now_ms());
+        if let Some(expiry) = new_expiry {
+            let expiry = expiry.min(self.core.config.max_session_expiry_interval);
+            if session.is_persistent() && expiry == 0 {
+                self.core.forget_stored_state(session);
+            }
+            session.expiry_interval = expiry;
+        }
+        if !publish_will {
+            session.will = None;
+        }
+        let generation = session.generation;
+        let expiry = session.expiry_interval;
+        let will_delay = session
+            .will
+            .as_ref()
+            .map(|w| w.properties.will_delay_interval.unwrap_or(0));
+        if session.is_persistent() {
+            self.core.persist_session(session);
+        }
+        match will_delay {
+            // A will waits for its delay or the end of the session, whichever is first.
+            Some(delay) if delay > 0 && expiry > 0 => {
+                let delay = delay.min(expiry);
+                self.set_timer(
+                    Instant::now() + Duration::from_secs(u64::from(delay)),
+                    Timer::WillDelay {
+                        client: client.clone(),
+                        generation,
+                    },
+                );
+            }
+            Some(_) => {
+                if let Some(will) = self.sessions.get_mut(&client).and_then(|s| s.will.take()) {
+                    if let Some(session) = self.sessions.get(&client) {
+                        if session.is_persistent() {
+                            self.core.persist_session(session);
+                        }
+                    }
+                    self.publish_will(&client, &will);
+                }
+            }
+            None => {}
+        }
+        if expiry == 0 {
+            self.end_session(&client);
+        } else if expiry != u32::MAX {
+            self.set_timer(
+                Instant::now() + Duration::from_secs(u64::from(expiry)),
+                Timer::SessionExpiry {
+                    client: client.clone(),
+                    generation,
+                },
+            );
+        }
+    }
+
+    /// Removes a session and everything it holds, in memory and in storage.
+    fn end_session(&mut self, client: &Arc<str>) {
+        let Some(mut session) = self.sessions.remove(client) else {
+            return;
+        };
+        if let Some(conn) = session.connection.take() {
+            self.connections.remove(&conn.id);
+        }
+        for filter in session.subscriptions.keys() {
+            if let Ok(parsed) = TopicFilter::parse(filter) {
+                self.trie.remove(&parsed, client);
+            }
+        }
+        let metrics = &self.core.metrics;
+        Metrics::gauge_add(&metrics.sessions_current, -1);
+        Metrics::gauge_add(
+            &metrics.subscriptions_current,
+            -(session.subscriptions.len() as i64),
+        );
+        Metrics::gauge_add(&metrics.queued_messages_current, -(session.queue.len() as i64));
+        if session.is_persistent() {
+            self.core.forget_stored_state(&mut session);
+        }
+    }
+
+    fn client_publish(&mut self, conn: ConnId, publish: Publish) {
+        let Some(client) = self.connections.get(&conn).cloned() else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&client) else {
+            return;
+        };
+        let Some(handle) = session.connection.clone() else {
+            return;
+        };
+        let qos = publish.qos;
+        let packet_id = publish.packet_id.unwrap_or(0);
+        if qos == QoS::ExactlyOnce {
+            // A resent QoS 2 PUBLISH before PUBREL was already routed: ack it again only.
+            if !session.incoming_qos2.insert(packet_id) {
+                self.core.send(&handle, Outgoing::Packet(Packet::PubRec(PubResponse::new(packet_id))));
+                return;
+            }
+            if session.is_persistent() {
+                self.core.round.batch.put(
+                    QOS2_IN,
+                    client_key(&client, &packet_id.to_be_bytes()),
+                    Vec::new(),
+                );
+            }
+        }
+        let message = Arc::new(Message::from_publish(publish, client, now_ms()));
+        self.publish_message(message);
+        let ack = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(PubResponse::new(packet_id)),
+            QoS::ExactlyOnce => Packet::PubRec(PubResponse::new(packet_id)),
+        };
+        self.core.send(&handle, Outgoing::Packet(ack));
+    }
+
+    fn publish_will(&mut self, client: &Arc<str>, will: &LastWill) {
+        debug!(client_id = %client, topic = %will.topic, "publishing will");
+        let message = Arc::new(Message::from_will(will, client.clone(), now_ms()));
+        self.publish_message(message);
+    }
+
+    /// Stores or clears the retained message if asked, then routes to subscribers.
+    pub fn publish_message(&mut self, message: Arc<Message>) {
+        if message.retain && self.core.config.retain_available {
+            self.retain(&message);
+        }
+        self.route(&message);
+    }
+
+    fn retain(&mut self, message: &Arc<Message>) {
+        let is_sys = message.topic.starts_with(SYS_PREFIX);
+        let metrics = &self.core.metrics;
+        if message.payload.is_empty() {
+            if self.retained.remove(&message.topic).is_some() && !is_sys {
+                Metrics::gauge_add(&metrics.retained_current, -1);
+                self.core.round.batch.delete(RETAINED, message.topic.as_bytes());
+            }
+            return;
+        }
+        if self.retained.insert(message.topic.clone(), message.clone()).is_none() && !is_sys {
+            Metrics::gauge_add(&metrics.retained_current, 1);
+        }
+        if !is_sys {
+            self.core.round.batch.put(
+                RETAINED,
+                message.topic.as_bytes(),
+                persist::encode(&MessageRecord::from_message(message)),
+            );
+        }
+    }
+
+    fn route(&mut self, message: &Arc<Message>) {
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        let sessions = &self.sessions;
+        let counter = &mut self.share_counter;
+        self.trie.for_each_match(&message.topic, |m| match m {
+            Match::Direct { key, value } => targets.push((key.clone(), *value)),
+            Match::Shared { members, .. } => {
+                if let Some((key, value)) = pick_shared_member(members, sessions, counter) {
+                    targets.push((key.clone(), *value));
+                }
+            }
+        });
+        // Overlapping subscriptions of one client give one copy: group by client.
+        targets.sort_unstable_by_key(|(client, _)| Arc::as_ptr(client) as *const u8 as usize);
+        let mut stored_id = None;
+        let mut start = 0;
+        while start < targets.len() {
+            let client = targets[start].0.clone();
+            let mut end = start + 1;
+            while end < targets.len() && Arc::ptr_eq(&targets[end].0, &client) {
+                end += 1;
+            }
+            let own = message.publisher.as_deref() == Some(&*client);
+            let mut qos = None;
+            let mut retain = false;
+            let mut subscription_ids = Vec::new();
+            for (_, entry) in &targets[start..end] {
+                if own && entry.options.no_local {
+                    continue;
+                }
+                let granted = entry.options.qos.min(message.qos);
+                qos = Some(qos.map_or(granted, |q: QoS| q.max(granted)));
+                retain |= entry.options.retain_as_published && message.retain;
+                subscription_ids.extend(entry.subscription_id);
+            }
+            if let Some(qos) = qos {
+                if let Some(session) = self.sessions.get_mut(&client) {
+                    if !session.protocol.is_v5() {
+                        subscription_ids.clear();
+                    }
+                    self.core
+                        .deliver(session, message, qos, retain, subscription_ids, &mut stored_id);
+                }
+            }
+            start = end;
+        }
+        targets.clear();
+        self.targets = targets;
+    }
+
+    fn subscribe(
+        &mut self,
+        conn: ConnId,
+        packet_id: u16,
+        filters: Vec<Result<(TopicFilter, SubscriptionOptions), ReasonCode>>,
+        subscription_id: Option<u32>,
+    ) {
+        let Some(client) = self.connections.get(&conn).cloned() else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&client) else {
+            return;
+        };
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained_for = Vec::new();
+        for item in filters {
+            match item {
+                Ok((filter, options)) => {
+                    let entry = SubscriptionEntry {
+                        options,
+                        subscription_id,
+                    };
+                    let existed = session
+                        .subscriptions
+                        .insert(filter.as_str().to_string(), entry)
+                        .is_some();
+                    self.trie.insert(&filter, client.clone(), entry);
+                    if !existed {
+                        Metrics::gauge_add(&self.core.metrics.subscriptions_current, 1);
+                    }
+                    codes.push(match options.qos {
+                        QoS::AtMostOnce => ReasonCode::Success,
+                        QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+                        QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+                    });
+                    let send_retained = filter.share_group().is_none()
+                        && match options.retain_handling {
+                            RetainHandling::SendAtSubscribe => true,
+                            RetainHandling::SendIfNewSubscription => !existed,
+                            RetainHandling::DoNotSend => false,
+                        };
+                    if send_retained {
+                        retained_for.push((filter, entry));
+                    }
+                }
+                Err(code) => codes.push(code),
+            }
+        }
+        if session.is_persistent() {
+            self.core.persist_session(session);
+        }
+        if let Some(handle) = session.connection.clone() {
+            self.core.send(
+                &handle,
+                Outgoing::Packet(Packet::SubAck(SubAck {
+                    packet_id,
+                    reason_codes: codes,
+                    properties: AckProperties::default(),
+                })),
+            );
+        }
+        let now = now_ms();
+        for (filter, entry) in retained_for {
+            let mut matching: Vec<Arc<Message>> = self
+                .retained
+                .values()
+                .filter(|m| filter.matches(&m.topic) && !m.is_expired(now))
+                .cloned()
+                .collect();
+            matching.sort_by(|a, b| a.topic.cmp(&b.topic));
+            for message in matching {
+                let mut stored_id = None;
+                let qos = entry.options.qos.min(message.qos);
+                let ids = match (session.protocol.is_v5(), entry.subscription_id) {
+                    (true, Some(id)) => vec![id],
+                    _ => Vec::new(),
+                };
+                self.core
+                    .deliver(session, &message, qos, true, ids, &mut stored_id);
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, packet_id: u16, filters: Vec<String>) {
+        let Some(client) = self.connections.get(&conn).cloned() else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&client) else {
+            return;
+        };
+        let mut codes = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let removed = session.subscriptions.remove(&filter).is_some();
+            if removed {
+                if let Ok(parsed) = TopicFilter::parse(&filter) {
+                    self.trie.remove(&parsed, &client);
+                }
+                Metrics::gauge_add(&self.core.metrics.subscriptions_current, -1);
+            }
+            codes.push(if removed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
+        if session.is_persistent() {
+            self.core.persist_session(session);
+        }
+        if !session.protocol.is_v5() {
+            codes.clear();
+        }
+        if let Some(handle) = session.connection.clone() {
+            self.core.send(
+                &handle,
+                Outgoing::Packet(Packet::UnsubAck(UnsubAck {
+                    packet_id,
+                    reason_codes: codes,
+                    properties: AckProperties::default(),
+                })),
+            );
+        }
+    }
+
+    fn publish_sys(&mut self) {
+        let m = self.core.metrics.clone();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
+        let gauge = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed).max(0).to_string();
+        let stats = [
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ("uptime", m.uptime_secs().to_string()),
+            ("clients/connected", gauge(&m.connections_current)),
+            ("messages/received", load(&m.messages_received)),
+            ("messages/sent", load(&m.messages_sent)),
+            ("bytes/received", load(&m.bytes_received)),
+            ("bytes/sent", load(&m.bytes_sent)),
+            ("subscriptions/count", gauge(&m.subscriptions_current)),
+            ("retained/count", gauge(&m.retained_current)),
+        ];
+        for (name, value) in stats {
+            let message = Arc::new(Message {
+                topic: Arc::from(format!("{SYS_PREFIX}broker/{name}")),
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: MessageProperties::default(),
+                publisher: None,
+                expires_at_ms: None,
+            });
+            self.publish_message(message);
+        }
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.core.metrics.clone()
+    }
+
+    /// Number of sessions held, connected or not.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+/// Round robin over a shared group, preferring members that are connected now.
+fn pick_shared_member<'a>(
+    members: &'a [(Arc<str>, SubscriptionEntry)],
+    sessions: &HashMap<Arc<str>, Session>,
+    counter: &mut usize,
+) -> Option<&'a (Arc<str>, SubscriptionEntry)> {
+    if members.is_empty() {
+        return None;
+    }
+    *counter = counter.wrapping_add(1);
+    let start = *counter % members.len();
+    let online = (0..members.len())
+        .map(|i| &members[(start + i) % members.len()])
+        .find(|(client, _)| sessions.get(client).is_some_and(Session::is_connected));
+    online.or_else(|| members.get(start))
+}
+
+fn session_record(session: &Session) -> SessionRecord {
+    let mut subscriptions: Vec<SubscriptionRecord> = session
+        .subscriptions
+        .iter()
+        .map(|(filter, entry)| SubscriptionRecord::new(filter, entry))
+        .collect();
+    subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+    SessionRecord {
+        protocol_level: session.protocol.level(),
+        expiry_interval: session.expiry_interval,
+        subscriptions,
+        will: session.will.as_ref().map(WillRecord::from_will),
+        disconnected_at_ms: session.disconnected_at_ms,
+    }
+}
+
+impl Core {
+    fn send(&mut self, handle: &ConnectionHandle, item: Outgoing) {
+        self.round.outputs.push(Output::Send(handle.clone(), item));
+    }
+
+    fn persist_session(&mut self, session: &Session) {
+        let record = session_record(session);
+        self.round.batch.put(
+            SESSIONS,
+            session.client_id.as_bytes(),
+            persist::encode(&record),
+        );
+    }
+
+    /// Deletes what storage holds for a session that no longer persists.
+    fn forget_stored_state(&mut self, session: &mut Session) {
+        let client = session.client_id.clone();
+        self.round.batch.delete(SESSIONS, client.as_bytes());
+        self.round.batch.delete_prefix(DELIVERIES, client_prefix(&client));
+        self.round.batch.delete_prefix(QOS2_IN, client_prefix(&client));
+        let ids: Vec<u64> = session
+            .inflight
+            .iter_mut()
+            .map(|i| &mut i.delivery)
+            .chain(session.queue.iter_mut())
+            .filter_map(|d| d.stored_id.take())
+            .collect();
+        for id in ids {
+            self.release_stored(id);
+        }
+    }
+
+    fn release_stored(&mut self, id: u64) {
+        if let Some(count) = self.stored_refs.get_mut(&id) {
+            *count -= 1;
+            if *count == 0 {
+                self.stored_refs.remove(&id);
+                self.round.batch.delete(MESSAGES, id.to_be_bytes());
+            }
+        }
+    }
+
+    fn forget_delivery(&mut self, client: &str, delivery: &Delivery) {
+        if let Some(id) = delivery.stored_id {
+            self.round
+                .batch
+                .delete(DELIVERIES, client_key(client, &delivery.seq.to_be_bytes()));
+            self.release_stored(id);
+        }
+    }
+
+    fn store_delivery(&mut self, client: &str, delivery: &Delivery, inflight: Option<(u16, Phase)>) {
+        if let Some(id) = delivery.stored_id {
+            let record = DeliveryRecord {
+                message_id: id,
+                qos: delivery.qos.as_u8(),
+                retain: delivery.retain,
+                subscription_ids: delivery.subscription_ids.clone(),
+                inflight: inflight.map(|(pid, phase)| (pid, phase.as_u8())),
+            };
+            self.round.batch.put(
+                DELIVERIES,
+                client_key(client, &delivery.seq.to_be_bytes()),
+                persist::encode(&record),
+            );
+        }
+    }
+
+    /// Hands one message to one session: sent now, queued, or dropped by policy.
+    fn deliver(
+        &mut self,
+        session: &mut Session,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        stored_id: &mut Option<u64>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut delivery = Delivery {
+            seq,
+            message: message.clone(),
+            stored_id: None,
+            qos,
+            retain,
+            subscription_ids,
+        };
+        if qos == QoS::AtMostOnce {
+            // QoS 0 is never queued for an absent client.
+            if let Some(handle) = session.connection.clone() {
+                self.send_publish(&handle, &delivery, None, false);
+            }
+            return;
+        }
+        if session.is_persistent() {
+            let id = *stored_id.get_or_insert_with(|| {
+                let id = self.next_seq;
+                self.next_seq += 1;
+                self.round.batch.put(
+                    MESSAGES,
+                    id.to_be_bytes(),
+                    persist::encode(&MessageRecord::from_message(message)),
+                );
+                id
+            });
+            *self.stored_refs.entry(id).or_insert(0) += 1;
+            delivery.stored_id = Some(id);
+        }
+        if session.queue.is_empty() && session.has_window() {
+            self.start_inflight(session, delivery);
+            return;
+        }
+        if session.queue.len() >= self.config.max_queued_messages {
+            self.metrics.dropped(DropReason::QueueFull);
+            match self.config.queue_full_policy {
+                QueueFullPolicy::DropNew => {
+                    // Nothing was written for it yet but the body; release that.
+                    if let Some(id) = delivery.stored_id {
+                        self.release_stored(id);
+                    }
+                    return;
+                }
+                QueueFullPolicy::DropOldest => {
+                    if let Some(oldest) = session.queue.pop_front() {
+                        Metrics::gauge_add(&self.metrics.queued_messages_current, -1);
+                        self.forget_delivery(&session.client_id, &oldest);
+                    }
+                }
+            }
+        }
+        self.store_delivery(&session.client_id, &delivery, None);
+        session.queue.push_back(delivery);
+        Metrics::gauge_add(&self.metrics.queued_messages_current, 1);
+    }
+
+    fn start_inflight(&mut self, session: &mut Session, delivery: Delivery) {
+        let Some(handle) = session.connection.clone() else {
+            return;
+        };
+        let packet_id = session.allocate_packet_id();
+        let phase = if delivery.qos == QoS::ExactlyOnce {
+            Phase::AwaitPubRec
+        } else {
+            Phase::AwaitPubAck
+        };
+        self.store_delivery(&session.client_id, &delivery, Some((packet_id, phase)));
+        self.send_publish(&handle, &delivery, Some(packet_id), false);
+        session.inflight.push_back(Inflight {
+            packet_id,
+            phase,
+            delivery,
+        });
+    }
+
+    fn send_publish(
+        &mut self,
+        handle: &ConnectionHandle,
+        delivery: &Delivery,
+        packet_id: Option<u16>,
+        dup: bool,
+    ) {
+        self.send(
+            handle,
+            Outgoing::Publish(OutgoingPublish {
+                message: delivery.message.clone(),
+                qos: delivery.qos,
+                packet_id,
+                dup,
+                retain: delivery.retain,
+                subscription_ids: delivery.subscription_ids.clone(),
+            }),
+        );
+    }
+
+    /// Fills the inflight window from the queue.
+    fn pump(&mut self, session: &mut Session) {
+        let now = now_ms();
+        while session.has_window() {
+            let Some(delivery) = session.queue.pop_front() else {
+                break;
+            };
+            Metrics::gauge_add(&self.metrics.queued_messages_current, -1);
+            if delivery.message.is_expired(now) {
+                self.metrics.dropped(DropReason::Expired);
+                self.forget_delivery(&session.client_id, &delivery);
+                continue;
+            }
+            self.start_inflight(session, delivery);
+        }
+    }
+
+    /// After a (re)connect: resend what was in flight, then send what waited.
+    fn resume(&mut self, session: &mut Session) {
+        let Some(handle) = session.connection.clone() else {
+            return;
+        };
+        for inflight in &session.inflight {
+            match inflight.phase {
+                Phase::AwaitPubAck | Phase::AwaitPubRec => {
+                    self.send_publish(&handle, &inflight.delivery, Some(inflight.packet_id), true)
+                }
+                Phase::AwaitPubComp => self.send(
+                    &handle,
+                    Outgoing::Packet(Packet::PubRel(PubResponse::new(inflight.packet_id))),
+                ),
+            }
+        }
+        self.pump(session);
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) ends a message's journey.
+    fn complete(&mut self, session: &mut Session, packet_id: u16, expected: Phase) {
+        let Some(at) = session.inflight_position(packet_id) else {
+            return;
+        };
+        if session.inflight[at].phase != expected {
+            return;
+        }
+        if let Some(done) = session.inflight.remove(at) {
+            self.forget_delivery(&session.client_id, &done.delivery);
+        }
+        self.pump(session);
+    }
+
+    fn pubrec(&mut self, session: &mut Session, packet_id: u16, reason: ReasonCode) {
+        let Some(handle) = session.connection.clone() else {
+            return;
+        };
+        let Some(at) = session.inflight_position(packet_id) else {
+            let mut rel = PubResponse::new(packet_id);
+            if session.protocol.is_v5() {
+                rel.reason_code = ReasonCode::PacketIdentifierNotFound;
+            }
+            self.send(&handle, Outgoing::Packet(Packet::PubRel(rel)));
+            return;
+        };
+        if reason.is_error() {
+            // The receiver refused the message: the exchange ends here.
+            if let Some(done) = session.inflight.remove(at) {
+                self.forget_delivery(&session.client_id, &done.delivery);
+            }
+            self.pump(session);
+            return;
+        }
+        let client = session.client_id.clone();
+        let entry = &mut session.inflight[at];
+        if entry.phase == Phase::AwaitPubRec {
+            entry.phase = Phase::AwaitPubComp;
+            let delivery = entry.delivery.clone();
+            self.store_delivery(&client, &delivery, Some((packet_id, Phase::AwaitPubComp)));
+        }
+        self.send(
+            &handle,
+            Outgoing::Packet(Packet::PubRel(PubResponse::new(packet_id))),
+        );
+    }
+
+    fn pubrel(&mut self, session: &mut Session, packet_id: u16) {
+        let known = session.incoming_qos2.remove(&packet_id);
+        if known && session.is_persistent() {
+            self.round.batch.delete(
+                QOS2_IN,
+                client_key(&session.client_id, &packet_id.to_be_bytes()),
+            );
+        }
+        let Some(handle) = session.connection.clone() else {
+            return;
+        };
+        let mut comp = PubResponse::new(packet_id);
+        if !known && session.protocol.is_v5() {
+            comp.reason_code = ReasonCode::PacketIdentifierNotFound;
+        }
+        self.send(&handle, Outgoing::Packet(Packet::PubComp(comp)));
+    }
+}
