@@ -335,8 +335,16 @@ class Client:
     def _on_connect(self, _c, _u, flags, reason_code, properties):
         self.connacks.put(Connack(rc_value(reason_code), bool(flags.session_present), properties))
 
-    def _on_disconnect(self, _c, _u, _flags, reason_code, properties):
-        d = Disconnected(rc_value(reason_code), properties)
+    def _on_disconnect(self, _c, _u, flags, reason_code, properties):
+        code = rc_value(reason_code)
+        if flags.is_disconnect_packet_from_server:
+            # paho 2.1 reads the reason code of a server DISCONNECT only when properties
+            # follow it (remaining length > 2) and reports 0x00 otherwise; the packet is
+            # still in its input buffer during this callback, so read the code from there.
+            packet = self.paho._in_packet.get("packet") or b""
+            if len(packet) >= 1:
+                code = packet[0]
+        d = Disconnected(code, properties)
         self.disconnects.put(d)
         with self._ack_cv:
             self.last_disconnect = d

@@ -204,16 +204,6 @@ def test_shared_subscription_v311_member(client_factory):
     assert sorted(int(m.payload) for m in got) == list(range(20))
 
 
-def test_shared_subscription_no_retained_on_subscribe(client_factory):
-    pub = client_factory(version=V5)
-    pub.publish("sharedret/t", b"r", qos=1, retain=True)
-    m = client_factory(version=V5)
-    m.subscribe("$share/g/sharedret/t", qos=1)
-    # MQTT 5.0 section 4.8.2: retained messages are not sent to the Session when it first
-    # subscribes to a Shared Subscription.
-    m.expect_nothing(what="(retained message on a shared subscription)")
-
-
 def test_topic_alias_from_client(client_factory):
     sub = client_factory(version=V5)
     sub.subscribe("alias/#", qos=1)

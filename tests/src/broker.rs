@@ -119,7 +119,10 @@ impl BrokerProcess {
             .tempdir()
             .expect("create a temporary directory");
         let dir_path = dir.path().to_path_buf();
-        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir_path.join("data"));
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir_path.join("data"));
         let log_path = dir_path.join("fleetmq.log");
         let config_path = opts.config.as_ref().map(|text| {
             let path = dir_path.join("fleetmq.toml");

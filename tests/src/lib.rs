@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use broker::{broker_binary, BrokerOptions, BrokerProcess};
 pub use metrics::Metrics;
-pub use raw::{Recv, RawClient};
+pub use raw::{RawClient, Recv};
 pub use v4::{v4_options, V4Client};
 pub use v5::{v5_options, V5Client};
 
@@ -32,7 +32,11 @@ pub const QUIET: Duration = Duration::from_millis(1500);
 pub fn unique_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A payload as text, for assertions and messages.

@@ -53,7 +53,10 @@ impl RawClient {
     }
 
     /// Opens a connection and sends `connect`; returns the CONNACK (whatever its code).
-    pub async fn connect(addr: SocketAddr, connect: Connect) -> anyhow::Result<(RawClient, ConnAck)> {
+    pub async fn connect(
+        addr: SocketAddr,
+        connect: Connect,
+    ) -> anyhow::Result<(RawClient, ConnAck)> {
         let mut c = RawClient::open(addr, connect.protocol).await?;
         c.send(Packet::Connect(Box::new(connect))).await?;
         match c.recv(Duration::from_secs(10)).await? {
@@ -207,7 +210,11 @@ impl RawClient {
 
     /// Panics unless the server sends DISCONNECT with `reason` and then closes.
     /// Other packets before the DISCONNECT (e.g. acks) are allowed and returned.
-    pub async fn must_be_disconnected_with(&mut self, reason: u8, timeout: Duration) -> Vec<Packet> {
+    pub async fn must_be_disconnected_with(
+        &mut self,
+        reason: u8,
+        timeout: Duration,
+    ) -> Vec<Packet> {
         let got = self.must_be_closed(timeout).await;
         match got.last() {
             Some(Packet::Disconnect(d)) if d.reason_code.as_u8() == reason => got,
@@ -218,9 +225,17 @@ impl RawClient {
     }
 
     /// SUBSCRIBE one filter; returns the SUBACK (panics on anything else).
-    pub async fn must_subscribe(&mut self, packet_id: u16, filter: &str, qos: QoS) -> fleetmq_codec::SubAck {
-        self.must_send(Packet::Subscribe(subscribe_packet(packet_id, &[(filter, qos)])))
-            .await;
+    pub async fn must_subscribe(
+        &mut self,
+        packet_id: u16,
+        filter: &str,
+        qos: QoS,
+    ) -> fleetmq_codec::SubAck {
+        self.must_send(Packet::Subscribe(subscribe_packet(
+            packet_id,
+            &[(filter, qos)],
+        )))
+        .await;
         self.must_recv_suback(packet_id).await
     }
 
@@ -389,7 +404,14 @@ pub mod wire {
 
     /// A CONNECT body: protocol name, level, flags, keep alive, properties (only
     /// written when `Some`, i.e. for level 5), then `payload` (client id etc.).
-    pub fn connect(name: &[u8], level: u8, flags: u8, keep_alive: u16, props: Option<&[u8]>, payload: &[u8]) -> Vec<u8> {
+    pub fn connect(
+        name: &[u8],
+        level: u8,
+        flags: u8,
+        keep_alive: u16,
+        props: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut body = string(name);
         body.push(level);
         body.push(flags);
@@ -409,12 +431,25 @@ pub mod wire {
 
     /// A valid MQTT 5 CONNECT (clean start, no properties) for `client_id`.
     pub fn connect_v5(client_id: &str) -> Vec<u8> {
-        connect(b"MQTT", 5, 0x02, 60, Some(&[]), &string(client_id.as_bytes()))
+        connect(
+            b"MQTT",
+            5,
+            0x02,
+            60,
+            Some(&[]),
+            &string(client_id.as_bytes()),
+        )
     }
 
     /// A PUBLISH with the given first byte (type and flags), raw topic bytes, packet
     /// id (for QoS > 0), MQTT 5 property bytes (`None` for 3.1.1) and payload.
-    pub fn publish(first: u8, topic: &[u8], packet_id: Option<u16>, props: Option<&[u8]>, payload: &[u8]) -> Vec<u8> {
+    pub fn publish(
+        first: u8,
+        topic: &[u8],
+        packet_id: Option<u16>,
+        props: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut body = string(topic);
         if let Some(pid) = packet_id {
             body.extend_from_slice(&pid.to_be_bytes());
@@ -429,7 +464,13 @@ pub mod wire {
 
     /// A SUBSCRIBE with the given first byte, packet id, MQTT 5 property bytes and
     /// one raw filter with its options byte.
-    pub fn subscribe(first: u8, packet_id: u16, props: Option<&[u8]>, filter: &[u8], options: u8) -> Vec<u8> {
+    pub fn subscribe(
+        first: u8,
+        packet_id: u16,
+        props: Option<&[u8]>,
+        filter: &[u8],
+        options: u8,
+    ) -> Vec<u8> {
         let mut body = packet_id.to_be_bytes().to_vec();
         if let Some(p) = props {
             body.extend(varint(p.len()));

@@ -153,7 +153,9 @@ impl V4Client {
                 None => panic!(
                     "{}: received only {i} of {n} PUBLISHes (payloads {:?})",
                     self.client_id,
-                    out.iter().map(|p: &Publish| payload_str(&p.payload)).collect::<Vec<_>>()
+                    out.iter()
+                        .map(|p: &Publish| payload_str(&p.payload))
+                        .collect::<Vec<_>>()
                 ),
             }
         }
@@ -195,7 +197,10 @@ impl V4Client {
             .await
         {
             Some(codes) => codes,
-            None => panic!("{}: no SUBACK for {filter:?}; events: {:?}", self.client_id, self.stash),
+            None => panic!(
+                "{}: no SUBACK for {filter:?}; events: {:?}",
+                self.client_id, self.stash
+            ),
         }
     }
 
@@ -211,12 +216,22 @@ impl V4Client {
                 _ => None,
             })
             .await;
-        assert!(got.is_some(), "{}: no UNSUBACK for {filter:?}", self.client_id);
+        assert!(
+            got.is_some(),
+            "{}: no UNSUBACK for {filter:?}",
+            self.client_id
+        );
     }
 
     /// PUBLISH and wait until it is acknowledged (QoS 1: PUBACK, QoS 2: PUBCOMP,
     /// QoS 0: written to the socket).
-    pub async fn must_publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
+    pub async fn must_publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: impl Into<Vec<u8>>,
+    ) {
         self.client
             .publish(topic, qos, retain, payload.into())
             .await

@@ -186,7 +186,11 @@ impl V5Client {
     ) -> Vec<SubscribeReasonCode> {
         let path = filter.path.clone();
         let res = match props {
-            Some(p) => self.client.subscribe_many_with_properties(vec![filter], p).await,
+            Some(p) => {
+                self.client
+                    .subscribe_many_with_properties(vec![filter], p)
+                    .await
+            }
             None => self.client.subscribe_many(vec![filter]).await,
         };
         res.expect("queue SUBSCRIBE");
@@ -198,22 +202,32 @@ impl V5Client {
             .await
         {
             Some(codes) => codes,
-            None => panic!("{}: no SUBACK for {path:?}; events: {:?}", self.client_id, self.stash),
+            None => panic!(
+                "{}: no SUBACK for {path:?}; events: {:?}",
+                self.client_id, self.stash
+            ),
         }
     }
 
     /// SUBSCRIBE with default options besides QoS.
     pub async fn must_subscribe(&mut self, filter: &str, qos: QoS) -> Vec<SubscribeReasonCode> {
-        self.must_subscribe_filter(Filter::new(filter, qos), None).await
+        self.must_subscribe_filter(Filter::new(filter, qos), None)
+            .await
     }
 
     /// SUBSCRIBE with a subscription identifier.
-    pub async fn must_subscribe_with_id(&mut self, filter: &str, qos: QoS, id: usize) -> Vec<SubscribeReasonCode> {
+    pub async fn must_subscribe_with_id(
+        &mut self,
+        filter: &str,
+        qos: QoS,
+        id: usize,
+    ) -> Vec<SubscribeReasonCode> {
         let props = SubscribeProperties {
             id: Some(id),
             user_properties: Vec::new(),
         };
-        self.must_subscribe_filter(Filter::new(filter, qos), Some(props)).await
+        self.must_subscribe_filter(Filter::new(filter, qos), Some(props))
+            .await
     }
 
     /// UNSUBSCRIBE and wait for the UNSUBACK's reason codes.
@@ -271,8 +285,15 @@ impl V5Client {
     }
 
     /// PUBLISH without properties and wait until it is acknowledged.
-    pub async fn must_publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Bytes>) {
-        self.must_publish_with(topic, qos, retain, payload, None).await
+    pub async fn must_publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: impl Into<Bytes>,
+    ) {
+        self.must_publish_with(topic, qos, retain, payload, None)
+            .await
     }
 
     /// Waits until the server disconnects us; returns its DISCONNECT reason code,

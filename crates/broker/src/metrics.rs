@@ -134,7 +134,10 @@ impl Metrics {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let gauge = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0);
         let mut one = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         one(
             "fleetmq_uptime_seconds",
@@ -290,8 +293,14 @@ mod tests {
 
     #[test]
     fn reason_labels_are_snake_case() {
-        assert_eq!(reason_label(ReasonCode::SessionTakenOver), "session_taken_over");
-        assert_eq!(reason_label(ReasonCode::MalformedPacket), "malformed_packet");
+        assert_eq!(
+            reason_label(ReasonCode::SessionTakenOver),
+            "session_taken_over"
+        );
+        assert_eq!(
+            reason_label(ReasonCode::MalformedPacket),
+            "malformed_packet"
+        );
         assert_eq!(
             reason_label(ReasonCode::ReceiveMaximumExceeded),
             "receive_maximum_exceeded"

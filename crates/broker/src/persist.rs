@@ -215,7 +215,10 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).unwrap_or_default()
 }
 
-pub fn decode<'a, T: Deserialize<'a>>(tree: &'static str, bytes: &'a [u8]) -> Result<T, PersistError> {
+pub fn decode<'a, T: Deserialize<'a>>(
+    tree: &'static str,
+    bytes: &'a [u8],
+) -> Result<T, PersistError> {
     postcard::from_bytes(bytes).map_err(|e| PersistError::Corrupt {
         tree,
         detail: e.to_string(),
@@ -283,7 +286,8 @@ pub fn load(engine: &dyn KvEngine) -> Result<Snapshot, PersistError> {
             tree: QOS2_IN,
             detail: "packet id is not 2 bytes".into(),
         })?;
-        snap.qos2_in.push((client.to_string(), u16::from_be_bytes(id)));
+        snap.qos2_in
+            .push((client.to_string(), u16::from_be_bytes(id)));
     }
     for (_, value) in engine.scan_prefix(RETAINED, &[])? {
         snap.retained.push(decode(RETAINED, &value)?);

@@ -38,11 +38,27 @@ pub enum Event {
         reply: oneshot::Sender<ConnectReply>,
     },
     /// A PUBLISH whose topic alias the connection already resolved.
-    Publish { conn: ConnId, publish: Publish },
-    PubAck { conn: ConnId, packet_id: u16 },
-    PubRec { conn: ConnId, packet_id: u16, reason: ReasonCode },
-    PubRel { conn: ConnId, packet_id: u16 },
-    PubComp { conn: ConnId, packet_id: u16 },
+    Publish {
+        conn: ConnId,
+        publish: Publish,
+    },
+    PubAck {
+        conn: ConnId,
+        packet_id: u16,
+    },
+    PubRec {
+        conn: ConnId,
+        packet_id: u16,
+        reason: ReasonCode,
+    },
+    PubRel {
+        conn: ConnId,
+        packet_id: u16,
+    },
+    PubComp {
+        conn: ConnId,
+        packet_id: u16,
+    },
     Subscribe {
         conn: ConnId,
         packet_id: u16,
@@ -156,7 +172,10 @@ impl Router {
         };
         router.restore(snapshot);
         if let Some(interval) = sys_interval {
-            router.set_timer(Instant::now() + interval.min(Duration::from_secs(1)), Timer::Sys);
+            router.set_timer(
+                Instant::now() + interval.min(Duration::from_secs(1)),
+                Timer::Sys,
+            );
         }
         router
     }
@@ -176,7 +195,8 @@ impl Router {
         }
         for (client, record) in snap.sessions {
             let client: Arc<str> = Arc::from(client);
-            let mut session = Session::new(client.clone(), record.protocol(), record.expiry_interval);
+            let mut session =
+                Session::new(client.clone(), record.protocol(), record.expiry_interval);
             for sub in &record.subscriptions {
                 match TopicFilter::parse(&sub.filter) {
                     Ok(filter) => {
@@ -184,7 +204,9 @@ impl Router {
                         self.trie.insert(&filter, client.clone(), entry);
                         session.subscriptions.insert(sub.filter.clone(), entry);
                     }
-                    Err(e) => warn!(client_id = %client, filter = %sub.filter, error = %e, "dropping stored subscription"),
+                    Err(e) => {
+                        warn!(client_id = %client, filter = %sub.filter, error = %e, "dropping stored subscription")
+                    }
                 }
             }
             // A session stored without a disconnect time was connected when the
@@ -225,12 +247,18 @@ impl Router {
         for (client, seq, record) in snap.deliveries {
             max_seq = max_seq.max(seq);
             let Some(session) = self.sessions.get_mut(client.as_str()) else {
-                self.core.round.batch.delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
+                self.core
+                    .round
+                    .batch
+                    .delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
                 continue;
             };
             let Some(message) = messages.get(&record.message_id) else {
                 warn!(client_id = %client, seq, "stored delivery without its message");
-                self.core.round.batch.delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
+                self.core
+                    .round
+                    .batch
+                    .delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
                 continue;
             };
             *self.core.stored_refs.entry(record.message_id).or_insert(0) += 1;
@@ -313,7 +341,11 @@ impl Router {
                             if let Some(will) = session.will.take() {
                                 if session.is_persistent() {
                                     let record = session_record(session);
-                                    self.core.round.batch.put(SESSIONS, client.as_bytes(), persist::encode(&record));
+                                    self.core.round.batch.put(
+                                        SESSIONS,
+                                        client.as_bytes(),
+                                        persist::encode(&record),
+                                    );
                                 }
                                 self.publish_will(&client, &will);
                             }
@@ -348,17 +380,17 @@ impl Router {
                 reply,
             } => self.connect(conn, request, reply),
             Event::Publish { conn, publish } => self.client_publish(conn, publish),
-            Event::PubAck { conn, packet_id } => {
-                self.with_session(conn, |core, s| core.complete(s, packet_id, Phase::AwaitPubAck))
-            }
+            Event::PubAck { conn, packet_id } => self.with_session(conn, |core, s| {
+                core.complete(s, packet_id, Phase::AwaitPubAck)
+            }),
             Event::PubRec {
                 conn,
                 packet_id,
                 reason,
             } => self.with_session(conn, |core, s| core.pubrec(s, packet_id, reason)),
-            Event::PubComp { conn, packet_id } => {
-                self.with_session(conn, |core, s| core.complete(s, packet_id, Phase::AwaitPubComp))
-            }
+            Event::PubComp { conn, packet_id } => self.with_session(conn, |core, s| {
+                core.complete(s, packet_id, Phase::AwaitPubComp)
+            }),
             Event::PubRel { conn, packet_id } => {
                 self.with_session(conn, |core, s| core.pubrel(s, packet_id))
             }
@@ -418,7 +450,11 @@ impl Router {
         let core = &mut self.core;
         let session = self.sessions.entry(client.clone()).or_insert_with(|| {
             Metrics::gauge_add(&core.metrics.sessions_current, 1);
-            Session::new(client.clone(), request.protocol, request.session_expiry_interval)
+            Session::new(
+                client.clone(),
+                request.protocol,
+                request.session_expiry_interval,
+            )
         });
         let was_persistent = session.is_persistent();
         session.protocol = request.protocol;
@@ -426,10 +462,7 @@ impl Router {
         session.will = request.will;
         session.generation += 1;
         session.disconnected_at_ms = None;
-        session.inflight_window = request
-            .receive_maximum
-            .min(core.config.max_inflight)
-            .max(1);
+        session.inflight_window = request.receive_maximum.min(core.config.max_inflight).max(1);
         session.connection = Some(conn.clone());
         self.connections.insert(conn.id, client.clone());
 
@@ -439,10 +472,9 @@ impl Router {
         if session.is_persistent() {
             core.persist_session(session);
         }
-        core.round.outputs.push(Output::Reply(
-            reply,
-            ConnectReply { session_present },
-        ));
+        core.round
+            .outputs
+            .push(Output::Reply(reply, ConnectReply { session_present }));
         core.resume(session);
     }
 
@@ -533,7 +565,10 @@ impl Router {
             &metrics.subscriptions_current,
             -(session.subscriptions.len() as i64),
         );
-        Metrics::gauge_add(&metrics.queued_messages_current, -(session.queue.len() as i64));
+        Metrics::gauge_add(
+            &metrics.queued_messages_current,
+            -(session.queue.len() as i64),
+        );
         if session.is_persistent() {
             self.core.forget_stored_state(&mut session);
         }
@@ -554,7 +589,10 @@ impl Router {
         if qos == QoS::ExactlyOnce {
             // A resent QoS 2 PUBLISH before PUBREL was already routed: ack it again only.
             if !session.incoming_qos2.insert(packet_id) {
-                self.core.send(&handle, Outgoing::Packet(Packet::PubRec(PubResponse::new(packet_id))));
+                self.core.send(
+                    &handle,
+                    Outgoing::Packet(Packet::PubRec(PubResponse::new(packet_id))),
+                );
                 return;
             }
             if session.is_persistent() {
@@ -595,11 +633,19 @@ impl Router {
         if message.payload.is_empty() {
             if self.retained.remove(&message.topic).is_some() && !is_sys {
                 Metrics::gauge_add(&metrics.retained_current, -1);
-                self.core.round.batch.delete(RETAINED, message.topic.as_bytes());
+                self.core
+                    .round
+                    .batch
+                    .delete(RETAINED, message.topic.as_bytes());
             }
             return;
         }
-        if self.retained.insert(message.topic.clone(), message.clone()).is_none() && !is_sys {
+        if self
+            .retained
+            .insert(message.topic.clone(), message.clone())
+            .is_none()
+            && !is_sys
+        {
             Metrics::gauge_add(&metrics.retained_current, 1);
         }
         if !is_sys {
@@ -652,8 +698,14 @@ impl Router {
                     if !session.protocol.is_v5() {
                         subscription_ids.clear();
                     }
-                    self.core
-                        .deliver(session, message, qos, retain, subscription_ids, &mut stored_id);
+                    self.core.deliver(
+                        session,
+                        message,
+                        qos,
+                        retain,
+                        subscription_ids,
+                        &mut stored_id,
+                    );
                 }
             }
             start = end;
@@ -875,8 +927,12 @@ impl Core {
     fn forget_stored_state(&mut self, session: &mut Session) {
         let client = session.client_id.clone();
         self.round.batch.delete(SESSIONS, client.as_bytes());
-        self.round.batch.delete_prefix(DELIVERIES, client_prefix(&client));
-        self.round.batch.delete_prefix(QOS2_IN, client_prefix(&client));
+        self.round
+            .batch
+            .delete_prefix(DELIVERIES, client_prefix(&client));
+        self.round
+            .batch
+            .delete_prefix(QOS2_IN, client_prefix(&client));
         let ids: Vec<u64> = session
             .inflight
             .iter_mut()
@@ -908,7 +964,12 @@ impl Core {
         }
     }
 
-    fn store_delivery(&mut self, client: &str, delivery: &Delivery, inflight: Option<(u16, Phase)>) {
+    fn store_delivery(
+        &mut self,
+        client: &str,
+        delivery: &Delivery,
+        inflight: Option<(u16, Phase)>,
+    ) {
         if let Some(id) = delivery.stored_id {
             let record = DeliveryRecord {
                 message_id: id,

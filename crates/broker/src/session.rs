@@ -181,7 +181,11 @@ mod tests {
             delivery: delivery(1),
         });
         assert_eq!(s.allocate_packet_id(), u16::MAX);
-        assert_eq!(s.allocate_packet_id(), 2, "0 is never used and 1 is in flight");
+        assert_eq!(
+            s.allocate_packet_id(),
+            2,
+            "0 is never used and 1 is in flight"
+        );
     }
 
     #[test]

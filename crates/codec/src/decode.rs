@@ -35,7 +35,10 @@ pub fn decode(
     // Cannot overflow: the remaining length is below 2^28.
     let size = header_len + remaining;
     if size > max_packet_size {
-        return Err(DecodeError::PacketTooLarge { size, max: max_packet_size });
+        return Err(DecodeError::PacketTooLarge {
+            size,
+            max: max_packet_size,
+        });
     }
     if buf.len() < size {
         return Ok(None);
@@ -60,7 +63,10 @@ fn check_first_byte(first: u8, version: ProtocolVersion) -> Result<(), DecodeErr
         _ => flags == 0,
     };
     if !valid {
-        return Err(DecodeError::InvalidFlags { packet: name(kind), flags });
+        return Err(DecodeError::InvalidFlags {
+            packet: name(kind),
+            flags,
+        });
     }
     Ok(())
 }

@@ -36,7 +36,9 @@ pub fn encode(
     let start = buf.len();
     buf.reserve(size);
     buf.write_u8(first);
-    let written = buf.write_varint(remaining).and_then(|()| write_body(packet, version, buf));
+    let written = buf
+        .write_varint(remaining)
+        .and_then(|()| write_body(packet, version, buf));
     if written.is_err() {
         buf.truncate(start);
     }

@@ -97,7 +97,10 @@ impl Reader {
         Ok(Arc::from(utf8(&raw)?))
     }
 
-    pub(crate) fn string_pair(&mut self, what: &'static str) -> Result<(String, String), DecodeError> {
+    pub(crate) fn string_pair(
+        &mut self,
+        what: &'static str,
+    ) -> Result<(String, String), DecodeError> {
         Ok((self.string(what)?, self.string(what)?))
     }
 }
@@ -148,7 +151,8 @@ pub(crate) trait Sink {
     }
 
     fn write_binary(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
-        let len = u16::try_from(bytes.len()).map_err(|_| EncodeError::StringTooLong(bytes.len()))?;
+        let len =
+            u16::try_from(bytes.len()).map_err(|_| EncodeError::StringTooLong(bytes.len()))?;
         self.write_u16(len);
         self.write_slice(bytes);
         Ok(())

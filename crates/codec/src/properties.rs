@@ -160,9 +160,11 @@ impl WillProperties {
         let mut p = WillProperties::default();
         read_properties(r, |id, r| match id {
             WILL_DELAY_INTERVAL => set(&mut p.will_delay_interval, id, r.u32(VALUE)?),
-            PAYLOAD_FORMAT_INDICATOR => {
-                set(&mut p.payload_format_indicator, id, read_payload_format(r, id)?)
-            }
+            PAYLOAD_FORMAT_INDICATOR => set(
+                &mut p.payload_format_indicator,
+                id,
+                read_payload_format(r, id)?,
+            ),
             MESSAGE_EXPIRY_INTERVAL => set(&mut p.message_expiry_interval, id, r.u32(VALUE)?),
             CONTENT_TYPE => set(&mut p.content_type, id, r.string(VALUE)?),
             RESPONSE_TOPIC => set(&mut p.response_topic, id, r.arc_str(VALUE)?),
@@ -197,12 +199,16 @@ impl ConnAckProperties {
             TOPIC_ALIAS_MAXIMUM => set(&mut p.topic_alias_maximum, id, r.u16(VALUE)?),
             REASON_STRING => set(&mut p.reason_string, id, r.string(VALUE)?),
             USER_PROPERTY => push(&mut p.user_properties, r.string_pair(VALUE)?),
-            WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                set(&mut p.wildcard_subscription_available, id, read_bool(r, id)?)
-            }
-            SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
-                set(&mut p.subscription_identifiers_available, id, read_bool(r, id)?)
-            }
+            WILDCARD_SUBSCRIPTION_AVAILABLE => set(
+                &mut p.wildcard_subscription_available,
+                id,
+                read_bool(r, id)?,
+            ),
+            SUBSCRIPTION_IDENTIFIER_AVAILABLE => set(
+                &mut p.subscription_identifiers_available,
+                id,
+                read_bool(r, id)?,
+            ),
             SHARED_SUBSCRIPTION_AVAILABLE => {
                 set(&mut p.shared_subscription_available, id, read_bool(r, id)?)
             }
@@ -221,9 +227,11 @@ impl PublishProperties {
     pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
         let mut p = PublishProperties::default();
         read_properties(r, |id, r| match id {
-            PAYLOAD_FORMAT_INDICATOR => {
-                set(&mut p.payload_format_indicator, id, read_payload_format(r, id)?)
-            }
+            PAYLOAD_FORMAT_INDICATOR => set(
+                &mut p.payload_format_indicator,
+                id,
+                read_payload_format(r, id)?,
+            ),
             MESSAGE_EXPIRY_INTERVAL => set(&mut p.message_expiry_interval, id, r.u32(VALUE)?),
             TOPIC_ALIAS => set(&mut p.topic_alias, id, read_nonzero_u16(r, id)?),
             RESPONSE_TOPIC => set(&mut p.response_topic, id, r.arc_str(VALUE)?),
@@ -415,17 +423,33 @@ impl WriteProperties for ConnectProperties {
         put_u16(s, RECEIVE_MAXIMUM, self.receive_maximum);
         put_u32(s, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
         put_u16(s, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        put_bool(s, REQUEST_RESPONSE_INFORMATION, self.request_response_information);
-        put_bool(s, REQUEST_PROBLEM_INFORMATION, self.request_problem_information);
+        put_bool(
+            s,
+            REQUEST_RESPONSE_INFORMATION,
+            self.request_response_information,
+        );
+        put_bool(
+            s,
+            REQUEST_PROBLEM_INFORMATION,
+            self.request_problem_information,
+        );
         put_user_properties(s, &self.user_properties)?;
-        put_str(s, AUTHENTICATION_METHOD, self.authentication_method.as_deref())?;
+        put_str(
+            s,
+            AUTHENTICATION_METHOD,
+            self.authentication_method.as_deref(),
+        )?;
         put_binary(s, AUTHENTICATION_DATA, self.authentication_data.as_ref())
     }
 }
 
 impl WriteProperties for WillProperties {
     fn write_each<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
-        check(PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator, |v| *v <= 1)?;
+        check(
+            PAYLOAD_FORMAT_INDICATOR,
+            self.payload_format_indicator,
+            |v| *v <= 1,
+        )?;
         put_u32(s, WILL_DELAY_INTERVAL, self.will_delay_interval);
         put_u8(s, PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
         put_u32(s, MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
@@ -448,24 +472,52 @@ impl WriteProperties for ConnAckProperties {
         put_u8(s, MAXIMUM_QOS, maximum_qos.map(QoS::as_u8));
         put_bool(s, RETAIN_AVAILABLE, self.retain_available);
         put_u32(s, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
-        put_str(s, ASSIGNED_CLIENT_IDENTIFIER, self.assigned_client_identifier.as_deref())?;
+        put_str(
+            s,
+            ASSIGNED_CLIENT_IDENTIFIER,
+            self.assigned_client_identifier.as_deref(),
+        )?;
         put_u16(s, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
         put_str(s, REASON_STRING, self.reason_string.as_deref())?;
         put_user_properties(s, &self.user_properties)?;
-        put_bool(s, WILDCARD_SUBSCRIPTION_AVAILABLE, self.wildcard_subscription_available);
-        put_bool(s, SUBSCRIPTION_IDENTIFIER_AVAILABLE, self.subscription_identifiers_available);
-        put_bool(s, SHARED_SUBSCRIPTION_AVAILABLE, self.shared_subscription_available);
+        put_bool(
+            s,
+            WILDCARD_SUBSCRIPTION_AVAILABLE,
+            self.wildcard_subscription_available,
+        );
+        put_bool(
+            s,
+            SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+            self.subscription_identifiers_available,
+        );
+        put_bool(
+            s,
+            SHARED_SUBSCRIPTION_AVAILABLE,
+            self.shared_subscription_available,
+        );
         put_u16(s, SERVER_KEEP_ALIVE, self.server_keep_alive);
-        put_str(s, RESPONSE_INFORMATION, self.response_information.as_deref())?;
+        put_str(
+            s,
+            RESPONSE_INFORMATION,
+            self.response_information.as_deref(),
+        )?;
         put_str(s, SERVER_REFERENCE, self.server_reference.as_deref())?;
-        put_str(s, AUTHENTICATION_METHOD, self.authentication_method.as_deref())?;
+        put_str(
+            s,
+            AUTHENTICATION_METHOD,
+            self.authentication_method.as_deref(),
+        )?;
         put_binary(s, AUTHENTICATION_DATA, self.authentication_data.as_ref())
     }
 }
 
 impl WriteProperties for PublishProperties {
     fn write_each<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
-        check(PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator, |v| *v <= 1)?;
+        check(
+            PAYLOAD_FORMAT_INDICATOR,
+            self.payload_format_indicator,
+            |v| *v <= 1,
+        )?;
         check(TOPIC_ALIAS, self.topic_alias, |v| *v != 0)?;
         put_u8(s, PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
         put_u32(s, MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
@@ -514,7 +566,11 @@ impl WriteProperties for DisconnectProperties {
 
 impl WriteProperties for AuthProperties {
     fn write_each<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
-        put_str(s, AUTHENTICATION_METHOD, self.authentication_method.as_deref())?;
+        put_str(
+            s,
+            AUTHENTICATION_METHOD,
+            self.authentication_method.as_deref(),
+        )?;
         put_binary(s, AUTHENTICATION_DATA, self.authentication_data.as_ref())?;
         put_str(s, REASON_STRING, self.reason_string.as_deref())?;
         put_user_properties(s, &self.user_properties)

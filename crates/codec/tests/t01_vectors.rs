@@ -12,8 +12,16 @@ use fleetmq_codec::*;
 
 #[track_caller]
 fn check(version: ProtocolVersion, bytes: &[u8], expected: Packet) {
-    assert_eq!(must_decode(bytes, version), expected, "decoding {bytes:02x?}");
-    assert_eq!(must_encode(&expected, version), bytes, "encoding {expected:?}");
+    assert_eq!(
+        must_decode(bytes, version),
+        expected,
+        "decoding {bytes:02x?}"
+    );
+    assert_eq!(
+        must_encode(&expected, version),
+        bytes,
+        "encoding {expected:?}"
+    );
 }
 
 fn connect(protocol: ProtocolVersion) -> Connect {
@@ -62,7 +70,10 @@ fn connect_v5_without_properties() {
 #[test]
 fn connect_is_decoded_whatever_the_connection_version() {
     let bytes = b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03abc";
-    assert_eq!(must_decode(bytes, V3_1_1), Packet::Connect(Box::new(connect(V5))));
+    assert_eq!(
+        must_decode(bytes, V3_1_1),
+        Packet::Connect(Box::new(connect(V5)))
+    );
 }
 
 #[test]
@@ -76,7 +87,8 @@ fn connect_v5_with_session_expiry() {
 #[test]
 fn connect_v3_1_1_with_will_username_and_password() {
     // Flags 0xEE: user name, password, will retain, will QoS 1, will, clean session.
-    let bytes = b"\x10\x1a\x00\x04MQTT\x04\xee\x00\x0a\x00\x01c\x00\x01t\x00\x02hi\x00\x01u\x00\x01p";
+    let bytes =
+        b"\x10\x1a\x00\x04MQTT\x04\xee\x00\x0a\x00\x01c\x00\x01t\x00\x02hi\x00\x01u\x00\x01p";
     let expected = Connect {
         protocol: V3_1_1,
         clean_start: true,
@@ -107,9 +119,17 @@ fn connack_each_version() {
     };
     check(V3_1, b"\x20\x02\x00\x00", ack(false, ReasonCode::Success));
     check(V3_1_1, b"\x20\x02\x01\x00", ack(true, ReasonCode::Success));
-    check(V3_1_1, b"\x20\x02\x00\x05", ack(false, ReasonCode::NotAuthorized));
+    check(
+        V3_1_1,
+        b"\x20\x02\x00\x05",
+        ack(false, ReasonCode::NotAuthorized),
+    );
     check(V5, b"\x20\x03\x01\x00\x00", ack(true, ReasonCode::Success));
-    check(V5, b"\x20\x03\x00\x87\x00", ack(false, ReasonCode::NotAuthorized));
+    check(
+        V5,
+        b"\x20\x03\x00\x87\x00",
+        ack(false, ReasonCode::NotAuthorized),
+    );
 }
 
 #[test]
@@ -119,7 +139,10 @@ fn connack_v3_maps_reason_codes_to_return_codes() {
         reason_code: ReasonCode::Banned,
         properties: ConnAckProperties::default(),
     };
-    assert_eq!(must_encode(&Packet::ConnAck(ack), V3_1_1), b"\x20\x02\x00\x05");
+    assert_eq!(
+        must_encode(&Packet::ConnAck(ack), V3_1_1),
+        b"\x20\x02\x00\x05"
+    );
 }
 
 #[test]
@@ -129,7 +152,10 @@ fn connack_v3_1_ignores_session_present() {
         reason_code: ReasonCode::Success,
         properties: ConnAckProperties::default(),
     };
-    assert_eq!(must_encode(&Packet::ConnAck(ack), V3_1), b"\x20\x02\x00\x00");
+    assert_eq!(
+        must_encode(&Packet::ConnAck(ack), V3_1),
+        b"\x20\x02\x00\x00"
+    );
 }
 
 #[test]
@@ -142,7 +168,11 @@ fn publish_v3() {
             retain: true,
             ..publish(QoS::AtLeastOnce, Some(10), "a/b", b"hi")
         };
-        check(version, b"\x3b\x09\x00\x03a/b\x00\x0ahi", Packet::Publish(p));
+        check(
+            version,
+            b"\x3b\x09\x00\x03a/b\x00\x0ahi",
+            Packet::Publish(p),
+        );
     }
 }
 
@@ -152,7 +182,11 @@ fn publish_v5() {
     check(V5, b"\x30\x08\x00\x03a/b\x00hi", Packet::Publish(p));
     let mut p = publish(QoS::ExactlyOnce, Some(1), "", b"hi");
     p.properties.topic_alias = Some(5);
-    check(V5, b"\x34\x0a\x00\x00\x00\x01\x03\x23\x00\x05hi", Packet::Publish(p));
+    check(
+        V5,
+        b"\x34\x0a\x00\x00\x00\x01\x03\x23\x00\x05hi",
+        Packet::Publish(p),
+    );
 }
 
 #[test]
@@ -160,24 +194,46 @@ fn publish_two_byte_remaining_length() {
     let payload: &'static [u8] = &[0x55; 200];
     let mut bytes = vec![0x30, 0xcb, 0x01, 0x00, 0x01, b'a'];
     bytes.extend_from_slice(payload);
-    check(V3_1_1, &bytes, Packet::Publish(publish(QoS::AtMostOnce, None, "a", payload)));
+    check(
+        V3_1_1,
+        &bytes,
+        Packet::Publish(publish(QoS::AtMostOnce, None, "a", payload)),
+    );
 }
 
 #[test]
 fn publish_payload_shares_the_read_buffer() {
     let mut buf = bytes::BytesMut::from(&b"\x30\x07\x00\x03a/bhi"[..]);
     let start = buf.as_ptr() as usize;
-    let Some(Packet::Publish(p)) = decode(&mut buf, V3_1_1, 1024).unwrap() else { panic!() };
+    let Some(Packet::Publish(p)) = decode(&mut buf, V3_1_1, 1024).unwrap() else {
+        panic!()
+    };
     assert_eq!(p.payload.as_ptr() as usize, start + 7);
 }
 
 #[test]
 fn pub_responses() {
     for version in [V3_1, V3_1_1, V5] {
-        check(version, b"\x40\x02\x00\x01", Packet::PubAck(PubResponse::new(1)));
-        check(version, b"\x50\x02\x00\x02", Packet::PubRec(PubResponse::new(2)));
-        check(version, b"\x62\x02\x00\x03", Packet::PubRel(PubResponse::new(3)));
-        check(version, b"\x70\x02\xff\xff", Packet::PubComp(PubResponse::new(0xffff)));
+        check(
+            version,
+            b"\x40\x02\x00\x01",
+            Packet::PubAck(PubResponse::new(1)),
+        );
+        check(
+            version,
+            b"\x50\x02\x00\x02",
+            Packet::PubRec(PubResponse::new(2)),
+        );
+        check(
+            version,
+            b"\x62\x02\x00\x03",
+            Packet::PubRel(PubResponse::new(3)),
+        );
+        check(
+            version,
+            b"\x70\x02\xff\xff",
+            Packet::PubComp(PubResponse::new(0xffff)),
+        );
     }
 }
 
@@ -191,18 +247,29 @@ fn pub_responses_v5_with_reason_and_properties() {
             user_properties: vec![],
         },
     };
-    check(V5, b"\x40\x03\x00\x01\x10", Packet::PubAck(ack(ReasonCode::NoMatchingSubscribers, None)));
+    check(
+        V5,
+        b"\x40\x03\x00\x01\x10",
+        Packet::PubAck(ack(ReasonCode::NoMatchingSubscribers, None)),
+    );
     check(
         V5,
         b"\x40\x08\x00\x01\x00\x04\x1f\x00\x01x",
         Packet::PubAck(ack(ReasonCode::Success, Some("x"))),
     );
-    check(V5, b"\x62\x03\x00\x01\x92", Packet::PubRel(ack(ReasonCode::PacketIdentifierNotFound, None)));
+    check(
+        V5,
+        b"\x62\x03\x00\x01\x92",
+        Packet::PubRel(ack(ReasonCode::PacketIdentifierNotFound, None)),
+    );
 }
 
 #[test]
 fn pub_responses_v5_accept_reason_code_with_empty_property_length() {
-    assert_eq!(must_decode(b"\x40\x04\x00\x01\x00\x00", V5), Packet::PubAck(PubResponse::new(1)));
+    assert_eq!(
+        must_decode(b"\x40\x04\x00\x01\x00\x00", V5),
+        Packet::PubAck(PubResponse::new(1))
+    );
 }
 
 #[test]
@@ -210,20 +277,35 @@ fn subscribe_and_suback_v3() {
     for version in [V3_1, V3_1_1] {
         let filter = SubscribeFilter {
             filter: "a/b".into(),
-            options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
         };
         let subscribe = Subscribe {
             packet_id: 1,
             filters: vec![filter],
             properties: SubscribeProperties::default(),
         };
-        check(version, b"\x82\x08\x00\x01\x00\x03a/b\x01", Packet::Subscribe(subscribe));
+        check(
+            version,
+            b"\x82\x08\x00\x01\x00\x03a/b\x01",
+            Packet::Subscribe(subscribe),
+        );
         let suback = SubAck {
             packet_id: 1,
-            reason_codes: vec![ReasonCode::Success, ReasonCode::GrantedQos1, ReasonCode::UnspecifiedError],
+            reason_codes: vec![
+                ReasonCode::Success,
+                ReasonCode::GrantedQos1,
+                ReasonCode::UnspecifiedError,
+            ],
             properties: AckProperties::default(),
         };
-        check(version, b"\x90\x05\x00\x01\x00\x01\x80", Packet::SubAck(suback));
+        check(
+            version,
+            b"\x90\x05\x00\x01\x00\x01\x80",
+            Packet::SubAck(suback),
+        );
     }
 }
 
@@ -234,7 +316,10 @@ fn suback_v3_encodes_any_failure_as_0x80() {
         reason_codes: vec![ReasonCode::NotAuthorized, ReasonCode::GrantedQos2],
         properties: AckProperties::default(),
     };
-    assert_eq!(must_encode(&Packet::SubAck(suback), V3_1_1), b"\x90\x04\x00\x01\x80\x02");
+    assert_eq!(
+        must_encode(&Packet::SubAck(suback), V3_1_1),
+        b"\x90\x04\x00\x01\x80\x02"
+    );
 }
 
 #[test]
@@ -250,9 +335,16 @@ fn subscribe_and_suback_v5() {
                 retain_handling: RetainHandling::DoNotSend,
             },
         }],
-        properties: SubscribeProperties { subscription_identifier: Some(7), user_properties: vec![] },
+        properties: SubscribeProperties {
+            subscription_identifier: Some(7),
+            user_properties: vec![],
+        },
     };
-    check(V5, b"\x82\x0b\x00\x01\x02\x0b\x07\x00\x03a/b\x2d", Packet::Subscribe(subscribe));
+    check(
+        V5,
+        b"\x82\x0b\x00\x01\x02\x0b\x07\x00\x03a/b\x2d",
+        Packet::Subscribe(subscribe),
+    );
     let suback = SubAck {
         packet_id: 1,
         reason_codes: vec![ReasonCode::Success, ReasonCode::NotAuthorized],
@@ -264,16 +356,33 @@ fn subscribe_and_suback_v5() {
 #[test]
 fn unsubscribe_and_unsuback() {
     for version in [V3_1, V3_1_1] {
-        let unsubscribe =
-            Unsubscribe { packet_id: 1, filters: vec!["a/b".into()], user_properties: vec![] };
-        check(version, b"\xa2\x07\x00\x01\x00\x03a/b", Packet::Unsubscribe(unsubscribe));
-        let unsuback =
-            UnsubAck { packet_id: 1, reason_codes: vec![], properties: AckProperties::default() };
+        let unsubscribe = Unsubscribe {
+            packet_id: 1,
+            filters: vec!["a/b".into()],
+            user_properties: vec![],
+        };
+        check(
+            version,
+            b"\xa2\x07\x00\x01\x00\x03a/b",
+            Packet::Unsubscribe(unsubscribe),
+        );
+        let unsuback = UnsubAck {
+            packet_id: 1,
+            reason_codes: vec![],
+            properties: AckProperties::default(),
+        };
         check(version, b"\xb0\x02\x00\x01", Packet::UnsubAck(unsuback));
     }
-    let unsubscribe =
-        Unsubscribe { packet_id: 1, filters: vec!["a/b".into()], user_properties: vec![] };
-    check(V5, b"\xa2\x08\x00\x01\x00\x00\x03a/b", Packet::Unsubscribe(unsubscribe));
+    let unsubscribe = Unsubscribe {
+        packet_id: 1,
+        filters: vec!["a/b".into()],
+        user_properties: vec![],
+    };
+    check(
+        V5,
+        b"\xa2\x08\x00\x01\x00\x00\x03a/b",
+        Packet::Unsubscribe(unsubscribe),
+    );
     let unsuback = UnsubAck {
         packet_id: 1,
         reason_codes: vec![ReasonCode::NoSubscriptionExisted],
@@ -289,7 +398,10 @@ fn unsuback_v3_leaves_out_reason_codes() {
         reason_codes: vec![ReasonCode::Success],
         properties: AckProperties::default(),
     };
-    assert_eq!(must_encode(&Packet::UnsubAck(unsuback), V3_1_1), b"\xb0\x02\x00\x01");
+    assert_eq!(
+        must_encode(&Packet::UnsubAck(unsuback), V3_1_1),
+        b"\xb0\x02\x00\x01"
+    );
 }
 
 #[test]
@@ -312,14 +424,24 @@ fn disconnect() {
     assert_eq!(must_encode(&with_will, V3_1_1), b"\xe0\x00");
     let expiry = Disconnect {
         reason_code: ReasonCode::Success,
-        properties: DisconnectProperties { session_expiry_interval: Some(0), ..Default::default() },
+        properties: DisconnectProperties {
+            session_expiry_interval: Some(0),
+            ..Default::default()
+        },
     };
-    check(V5, b"\xe0\x07\x00\x05\x11\x00\x00\x00\x00", Packet::Disconnect(expiry));
+    check(
+        V5,
+        b"\xe0\x07\x00\x05\x11\x00\x00\x00\x00",
+        Packet::Disconnect(expiry),
+    );
 }
 
 #[test]
 fn auth() {
-    let success = Auth { reason_code: ReasonCode::Success, properties: AuthProperties::default() };
+    let success = Auth {
+        reason_code: ReasonCode::Success,
+        properties: AuthProperties::default(),
+    };
     check(V5, b"\xf0\x00", Packet::Auth(success));
     let next = Auth {
         reason_code: ReasonCode::ContinueAuthentication,
@@ -352,5 +474,9 @@ fn user_properties_keep_order_and_duplicates() {
 fn publish_with_several_subscription_identifiers() {
     let mut p = publish(QoS::AtMostOnce, None, "t", b"");
     p.properties.subscription_identifiers = vec![1, 200];
-    check(V5, b"\x30\x09\x00\x01t\x05\x0b\x01\x0b\xc8\x01", Packet::Publish(p));
+    check(
+        V5,
+        b"\x30\x09\x00\x01t\x05\x0b\x01\x0b\xc8\x01",
+        Packet::Publish(p),
+    );
 }

@@ -1,1 +1,179 @@
-fn main() {}
+//! The `fleetmq` command: `serve` runs a node, `config check` validates a file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+mod admin;
+mod config;
+mod connection;
+mod server;
+
+use config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "fleetmq",
+    version,
+    about = "A clustered MQTT broker that never loses a session"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no flags: one node, MQTT on 0.0.0.0:1883, data in ./data.
+    Serve(ServeArgs),
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file and print the problem, naming the key.
+    Check { file: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (see fleetmq.example.toml).
+    #[arg(long, env = "FLEETMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id, 1 or more.
+    #[arg(long, env = "FLEETMQ_NODE_ID")]
+    node_id: Option<u64>,
+    /// Where sessions and retained messages are stored.
+    #[arg(long, env = "FLEETMQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// MQTT TCP listener address.
+    #[arg(long, env = "FLEETMQ_MQTT_LISTEN")]
+    mqtt_listen: Option<String>,
+    /// gRPC listener address for the other nodes.
+    #[arg(long, env = "FLEETMQ_GRPC_LISTEN")]
+    grpc_listen: Option<String>,
+    /// Admin HTTP listener address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "FLEETMQ_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Cluster members as id=host:port,id=host:port.
+    #[arg(long, env = "FLEETMQ_PEERS", value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Storage engine: sled (durable) or memory.
+    #[arg(long, env = "FLEETMQ_STORAGE")]
+    storage: Option<String>,
+    /// Log filter, e.g. info or fleetmq=debug.
+    #[arg(long, env = "FLEETMQ_LOG", default_value = "info")]
+    log_level: String,
+    #[arg(long, env = "FLEETMQ_LOG_FORMAT", value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.node_id {
+            config.node_id = v;
+        }
+        if let Some(v) = &self.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = &self.mqtt_listen {
+            config.mqtt.listen = v.clone();
+        }
+        if let Some(v) = &self.grpc_listen {
+            config.cluster.grpc_listen = v.clone();
+        }
+        if let Some(v) = &self.admin_listen {
+            config.admin.listen = v.clone();
+        }
+        if let Some(v) = &self.peers {
+            config.cluster.peers = v.iter().filter(|p| !p.is_empty()).cloned().collect();
+        }
+        if let Some(v) = &self.storage {
+            config.storage.engine = v.clone();
+        }
+        Ok(config)
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter =
+        EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_level, args.log_format)?;
+    let config = args.config()?.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fleetmq")
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(server::run(config, stop_signal()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => Config::from_file(&file)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| c.validate().map_err(anyhow::Error::from))
+            .map(|_| eprintln!("{}: ok", file.display())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fleetmq: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -6,6 +6,8 @@ use crate::primitives::{Reader, Sink};
 use crate::properties::write_properties;
 use crate::{AckProperties, DecodeError, EncodeError, ProtocolVersion, PubResponse, ReasonCode};
 
+/// Which of the four the packet is; the names are the spec's packet names.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum AckKind {
     PubAck,
@@ -45,11 +47,21 @@ pub(crate) fn read(
     let code = r.u8("reason code")?;
     let reason_code = ReasonCode::from_u8(code)
         .filter(|c| kind.allows(*c))
-        .ok_or(DecodeError::InvalidReasonCode { packet: kind.name(), code })?;
+        .ok_or(DecodeError::InvalidReasonCode {
+            packet: kind.name(),
+            code,
+        })?;
     // With a remaining length of 3 the property length is left out.
-    let properties =
-        if r.is_empty() { AckProperties::default() } else { AckProperties::read(r, kind.name())? };
-    Ok(PubResponse { packet_id, reason_code, properties })
+    let properties = if r.is_empty() {
+        AckProperties::default()
+    } else {
+        AckProperties::read(r, kind.name())?
+    };
+    Ok(PubResponse {
+        packet_id,
+        reason_code,
+        properties,
+    })
 }
 
 pub(crate) fn write<S: Sink>(

@@ -7,20 +7,32 @@ use crate::{Auth, AuthProperties, DecodeError, EncodeError, ReasonCode};
 
 pub(crate) fn read(r: &mut Reader) -> Result<Auth, DecodeError> {
     if r.is_empty() {
-        return Ok(Auth { reason_code: ReasonCode::Success, properties: AuthProperties::default() });
+        return Ok(Auth {
+            reason_code: ReasonCode::Success,
+            properties: AuthProperties::default(),
+        });
     }
     let code = r.u8("reason code")?;
     let reason_code = ReasonCode::from_u8(code)
         .filter(|c| c.valid_in_auth())
-        .ok_or(DecodeError::InvalidReasonCode { packet: "AUTH", code })?;
+        .ok_or(DecodeError::InvalidReasonCode {
+            packet: "AUTH",
+            code,
+        })?;
     let properties = AuthProperties::read(r)?;
-    Ok(Auth { reason_code, properties })
+    Ok(Auth {
+        reason_code,
+        properties,
+    })
 }
 
 pub(crate) fn write<S: Sink>(auth: &Auth, s: &mut S) -> Result<(), EncodeError> {
     let reason = auth.reason_code;
     if !reason.valid_in_auth() {
-        return Err(EncodeError::InvalidReasonCode { packet: "AUTH", code: reason.as_u8() });
+        return Err(EncodeError::InvalidReasonCode {
+            packet: "AUTH",
+            code: reason.as_u8(),
+        });
     }
     if reason == ReasonCode::Success && auth.properties.is_empty() {
         return Ok(());

@@ -19,14 +19,27 @@ pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, 
         }
     };
     let code = r.u8("reason code")?;
-    let invalid = DecodeError::InvalidReasonCode { packet: "CONNACK", code };
+    let invalid = DecodeError::InvalidReasonCode {
+        packet: "CONNACK",
+        code,
+    };
     if !version.is_v5() {
         let reason_code = ReasonCode::from_v3_connack(code).ok_or(invalid)?;
-        return Ok(ConnAck { session_present, reason_code, properties: Default::default() });
+        return Ok(ConnAck {
+            session_present,
+            reason_code,
+            properties: Default::default(),
+        });
     }
-    let reason_code = ReasonCode::from_u8(code).filter(|c| c.valid_in_connack()).ok_or(invalid)?;
+    let reason_code = ReasonCode::from_u8(code)
+        .filter(|c| c.valid_in_connack())
+        .ok_or(invalid)?;
     let properties = ConnAckProperties::read(r)?;
-    Ok(ConnAck { session_present, reason_code, properties })
+    Ok(ConnAck {
+        session_present,
+        reason_code,
+        properties,
+    })
 }
 
 /// In 3.x the reason code becomes the closest return code (`to_v3_connack`).

@@ -36,21 +36,33 @@ pub(crate) fn read(r: &mut Reader) -> Result<Connect, DecodeError> {
     let will_qos = (flags >> WILL_QOS_SHIFT) & 0b11;
     let will_retain = flags & WILL_RETAIN != 0;
     if !has_will && (will_qos != 0 || will_retain) {
-        return Err(DecodeError::InvalidConnectFlags("will QoS or retain set without a will"));
+        return Err(DecodeError::InvalidConnectFlags(
+            "will QoS or retain set without a will",
+        ));
     }
     let will_qos = QoS::from_u8(will_qos).ok_or(DecodeError::InvalidQos(will_qos))?;
     let has_username = flags & USERNAME != 0;
     let has_password = flags & PASSWORD != 0;
     // MQTT 5 dropped this rule so that a password can carry a token alone.
     if has_password && !has_username && !v5 {
-        return Err(DecodeError::InvalidConnectFlags("password without user name"));
+        return Err(DecodeError::InvalidConnectFlags(
+            "password without user name",
+        ));
     }
 
     let keep_alive = r.u16("keep alive")?;
-    let properties = if v5 { ConnectProperties::read(r)? } else { ConnectProperties::default() };
+    let properties = if v5 {
+        ConnectProperties::read(r)?
+    } else {
+        ConnectProperties::default()
+    };
     let client_id = r.string("client identifier")?;
     let will = if has_will {
-        let properties = if v5 { WillProperties::read(r)? } else { WillProperties::default() };
+        let properties = if v5 {
+            WillProperties::read(r)?
+        } else {
+            WillProperties::default()
+        };
         Some(LastWill {
             topic: r.arc_str("will topic")?,
             payload: r.binary("will payload")?,
@@ -61,8 +73,16 @@ pub(crate) fn read(r: &mut Reader) -> Result<Connect, DecodeError> {
     } else {
         None
     };
-    let username = if has_username { Some(r.string("user name")?) } else { None };
-    let password = if has_password { Some(r.binary("password")?) } else { None };
+    let username = if has_username {
+        Some(r.string("user name")?)
+    } else {
+        None
+    };
+    let password = if has_password {
+        Some(r.binary("password")?)
+    } else {
+        None
+    };
 
     Ok(Connect {
         protocol,

@@ -3,7 +3,9 @@
 
 use crate::primitives::{Reader, Sink};
 use crate::properties::write_properties;
-use crate::{Disconnect, DisconnectProperties, DecodeError, EncodeError, ProtocolVersion, ReasonCode};
+use crate::{
+    DecodeError, Disconnect, DisconnectProperties, EncodeError, ProtocolVersion, ReasonCode,
+};
 
 pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<Disconnect, DecodeError> {
     // Remaining length 0 means Success with no properties (spec 3.14.2.1).
@@ -13,10 +15,19 @@ pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<Disconnec
     let code = r.u8("reason code")?;
     let reason_code = ReasonCode::from_u8(code)
         .filter(|c| c.valid_in_disconnect())
-        .ok_or(DecodeError::InvalidReasonCode { packet: "DISCONNECT", code })?;
-    let properties =
-        if r.is_empty() { DisconnectProperties::default() } else { DisconnectProperties::read(r)? };
-    Ok(Disconnect { reason_code, properties })
+        .ok_or(DecodeError::InvalidReasonCode {
+            packet: "DISCONNECT",
+            code,
+        })?;
+    let properties = if r.is_empty() {
+        DisconnectProperties::default()
+    } else {
+        DisconnectProperties::read(r)?
+    };
+    Ok(Disconnect {
+        reason_code,
+        properties,
+    })
 }
 
 pub(crate) fn write<S: Sink>(
@@ -29,7 +40,10 @@ pub(crate) fn write<S: Sink>(
     }
     let reason = disconnect.reason_code;
     if !reason.valid_in_disconnect() {
-        return Err(EncodeError::InvalidReasonCode { packet: "DISCONNECT", code: reason.as_u8() });
+        return Err(EncodeError::InvalidReasonCode {
+            packet: "DISCONNECT",
+            code: reason.as_u8(),
+        });
     }
     let no_properties = disconnect.properties.is_empty();
     if reason == ReasonCode::Success && no_properties {

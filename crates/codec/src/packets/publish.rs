@@ -15,7 +15,10 @@ pub(crate) fn check_flags(flags: u8) -> Result<QoS, DecodeError> {
     let qos = (flags >> QOS_SHIFT) & 0b11;
     let qos = QoS::from_u8(qos).ok_or(DecodeError::InvalidQos(qos))?;
     if qos == QoS::AtMostOnce && flags & DUP != 0 {
-        return Err(DecodeError::InvalidFlags { packet: "PUBLISH", flags });
+        return Err(DecodeError::InvalidFlags {
+            packet: "PUBLISH",
+            flags,
+        });
     }
     Ok(qos)
 }
@@ -31,8 +34,11 @@ pub(crate) fn read(
         QoS::AtMostOnce => None,
         QoS::AtLeastOnce | QoS::ExactlyOnce => Some(read_packet_id(r, "PUBLISH")?),
     };
-    let properties =
-        if version.is_v5() { PublishProperties::read(r)? } else { PublishProperties::default() };
+    let properties = if version.is_v5() {
+        PublishProperties::read(r)?
+    } else {
+        PublishProperties::default()
+    };
     if topic.is_empty() && properties.topic_alias.is_none() {
         return Err(DecodeError::EmptyTopicName);
     }
@@ -72,7 +78,9 @@ pub(crate) fn write<S: Sink>(
     }
     s.write_str(&publish.topic)?;
     if publish.qos != QoS::AtMostOnce {
-        let id = publish.packet_id.ok_or(EncodeError::MissingPacketId("PUBLISH"))?;
+        let id = publish
+            .packet_id
+            .ok_or(EncodeError::MissingPacketId("PUBLISH"))?;
         write_packet_id(s, id, "PUBLISH")?;
     }
     if v5 {

@@ -11,7 +11,11 @@ const V3_FAILURE: u8 = 0x80;
 pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<SubAck, DecodeError> {
     let packet_id = read_packet_id(r, "SUBACK")?;
     let v5 = version.is_v5();
-    let properties = if v5 { AckProperties::read(r, "SUBACK")? } else { AckProperties::default() };
+    let properties = if v5 {
+        AckProperties::read(r, "SUBACK")?
+    } else {
+        AckProperties::default()
+    };
     let mut reason_codes = Vec::new();
     while !r.is_empty() {
         let code = r.u8("reason code")?;
@@ -26,9 +30,16 @@ pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<SubAck, D
                 _ => None,
             }
         };
-        reason_codes.push(reason.ok_or(DecodeError::InvalidReasonCode { packet: "SUBACK", code })?);
+        reason_codes.push(reason.ok_or(DecodeError::InvalidReasonCode {
+            packet: "SUBACK",
+            code,
+        })?);
     }
-    Ok(SubAck { packet_id, reason_codes, properties })
+    Ok(SubAck {
+        packet_id,
+        reason_codes,
+        properties,
+    })
 }
 
 pub(crate) fn write<S: Sink>(
@@ -54,8 +65,10 @@ pub(crate) fn write<S: Sink>(
                 _ => None,
             }
         };
-        let code = code
-            .ok_or(EncodeError::InvalidReasonCode { packet: "SUBACK", code: reason.as_u8() })?;
+        let code = code.ok_or(EncodeError::InvalidReasonCode {
+            packet: "SUBACK",
+            code: reason.as_u8(),
+        })?;
         s.write_u8(code);
     }
     Ok(())

@@ -18,8 +18,11 @@ const RESERVED_V5: u8 = 0b1100_0000;
 
 pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<Subscribe, DecodeError> {
     let packet_id = read_packet_id(r, "SUBSCRIBE")?;
-    let properties =
-        if version.is_v5() { SubscribeProperties::read(r)? } else { SubscribeProperties::default() };
+    let properties = if version.is_v5() {
+        SubscribeProperties::read(r)?
+    } else {
+        SubscribeProperties::default()
+    };
     let mut filters = Vec::new();
     while !r.is_empty() {
         let filter = r.string("topic filter")?;
@@ -29,11 +32,19 @@ pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<Subscribe
     if filters.is_empty() {
         return Err(DecodeError::NoTopicFilters("SUBSCRIBE"));
     }
-    Ok(Subscribe { packet_id, filters, properties })
+    Ok(Subscribe {
+        packet_id,
+        filters,
+        properties,
+    })
 }
 
 fn read_options(byte: u8, version: ProtocolVersion) -> Result<SubscriptionOptions, DecodeError> {
-    let reserved = if version.is_v5() { RESERVED_V5 } else { RESERVED_V3 };
+    let reserved = if version.is_v5() {
+        RESERVED_V5
+    } else {
+        RESERVED_V3
+    };
     if byte & reserved != 0 {
         return Err(DecodeError::InvalidSubscriptionOptions(byte));
     }

@@ -20,10 +20,17 @@ pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<UnsubAck,
         let code = r.u8("reason code")?;
         let reason = ReasonCode::from_u8(code)
             .filter(|c| c.valid_in_unsuback())
-            .ok_or(DecodeError::InvalidReasonCode { packet: "UNSUBACK", code })?;
+            .ok_or(DecodeError::InvalidReasonCode {
+                packet: "UNSUBACK",
+                code,
+            })?;
         reason_codes.push(reason);
     }
-    Ok(UnsubAck { packet_id, reason_codes, properties })
+    Ok(UnsubAck {
+        packet_id,
+        reason_codes,
+        properties,
+    })
 }
 
 /// `reason_codes` and `properties` are left out for 3.x.
@@ -39,7 +46,10 @@ pub(crate) fn write<S: Sink>(
     write_properties(s, &unsuback.properties)?;
     for &reason in &unsuback.reason_codes {
         if !reason.valid_in_unsuback() {
-            return Err(EncodeError::InvalidReasonCode { packet: "UNSUBACK", code: reason.as_u8() });
+            return Err(EncodeError::InvalidReasonCode {
+                packet: "UNSUBACK",
+                code: reason.as_u8(),
+            });
         }
         s.write_u8(reason.as_u8());
     }

@@ -7,8 +7,11 @@ use crate::{DecodeError, EncodeError, ProtocolVersion, Unsubscribe};
 
 pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<Unsubscribe, DecodeError> {
     let packet_id = read_packet_id(r, "UNSUBSCRIBE")?;
-    let user_properties =
-        if version.is_v5() { read_unsubscribe_properties(r)? } else { Vec::new() };
+    let user_properties = if version.is_v5() {
+        read_unsubscribe_properties(r)?
+    } else {
+        Vec::new()
+    };
     let mut filters = Vec::new();
     while !r.is_empty() {
         filters.push(r.string("topic filter")?);
@@ -16,7 +19,11 @@ pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<Unsubscri
     if filters.is_empty() {
         return Err(DecodeError::NoTopicFilters("UNSUBSCRIBE"));
     }
-    Ok(Unsubscribe { packet_id, filters, user_properties })
+    Ok(Unsubscribe {
+        packet_id,
+        filters,
+        user_properties,
+    })
 }
 
 pub(crate) fn write<S: Sink>(

@@ -2,7 +2,7 @@
 //! generates only values that are valid for the version it is given, so that
 //! `decode(encode(p)) == p` must hold for all of them.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 pub mod samples;
 
@@ -15,8 +15,11 @@ use proptest::option::of;
 use proptest::prelude::*;
 use proptest::sample::select;
 
-pub const VERSIONS: [ProtocolVersion; 3] =
-    [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5];
+pub const VERSIONS: [ProtocolVersion; 3] = [
+    ProtocolVersion::V3_1,
+    ProtocolVersion::V3_1_1,
+    ProtocolVersion::V5,
+];
 
 pub const NO_LIMIT: usize = usize::MAX;
 
@@ -29,7 +32,9 @@ pub fn must_encode(packet: &Packet, version: ProtocolVersion) -> Vec<u8> {
 /// Decodes `bytes`, which must hold exactly one whole packet.
 pub fn must_decode(bytes: &[u8], version: ProtocolVersion) -> Packet {
     let mut buf = BytesMut::from(bytes);
-    let packet = decode(&mut buf, version, NO_LIMIT).unwrap().expect("a whole packet");
+    let packet = decode(&mut buf, version, NO_LIMIT)
+        .unwrap()
+        .expect("a whole packet");
     assert!(buf.is_empty(), "{} bytes left over", buf.len());
     packet
 }
@@ -122,7 +127,10 @@ pub const CONNACK_V3_CODES: [ReasonCode; 6] = [
 ];
 
 pub fn codes(values: &[u8]) -> Vec<ReasonCode> {
-    values.iter().map(|v| ReasonCode::from_u8(*v).unwrap()).collect()
+    values
+        .iter()
+        .map(|v| ReasonCode::from_u8(*v).unwrap())
+        .collect()
 }
 
 // The allowed sets, copied from the spec independently of the library's own.
@@ -132,8 +140,9 @@ pub const CONNACK_V5: &[u8] = &[
 ];
 pub const PUBACK_V5: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
 pub const PUBREL_V5: &[u8] = &[0x00, 0x92];
-pub const SUBACK_V5: &[u8] =
-    &[0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2];
+pub const SUBACK_V5: &[u8] = &[
+    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+];
 pub const UNSUBACK_V5: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
 pub const DISCONNECT_V5: &[u8] = &[
     0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95,
@@ -153,17 +162,19 @@ fn connect_properties() -> impl Strategy<Value = ConnectProperties> {
         of(string()),
         of(binary()),
     )
-        .prop_map(|(sei, rm, mps, tam, rri, rpi, up, am, ad)| ConnectProperties {
-            session_expiry_interval: sei,
-            receive_maximum: rm,
-            maximum_packet_size: mps,
-            topic_alias_maximum: tam,
-            request_response_information: rri,
-            request_problem_information: rpi,
-            user_properties: up,
-            authentication_method: am,
-            authentication_data: ad,
-        })
+        .prop_map(
+            |(sei, rm, mps, tam, rri, rpi, up, am, ad)| ConnectProperties {
+                session_expiry_interval: sei,
+                receive_maximum: rm,
+                maximum_packet_size: mps,
+                topic_alias_maximum: tam,
+                request_response_information: rri,
+                request_problem_information: rpi,
+                user_properties: up,
+                authentication_method: am,
+                authentication_data: ad,
+            },
+        )
 }
 
 fn will_properties() -> impl Strategy<Value = WillProperties> {
@@ -188,15 +199,20 @@ fn will_properties() -> impl Strategy<Value = WillProperties> {
 }
 
 fn will(version: ProtocolVersion) -> impl Strategy<Value = LastWill> {
-    (arc_str(), binary(), qos(), any::<bool>(), v5_only(version, will_properties())).prop_map(
-        |(topic, payload, qos, retain, properties)| LastWill {
+    (
+        arc_str(),
+        binary(),
+        qos(),
+        any::<bool>(),
+        v5_only(version, will_properties()),
+    )
+        .prop_map(|(topic, payload, qos, retain, properties)| LastWill {
             topic,
             payload,
             qos,
             retain,
             properties,
-        },
-    )
+        })
 }
 
 pub fn connect(version: ProtocolVersion) -> impl Strategy<Value = Connect> {
@@ -209,23 +225,25 @@ pub fn connect(version: ProtocolVersion) -> impl Strategy<Value = Connect> {
         of(binary()),
         v5_only(version, connect_properties()),
     )
-        .prop_map(move |(clean_start, keep_alive, client_id, will, username, password, properties)| {
-            // 3.x cannot send a password without a user name.
-            let username = match (&username, &password) {
-                (None, Some(_)) if !version.is_v5() => Some("user".to_owned()),
-                _ => username,
-            };
-            Connect {
-                protocol: version,
-                clean_start,
-                keep_alive,
-                client_id,
-                will,
-                username,
-                password,
-                properties,
-            }
-        })
+        .prop_map(
+            move |(clean_start, keep_alive, client_id, will, username, password, properties)| {
+                // 3.x cannot send a password without a user name.
+                let username = match (&username, &password) {
+                    (None, Some(_)) if !version.is_v5() => Some("user".to_owned()),
+                    _ => username,
+                };
+                Connect {
+                    protocol: version,
+                    clean_start,
+                    keep_alive,
+                    client_id,
+                    will,
+                    username,
+                    password,
+                    properties,
+                }
+            },
+        )
 }
 
 fn connack_properties() -> impl Strategy<Value = ConnAckProperties> {
@@ -250,38 +268,47 @@ fn connack_properties() -> impl Strategy<Value = ConnAckProperties> {
         of(string()),
         of(binary()),
     );
-    (first, second).prop_map(|((sei, rm, mq, ra, mps, aci, tam, rs, up), (wsa, sia, ssa, ska, ri, sr, am, ad))| {
-        ConnAckProperties {
-            session_expiry_interval: sei,
-            receive_maximum: rm,
-            maximum_qos: mq,
-            retain_available: ra,
-            maximum_packet_size: mps,
-            assigned_client_identifier: aci,
-            topic_alias_maximum: tam,
-            reason_string: rs,
-            user_properties: up,
-            wildcard_subscription_available: wsa,
-            subscription_identifiers_available: sia,
-            shared_subscription_available: ssa,
-            server_keep_alive: ska,
-            response_information: ri,
-            server_reference: sr,
-            authentication_method: am,
-            authentication_data: ad,
-        }
-    })
+    (first, second).prop_map(
+        |((sei, rm, mq, ra, mps, aci, tam, rs, up), (wsa, sia, ssa, ska, ri, sr, am, ad))| {
+            ConnAckProperties {
+                session_expiry_interval: sei,
+                receive_maximum: rm,
+                maximum_qos: mq,
+                retain_available: ra,
+                maximum_packet_size: mps,
+                assigned_client_identifier: aci,
+                topic_alias_maximum: tam,
+                reason_string: rs,
+                user_properties: up,
+                wildcard_subscription_available: wsa,
+                subscription_identifiers_available: sia,
+                shared_subscription_available: ssa,
+                server_keep_alive: ska,
+                response_information: ri,
+                server_reference: sr,
+                authentication_method: am,
+                authentication_data: ad,
+            }
+        },
+    )
 }
 
 fn connack(version: ProtocolVersion) -> impl Strategy<Value = ConnAck> {
-    let reasons = if version.is_v5() { codes(CONNACK_V5) } else { CONNACK_V3_CODES.to_vec() };
-    (any::<bool>(), select(reasons), v5_only(version, connack_properties())).prop_map(
-        move |(session_present, reason_code, properties)| ConnAck {
+    let reasons = if version.is_v5() {
+        codes(CONNACK_V5)
+    } else {
+        CONNACK_V3_CODES.to_vec()
+    };
+    (
+        any::<bool>(),
+        select(reasons),
+        v5_only(version, connack_properties()),
+    )
+        .prop_map(move |(session_present, reason_code, properties)| ConnAck {
             session_present: session_present && version != ProtocolVersion::V3_1,
             reason_code,
             properties,
-        },
-    )
+        })
 }
 
 fn publish_properties() -> impl Strategy<Value = PublishProperties> {
@@ -345,15 +372,31 @@ fn ack_properties() -> impl Strategy<Value = AckProperties> {
 }
 
 fn pub_response(version: ProtocolVersion, allowed: &[u8]) -> impl Strategy<Value = PubResponse> {
-    let reasons = if version.is_v5() { codes(allowed) } else { vec![ReasonCode::Success] };
-    (packet_id(), select(reasons), v5_only(version, ack_properties())).prop_map(
-        |(packet_id, reason_code, properties)| PubResponse { packet_id, reason_code, properties },
+    let reasons = if version.is_v5() {
+        codes(allowed)
+    } else {
+        vec![ReasonCode::Success]
+    };
+    (
+        packet_id(),
+        select(reasons),
+        v5_only(version, ack_properties()),
     )
+        .prop_map(|(packet_id, reason_code, properties)| PubResponse {
+            packet_id,
+            reason_code,
+            properties,
+        })
 }
 
 fn subscription_options(version: ProtocolVersion) -> BoxedStrategy<SubscriptionOptions> {
     if !version.is_v5() {
-        return qos().prop_map(|qos| SubscriptionOptions { qos, ..Default::default() }).boxed();
+        return qos()
+            .prop_map(|qos| SubscriptionOptions {
+                qos,
+                ..Default::default()
+            })
+            .boxed();
     }
     let handling = select(vec![
         RetainHandling::SendAtSubscribe,
@@ -361,12 +404,14 @@ fn subscription_options(version: ProtocolVersion) -> BoxedStrategy<SubscriptionO
         RetainHandling::DoNotSend,
     ]);
     (qos(), any::<bool>(), any::<bool>(), handling)
-        .prop_map(|(qos, no_local, retain_as_published, retain_handling)| SubscriptionOptions {
-            qos,
-            no_local,
-            retain_as_published,
-            retain_handling,
-        })
+        .prop_map(
+            |(qos, no_local, retain_as_published, retain_handling)| SubscriptionOptions {
+                qos,
+                no_local,
+                retain_as_published,
+                retain_handling,
+            },
+        )
         .boxed()
 }
 
@@ -380,7 +425,11 @@ fn subscribe(version: ProtocolVersion) -> impl Strategy<Value = Subscribe> {
         },
     );
     (packet_id(), vec(filter, 1..4), v5_only(version, properties)).prop_map(
-        |(packet_id, filters, properties)| Subscribe { packet_id, filters, properties },
+        |(packet_id, filters, properties)| Subscribe {
+            packet_id,
+            filters,
+            properties,
+        },
     )
 }
 
@@ -390,15 +439,29 @@ fn suback(version: ProtocolVersion) -> impl Strategy<Value = SubAck> {
     } else {
         codes(&[0x00, 0x01, 0x02, 0x80])
     };
-    (packet_id(), vec(select(reasons), 0..4), v5_only(version, ack_properties())).prop_map(
-        |(packet_id, reason_codes, properties)| SubAck { packet_id, reason_codes, properties },
+    (
+        packet_id(),
+        vec(select(reasons), 0..4),
+        v5_only(version, ack_properties()),
     )
+        .prop_map(|(packet_id, reason_codes, properties)| SubAck {
+            packet_id,
+            reason_codes,
+            properties,
+        })
 }
 
 fn unsubscribe(version: ProtocolVersion) -> impl Strategy<Value = Unsubscribe> {
-    (packet_id(), vec(string(), 1..4), v5_only(version, user_properties())).prop_map(
-        |(packet_id, filters, user_properties)| Unsubscribe { packet_id, filters, user_properties },
+    (
+        packet_id(),
+        vec(string(), 1..4),
+        v5_only(version, user_properties()),
     )
+        .prop_map(|(packet_id, filters, user_properties)| Unsubscribe {
+            packet_id,
+            filters,
+            user_properties,
+        })
 }
 
 fn unsuback(version: ProtocolVersion) -> impl Strategy<Value = UnsubAck> {
@@ -418,16 +481,23 @@ fn disconnect(version: ProtocolVersion) -> BoxedStrategy<Disconnect> {
     if !version.is_v5() {
         return Just(Disconnect::new(ReasonCode::Success)).boxed();
     }
-    let properties = (of(any::<u32>()), of(string()), user_properties(), of(string())).prop_map(
-        |(sei, rs, up, sr)| DisconnectProperties {
+    let properties = (
+        of(any::<u32>()),
+        of(string()),
+        user_properties(),
+        of(string()),
+    )
+        .prop_map(|(sei, rs, up, sr)| DisconnectProperties {
             session_expiry_interval: sei,
             reason_string: rs,
             user_properties: up,
             server_reference: sr,
-        },
-    );
+        });
     (select(codes(DISCONNECT_V5)), properties)
-        .prop_map(|(reason_code, properties)| Disconnect { reason_code, properties })
+        .prop_map(|(reason_code, properties)| Disconnect {
+            reason_code,
+            properties,
+        })
         .boxed()
 }
 
@@ -440,20 +510,32 @@ fn auth() -> impl Strategy<Value = Auth> {
             user_properties: up,
         },
     );
-    (select(codes(AUTH_V5)), properties)
-        .prop_map(|(reason_code, properties)| Auth { reason_code, properties })
+    (select(codes(AUTH_V5)), properties).prop_map(|(reason_code, properties)| Auth {
+        reason_code,
+        properties,
+    })
 }
 
 /// Any packet valid in `version`, every packet type it has.
 pub fn any_packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     let mut strategies = vec![
-        connect(version).prop_map(|c| Packet::Connect(Box::new(c))).boxed(),
+        connect(version)
+            .prop_map(|c| Packet::Connect(Box::new(c)))
+            .boxed(),
         connack(version).prop_map(Packet::ConnAck).boxed(),
         publish(version).prop_map(Packet::Publish).boxed(),
-        pub_response(version, PUBACK_V5).prop_map(Packet::PubAck).boxed(),
-        pub_response(version, PUBACK_V5).prop_map(Packet::PubRec).boxed(),
-        pub_response(version, PUBREL_V5).prop_map(Packet::PubRel).boxed(),
-        pub_response(version, PUBREL_V5).prop_map(Packet::PubComp).boxed(),
+        pub_response(version, PUBACK_V5)
+            .prop_map(Packet::PubAck)
+            .boxed(),
+        pub_response(version, PUBACK_V5)
+            .prop_map(Packet::PubRec)
+            .boxed(),
+        pub_response(version, PUBREL_V5)
+            .prop_map(Packet::PubRel)
+            .boxed(),
+        pub_response(version, PUBREL_V5)
+            .prop_map(Packet::PubComp)
+            .boxed(),
         subscribe(version).prop_map(Packet::Subscribe).boxed(),
         suback(version).prop_map(Packet::SubAck).boxed(),
         unsubscribe(version).prop_map(Packet::Unsubscribe).boxed(),

@@ -84,7 +84,10 @@ fn connect(protocol: ProtocolVersion) -> Vec<Packet> {
             properties: ConnectProperties::default(),
         });
     }
-    packets.into_iter().map(|c| Packet::Connect(Box::new(c))).collect()
+    packets
+        .into_iter()
+        .map(|c| Packet::Connect(Box::new(c)))
+        .collect()
 }
 
 fn acks(v5: bool) -> Vec<Packet> {
@@ -126,7 +129,11 @@ pub fn samples(version: ProtocolVersion) -> Vec<Packet> {
     }));
     packets.push(Packet::ConnAck(ConnAck {
         session_present: false,
-        reason_code: if v5 { ReasonCode::Banned } else { ReasonCode::NotAuthorized },
+        reason_code: if v5 {
+            ReasonCode::Banned
+        } else {
+            ReasonCode::NotAuthorized
+        },
         properties: ConnAckProperties::default(),
     }));
     if v5 {
@@ -164,13 +171,23 @@ pub fn samples(version: ProtocolVersion) -> Vec<Packet> {
         properties: PublishProperties::default(),
         payload: Bytes::from_static(payload),
     };
-    packets.push(Packet::Publish(publish(QoS::AtMostOnce, None, "a/b", b"hello")));
+    packets.push(Packet::Publish(publish(
+        QoS::AtMostOnce,
+        None,
+        "a/b",
+        b"hello",
+    )));
     packets.push(Packet::Publish(Publish {
         dup: true,
         retain: true,
         ..publish(QoS::AtLeastOnce, Some(10), "sensors/1/temp", b"21.5")
     }));
-    packets.push(Packet::Publish(publish(QoS::ExactlyOnce, Some(11), "x", b"")));
+    packets.push(Packet::Publish(publish(
+        QoS::ExactlyOnce,
+        Some(11),
+        "x",
+        b"",
+    )));
     if v5 {
         packets.push(Packet::Publish(Publish {
             properties: PublishProperties {
@@ -191,11 +208,17 @@ pub fn samples(version: ProtocolVersion) -> Vec<Packet> {
 
     let filter = |filter: &str, qos| SubscribeFilter {
         filter: filter.into(),
-        options: SubscriptionOptions { qos, ..Default::default() },
+        options: SubscriptionOptions {
+            qos,
+            ..Default::default()
+        },
     };
     packets.push(Packet::Subscribe(Subscribe {
         packet_id: 20,
-        filters: vec![filter("a/+", QoS::AtMostOnce), filter("b/#", QoS::ExactlyOnce)],
+        filters: vec![
+            filter("a/+", QoS::AtMostOnce),
+            filter("b/#", QoS::ExactlyOnce),
+        ],
         properties: SubscribeProperties::default(),
     }));
     if v5 {
@@ -217,7 +240,11 @@ pub fn samples(version: ProtocolVersion) -> Vec<Packet> {
         }));
     }
 
-    let failure = if v5 { ReasonCode::NotAuthorized } else { ReasonCode::UnspecifiedError };
+    let failure = if v5 {
+        ReasonCode::NotAuthorized
+    } else {
+        ReasonCode::UnspecifiedError
+    };
     packets.push(Packet::SubAck(SubAck {
         packet_id: 20,
         reason_codes: vec![ReasonCode::Success, ReasonCode::GrantedQos2, failure],
@@ -227,7 +254,11 @@ pub fn samples(version: ProtocolVersion) -> Vec<Packet> {
     packets.push(Packet::Unsubscribe(Unsubscribe {
         packet_id: 30,
         filters: vec!["a/+".into(), "b/#".into()],
-        user_properties: if v5 { vec![user("why", "done")] } else { vec![] },
+        user_properties: if v5 {
+            vec![user("why", "done")]
+        } else {
+            vec![]
+        },
     }));
     packets.push(Packet::UnsubAck(UnsubAck {
         packet_id: 30,
@@ -243,7 +274,9 @@ pub fn samples(version: ProtocolVersion) -> Vec<Packet> {
     packets.push(Packet::PingResp);
     packets.push(Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
     if v5 {
-        packets.push(Packet::Disconnect(Disconnect::new(ReasonCode::DisconnectWithWillMessage)));
+        packets.push(Packet::Disconnect(Disconnect::new(
+            ReasonCode::DisconnectWithWillMessage,
+        )));
         packets.push(Packet::Disconnect(Disconnect {
             reason_code: ReasonCode::ServerMoved,
             properties: DisconnectProperties {

@@ -1,0 +1,403 @@
+//! The node's configuration: one versioned TOML schema with documented defaults
+//! (`fleetmq.example.toml`), overridden by flags and `FLEETMQ_*` variables, and a
+//! `validate()` whose errors name the key at fault.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleetmq_broker::{BrokerConfig, QueueFullPolicy};
+use serde::Deserialize;
+
+/// The schema version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub version: u32,
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub mqtt: MqttConfig,
+    pub admin: AdminConfig,
+    pub cluster: ClusterConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub listen: String,
+    pub max_packet_size: u32,
+    pub receive_maximum: u16,
+    pub max_inflight: u16,
+    pub max_keep_alive: u16,
+    pub max_session_expiry_interval: u32,
+    pub max_queued_messages: usize,
+    pub queue_full_policy: String,
+    pub topic_alias_maximum: u16,
+    pub max_topic_levels: usize,
+    pub retain_available: bool,
+    pub sys_interval: u64,
+    pub connect_timeout: u64,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub grpc_listen: String,
+    /// "id=host:port" entries.
+    pub peers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub engine: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: CONFIG_VERSION,
+            node_id: 1,
+            data_dir: PathBuf::from("./data"),
+            mqtt: MqttConfig::default(),
+            admin: AdminConfig::default(),
+            cluster: ClusterConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        let core = BrokerConfig::default();
+        MqttConfig {
+            listen: "0.0.0.0:1883".into(),
+            max_packet_size: core.max_packet_size,
+            receive_maximum: core.receive_maximum,
+            max_inflight: core.max_inflight,
+            max_keep_alive: core.max_keep_alive,
+            max_session_expiry_interval: core.max_session_expiry_interval,
+            max_queued_messages: core.max_queued_messages,
+            queue_full_policy: "drop-new".into(),
+            topic_alias_maximum: core.topic_alias_maximum,
+            max_topic_levels: core.max_topic_levels,
+            retain_available: core.retain_available,
+            sys_interval: 10,
+            connect_timeout: 10,
+            max_connections: 100_000,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "0.0.0.0:8080".into(),
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            grpc_listen: "0.0.0.0:7070".into(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            engine: "sled".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageEngineKind {
+    Sled,
+    Memory,
+}
+
+/// The configuration checked and turned into the types the node runs with.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub mqtt_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub peers: BTreeMap<u64, String>,
+    pub storage: StorageEngineKind,
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+    pub broker: BrokerConfig,
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys and wrong types are errors naming the key.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Checks every value, naming the key of the first one that is wrong.
+    pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
+        if self.version != CONFIG_VERSION {
+            return Err(invalid(
+                "version",
+                format!(
+                    "this build reads version {CONFIG_VERSION}, the file says {}",
+                    self.version
+                ),
+            ));
+        }
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "must be 1 or more"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let m = &self.mqtt;
+        let mqtt_listen = parse_addr("mqtt.listen", &m.listen)?;
+        let admin_listen = parse_addr("admin.listen", &self.admin.listen)?;
+        let grpc_listen = parse_addr("cluster.grpc_listen", &self.cluster.grpc_listen)?;
+        if m.max_packet_size < 64 {
+            return Err(invalid("mqtt.max_packet_size", "must be at least 64 bytes"));
+        }
+        if m.max_packet_size as usize > fleetmq_codec::MAX_REMAINING_LENGTH + 5 {
+            return Err(invalid(
+                "mqtt.max_packet_size",
+                "must be at most 268435460 bytes, the MQTT limit",
+            ));
+        }
+        if m.receive_maximum == 0 {
+            return Err(invalid("mqtt.receive_maximum", "must be 1 or more"));
+        }
+        if m.max_inflight == 0 {
+            return Err(invalid("mqtt.max_inflight", "must be 1 or more"));
+        }
+        if m.max_queued_messages == 0 {
+            return Err(invalid("mqtt.max_queued_messages", "must be 1 or more"));
+        }
+        let queue_full_policy = match m.queue_full_policy.as_str() {
+            "drop-new" => QueueFullPolicy::DropNew,
+            "drop-oldest" => QueueFullPolicy::DropOldest,
+            other => {
+                return Err(invalid(
+                    "mqtt.queue_full_policy",
+                    format!("must be \"drop-new\" or \"drop-oldest\", not {other:?}"),
+                ))
+            }
+        };
+        if m.max_topic_levels == 0 || m.max_topic_levels > fleetmq_topic::MAX_FILTER_LEVELS {
+            return Err(invalid(
+                "mqtt.max_topic_levels",
+                format!("must be between 1 and {}", fleetmq_topic::MAX_FILTER_LEVELS),
+            ));
+        }
+        if m.connect_timeout == 0 {
+            return Err(invalid("mqtt.connect_timeout", "must be 1 second or more"));
+        }
+        if m.max_connections == 0 {
+            return Err(invalid("mqtt.max_connections", "must be 1 or more"));
+        }
+        let storage = match self.storage.engine.as_str() {
+            "sled" => StorageEngineKind::Sled,
+            "memory" => StorageEngineKind::Memory,
+            other => {
+                return Err(invalid(
+                    "storage.engine",
+                    format!("must be \"sled\" or \"memory\", not {other:?}"),
+                ))
+            }
+        };
+        let peers = parse_peers("cluster.peers", &self.cluster.peers)?;
+        if let Some(other) = peers.keys().find(|id| **id != self.node_id) {
+            return Err(invalid(
+                "cluster.peers",
+                format!(
+                    "lists node {other}, but this build runs single-node clusters only \
+                     (multi-node replication is not implemented yet); list only node {} or none",
+                    self.node_id
+                ),
+            ));
+        }
+        Ok(ValidConfig {
+            node_id: self.node_id,
+            data_dir: self.data_dir.clone(),
+            mqtt_listen,
+            admin_listen,
+            grpc_listen,
+            peers,
+            storage,
+            connect_timeout: Duration::from_secs(m.connect_timeout),
+            max_connections: m.max_connections,
+            broker: BrokerConfig {
+                node_id: self.node_id,
+                max_packet_size: m.max_packet_size,
+                receive_maximum: m.receive_maximum,
+                max_inflight: m.max_inflight,
+                max_keep_alive: m.max_keep_alive,
+                max_session_expiry_interval: m.max_session_expiry_interval,
+                max_queued_messages: m.max_queued_messages,
+                queue_full_policy,
+                topic_alias_maximum: m.topic_alias_maximum,
+                max_topic_levels: m.max_topic_levels,
+                retain_available: m.retain_available,
+                sys_interval: (m.sys_interval > 0).then(|| Duration::from_secs(m.sys_interval)),
+                outbox_capacity: 4096,
+            },
+        })
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not an address like 0.0.0.0:1883 or [::1]:1883"),
+        )
+    })
+}
+
+/// Parses `id=host:port` entries.
+pub fn parse_peers(key: &str, entries: &[String]) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for entry in entries {
+        let (id, addr) = entry
+            .split_once('=')
+            .ok_or_else(|| invalid(key, format!("{entry:?} is not id=host:port")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| invalid(key, format!("{entry:?}: node id must be a number >= 1")))?;
+        let addr = addr.trim();
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(invalid(
+                key,
+                format!("{entry:?}: address must be host:port"),
+            ));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(invalid(key, format!("node id {id} is listed twice")));
+        }
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_ones() {
+        let v = Config::default().validate().unwrap();
+        assert_eq!(v.mqtt_listen.to_string(), "0.0.0.0:1883");
+        assert_eq!(v.data_dir, PathBuf::from("./data"));
+        assert_eq!(v.storage, StorageEngineKind::Sled);
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let text = include_str!("../../../fleetmq.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.mqtt.max_packet_size, d.mqtt.max_packet_size);
+        assert_eq!(c.mqtt.listen, d.mqtt.listen);
+        assert_eq!(c.admin.listen, d.admin.listen);
+        assert_eq!(c.mqtt.queue_full_policy, d.mqtt.queue_full_policy);
+        assert_eq!(
+            c.mqtt.max_session_expiry_interval,
+            d.mqtt.max_session_expiry_interval
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Config::from_toml("[mqtt]\nmax_pakcet_size = 10\n").unwrap_err();
+        assert!(err.contains("max_pakcet_size"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut c = Config::default();
+        c.mqtt.queue_full_policy = "sometimes".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("mqtt.queue_full_policy"), "{err}");
+
+        let mut c = Config::default();
+        c.mqtt.listen = "localhost".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("mqtt.listen"), "{err}");
+
+        let mut c = Config::default();
+        c.version = 2;
+        assert!(c.validate().unwrap_err().to_string().contains("`version`"));
+    }
+
+    #[test]
+    fn peers_parse_and_reject_garbage() {
+        let p = parse_peers("cluster.peers", &["1=127.0.0.1:7070".into()]).unwrap();
+        assert_eq!(p[&1], "127.0.0.1:7070");
+        assert!(parse_peers("k", &["x=127.0.0.1:1".into()]).is_err());
+        assert!(parse_peers("k", &["1=nohost".into()]).is_err());
+        assert!(parse_peers("k", &["1=a:1".into(), "1=b:2".into()]).is_err());
+    }
+
+    #[test]
+    fn other_peers_are_refused_until_clustering_exists() {
+        let mut c = Config::default();
+        c.cluster.peers = vec!["1=127.0.0.1:7070".into(), "2=127.0.0.1:7071".into()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("cluster.peers"), "{err}");
+    }
+}

@@ -1,0 +1,806 @@
+//! One task per client connection: it owns the socket and the codec, and
+//! `select!`s over reading, its outbox from the router, a close request, the
+//! keep-alive deadline and shutdown. Connection-scoped protocol state lives here:
+//! topic aliases both ways, the client's Receive Maximum quota, packet size limits.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fleetmq_broker::{
+    now_ms, CloseReason, ConnId, ConnectRequest, ConnectionEnd, ConnectionHandle, DropReason,
+    Event, Metrics, Outgoing, OutgoingPublish,
+};
+use fleetmq_codec::{
+    decode, encode, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
+    DisconnectProperties, Packet, ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode,
+    Subscribe,
+};
+use fleetmq_topic::{validate_topic_name, TopicFilter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::ValidConfig;
+
+/// What every connection task shares.
+pub struct ConnectionContext {
+    pub config: ValidConfig,
+    pub events: mpsc::Sender<Event>,
+    pub metrics: Arc<Metrics>,
+    pub next_conn_id: AtomicU64,
+}
+
+/// Bytes of encoded output gathered before one socket write.
+const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+/// Outbox items gathered before one socket write.
+const WRITE_COALESCE_ITEMS: usize = 256;
+
+/// Why the connection loop ended.
+enum Ending {
+    /// DISCONNECT from the client; `with_will` after reason 0x04.
+    ClientDisconnect {
+        with_will: bool,
+        session_expiry: Option<u32>,
+    },
+    /// Socket closed or failed without DISCONNECT.
+    Lost,
+    /// The server closes with this reason (DISCONNECT sent first to MQTT 5 clients).
+    Server(ReasonCode, Option<String>),
+}
+
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ConnectionContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let conn_id = ctx.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", node_id = ctx.config.node_id, conn_id, %peer, client_id = tracing::field::Empty);
+    ctx.metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    Metrics::gauge_add(&ctx.metrics.connections_current, 1);
+    let _ = stream.set_nodelay(true);
+    let mut conn = Connection {
+        stream,
+        read_buf: BytesMut::with_capacity(4096),
+        write_buf: BytesMut::with_capacity(4096),
+        ctx: ctx.clone(),
+        conn_id,
+        version: ProtocolVersion::V3_1_1,
+        client_id: Arc::from(""),
+        keep_alive: None,
+        session_expiry: 0,
+        request_problem_info: true,
+        client_max_packet: None,
+        client_alias_max: 0,
+        inbound_aliases: HashMap::new(),
+        outbound_aliases: HashMap::new(),
+        unacked_incoming: HashSet::new(),
+    };
+    conn.run(shutdown).instrument(span).await;
+    Metrics::gauge_add(&ctx.metrics.connections_current, -1);
+}
+
+struct Connection {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    ctx: Arc<ConnectionContext>,
+    conn_id: ConnId,
+    version: ProtocolVersion,
+    client_id: Arc<str>,
+    keep_alive: Option<Duration>,
+    session_expiry: u32,
+    request_problem_info: bool,
+    client_max_packet: Option<usize>,
+    client_alias_max: u16,
+    inbound_aliases: HashMap<u16, Arc<str>>,
+    outbound_aliases: HashMap<Arc<str>, u16>,
+    /// Packet ids of QoS 1/2 PUBLISHes received and not yet fully acknowledged;
+    /// its size is what the server's Receive Maximum limits.
+    unacked_incoming: HashSet<u16>,
+}
+
+impl Connection {
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
+        let connect_timeout = self.ctx.config.connect_timeout;
+        let connect = match tokio::time::timeout(connect_timeout, self.read_connect()).await {
+            Ok(Ok(Some(connect))) => connect,
+            Ok(Ok(None)) => {
+                self.ctx.metrics.closed(CloseReason::ConnectionLost);
+                return;
+            }
+            Ok(Err(reason)) => {
+                self.ctx.metrics.closed(CloseReason::Server(reason));
+                return;
+            }
+            Err(_) => {
+                debug!("no CONNECT within the connect timeout");
+                self.ctx
+                    .metrics
+                    .closed(CloseReason::Server(ReasonCode::MaximumConnectTime));
+                return;
+            }
+        };
+        let Some(end) = self.accept(connect).await else {
+            return;
+        };
+        tracing::Span::current().record("client_id", &*self.client_id);
+        let ending = self.serve(end, &mut shutdown).await;
+        let (publish_will, session_expiry, close_reason) = match &ending {
+            Ending::ClientDisconnect {
+                with_will,
+                session_expiry,
+            } => (*with_will, *session_expiry, CloseReason::ClientDisconnect),
+            Ending::Lost => (true, None, CloseReason::ConnectionLost),
+            Ending::Server(code, text) => {
+                self.send_disconnect(*code, text.clone()).await;
+                (true, None, CloseReason::Server(*code))
+            }
+        };
+        self.ctx.metrics.closed(close_reason);
+        let _ = self
+            .ctx
+            .events
+            .send(Event::Disconnect {
+                conn: self.conn_id,
+                publish_will,
+                session_expiry_interval: session_expiry,
+            })
+            .await;
+        let _ = self.stream.shutdown().await;
+        debug!(?close_reason, "connection closed");
+    }
+
+    /// Reads until the first packet. `Ok(None)`: the peer went away; `Err`: refused.
+    async fn read_connect(&mut self) -> Result<Option<Box<Connect>>, ReasonCode> {
+        let max = self.ctx.config.broker.max_packet_size as usize;
+        loop {
+            match decode(&mut self.read_buf, ProtocolVersion::V5, max) {
+                Ok(Some(Packet::Connect(connect))) => return Ok(Some(connect)),
+                Ok(Some(other)) => {
+                    warn!(packet = other.kind(), "first packet is not CONNECT");
+                    return Err(ReasonCode::ProtocolError);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    self.ctx
+                        .metrics
+                        .decode_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(%error, "malformed CONNECT");
+                    let code = error.reason_code();
+                    self.refuse_connect(&error, code).await;
+                    return Err(code);
+                }
+            }
+            match self.stream.read_buf(&mut self.read_buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(n) => Metrics::add(&self.ctx.metrics.bytes_received, n as u64),
+            }
+        }
+    }
+
+    /// Answers a CONNECT that could not be decoded, in the form its level asks for.
+    async fn refuse_connect(&mut self, error: &DecodeError, code: ReasonCode) {
+        let level = connect_level(&self.read_buf);
+        let version = match (error, level) {
+            (DecodeError::UnsupportedProtocolVersion(_), _) => Some(ProtocolVersion::V3_1_1),
+            (DecodeError::InvalidProtocolName(_), _) => None,
+            (_, Some(5)) => Some(ProtocolVersion::V5),
+            _ => None,
+        };
+        if let Some(version) = version {
+            let ack = ConnAck {
+                session_present: false,
+                reason_code: code,
+                properties: ConnAckProperties::default(),
+            };
+            self.write_packet_now(&Packet::ConnAck(ack), version).await;
+        }
+    }
+
+    /// Validates CONNECT, registers with the router and sends CONNACK.
+    async fn accept(&mut self, connect: Box<Connect>) -> Option<ConnectionEnd> {
+        let cfg = &self.ctx.config.broker;
+        let connect = *connect;
+        self.version = connect.protocol;
+        let v5 = connect.protocol.is_v5();
+        let props = &connect.properties;
+
+        let mut assigned = None;
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            if v5 || (connect.protocol == ProtocolVersion::V3_1_1 && connect.clean_start) {
+                let id = format!("fleetmq-{}-{}", cfg.node_id, unique_suffix(self.conn_id));
+                assigned = Some(id.clone());
+                Arc::from(id)
+            } else {
+                return self.refuse(ReasonCode::ClientIdentifierNotValid).await;
+            }
+        } else {
+            Arc::from(connect.client_id.as_str())
+        };
+        if props.authentication_method.is_some() {
+            // Enhanced authentication methods arrive with the auth work; refuse honestly.
+            return self.refuse(ReasonCode::BadAuthenticationMethod).await;
+        }
+        if let Some(will) = &connect.will {
+            if validate_topic_name(&will.topic).is_err() {
+                return self.refuse(ReasonCode::TopicNameInvalid).await;
+            }
+            if will.retain && !cfg.retain_available {
+                return self.refuse(ReasonCode::RetainNotSupported).await;
+            }
+        }
+        self.client_id = client_id.clone();
+        self.session_expiry = if v5 {
+            props
+                .session_expiry_interval
+                .unwrap_or(0)
+                .min(cfg.max_session_expiry_interval)
+        } else if connect.clean_start {
+            0
+        } else {
+            cfg.max_session_expiry_interval
+        };
+        self.request_problem_info = props.request_problem_information.unwrap_or(true);
+        self.client_max_packet = props.maximum_packet_size.map(|m| m as usize);
+        self.client_alias_max = props.topic_alias_maximum.unwrap_or(0);
+        let mut server_keep_alive = None;
+        let mut keep_alive = connect.keep_alive;
+        if cfg.max_keep_alive > 0 && (keep_alive == 0 || keep_alive > cfg.max_keep_alive) && v5 {
+            keep_alive = cfg.max_keep_alive;
+            server_keep_alive = Some(keep_alive);
+        }
+        self.keep_alive = (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive)));
+
+        let capacity = usize::from(cfg.max_inflight) + cfg.outbox_capacity;
+        let (handle, end) = ConnectionHandle::new(self.conn_id, capacity);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let request = ConnectRequest {
+            client_id,
+            protocol: connect.protocol,
+            clean_start: connect.clean_start,
+            session_expiry_interval: self.session_expiry,
+            receive_maximum: if v5 {
+                props.receive_maximum.unwrap_or(u16::MAX)
+            } else {
+                u16::MAX
+            },
+            will: connect.will,
+        };
+        let event = Event::Connect {
+            conn: handle,
+            request,
+            reply: reply_tx,
+        };
+        if self.ctx.events.send(event).await.is_err() {
+            return self.refuse(ReasonCode::ServerUnavailable).await;
+        }
+        let reply = match reply_rx.await {
+            Ok(reply) => reply,
+            Err(_) => return self.refuse(ReasonCode::ServerUnavailable).await,
+        };
+        let properties = if v5 {
+            ConnAckProperties {
+                session_expiry_interval: props
+                    .session_expiry_interval
+                    .filter(|asked| *asked != self.session_expiry)
+                    .map(|_| self.session_expiry),
+                receive_maximum: Some(cfg.receive_maximum),
+                retain_available: (!cfg.retain_available).then_some(false),
+                maximum_packet_size: Some(cfg.max_packet_size),
+                assigned_client_identifier: assigned,
+                topic_alias_maximum: Some(cfg.topic_alias_maximum),
+                server_keep_alive,
+                wildcard_subscription_available: Some(true),
+                subscription_identifiers_available: Some(true),
+                shared_subscription_available: Some(true),
+                ..ConnAckProperties::default()
+            }
+        } else {
+            ConnAckProperties::default()
+        };
+        let ack = Packet::ConnAck(ConnAck {
+            session_present: reply.session_present,
+            reason_code: ReasonCode::Success,
+            properties,
+        });
+        if !self.write_packet_now(&ack, self.version).await {
+            let _ = self
+                .ctx
+                .events
+                .send(Event::Disconnect {
+                    conn: self.conn_id,
+                    publish_will: true,
+                    session_expiry_interval: None,
+                })
+                .await;
+            self.ctx.metrics.closed(CloseReason::ConnectionLost);
+            return None;
+        }
+        info!(
+            client_id = %self.client_id,
+            protocol = ?self.version,
+            session_present = reply.session_present,
+            session_expiry = self.session_expiry,
+            "client connected"
+        );
+        Some(end)
+    }
+
+    async fn refuse<T>(&mut self, code: ReasonCode) -> Option<T> {
+        let ack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: code,
+            properties: ConnAckProperties::default(),
+        });
+        self.write_packet_now(&ack, self.version).await;
+        self.ctx.metrics.closed(CloseReason::Server(code));
+        info!(?code, "connection refused");
+        None
+    }
+
+    async fn serve(
+        &mut self,
+        mut end: ConnectionEnd,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ending {
+        let grace = self.keep_alive.map(|k| k + k / 2);
+        let mut deadline = grace.map(|g| Instant::now() + g);
+        loop {
+            // Packets already buffered are handled before reading more.
+            match self.handle_buffered().await {
+                Ok(None) => {}
+                Ok(Some(ending)) => return ending,
+                Err(ending) => return ending,
+            }
+            tokio::select! {
+                read = self.stream.read_buf(&mut self.read_buf) => match read {
+                    Ok(0) | Err(_) => return Ending::Lost,
+                    Ok(n) => {
+                        Metrics::add(&self.ctx.metrics.bytes_received, n as u64);
+                        deadline = grace.map(|g| Instant::now() + g);
+                    }
+                },
+                item = end.outbox.recv() => match item {
+                    Some(item) => {
+                        if let Err(ending) = self.write_outgoing(item, &mut end.outbox).await {
+                            return ending;
+                        }
+                    }
+                    None => return Ending::Server(ReasonCode::ServerUnavailable, None),
+                },
+                changed = end.close.changed() => {
+                    let reason = if changed.is_ok() { *end.close.borrow() } else { None };
+                    return Ending::Server(reason.unwrap_or(ReasonCode::AdministrativeAction), None);
+                }
+                _ = wait_deadline(deadline) => {
+                    debug!("keep alive expired");
+                    return Ending::Server(ReasonCode::KeepAliveTimeout, None);
+                }
+                _ = shutdown.changed() => {
+                    return Ending::Server(ReasonCode::ServerShuttingDown, None);
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles every whole packet in the read buffer.
+    async fn handle_buffered(&mut self) -> Result<Option<Ending>, Ending> {
+        let max = self.ctx.config.broker.max_packet_size as usize;
+        loop {
+            let packet = match decode(&mut self.read_buf, self.version, max) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    self.ctx
+                        .metrics
+                        .decode_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(%error, "malformed packet");
+                    return Err(Ending::Server(error.reason_code(), Some(error.to_string())));
+                }
+            };
+            if let Some(ending) = self.handle_packet(packet).await? {
+                return Ok(Some(ending));
+            }
+        }
+    }
+
+    async fn handle_packet(&mut self, packet: Packet) -> Result<Option<Ending>, Ending> {
+        let conn = self.conn_id;
+        let event = match packet {
+            Packet::Publish(publish) => self.inbound_publish(publish)?,
+            Packet::PubAck(ack) => Event::PubAck {
+                conn,
+                packet_id: ack.packet_id,
+            },
+            Packet::PubRec(rec) => Event::PubRec {
+                conn,
+                packet_id: rec.packet_id,
+                reason: rec.reason_code,
+            },
+            Packet::PubRel(rel) => Event::PubRel {
+                conn,
+                packet_id: rel.packet_id,
+            },
+            Packet::PubComp(comp) => Event::PubComp {
+                conn,
+                packet_id: comp.packet_id,
+            },
+            Packet::Subscribe(subscribe) => self.inbound_subscribe(subscribe)?,
+            Packet::Unsubscribe(unsubscribe) => Event::Unsubscribe {
+                conn,
+                packet_id: unsubscribe.packet_id,
+                filters: unsubscribe.filters,
+            },
+            Packet::PingReq => {
+                self.write_packet_now(&Packet::PingResp, self.version).await;
+                return Ok(None);
+            }
+            Packet::Disconnect(disconnect) => {
+                let asked = disconnect.properties.session_expiry_interval;
+                if self.session_expiry == 0 && asked.is_some_and(|e| e > 0) {
+                    return Err(protocol_error(
+                        "session expiry cannot be set at DISCONNECT when CONNECT set 0",
+                    ));
+                }
+                return Ok(Some(Ending::ClientDisconnect {
+                    with_will: disconnect.reason_code == ReasonCode::DisconnectWithWillMessage,
+                    session_expiry: asked,
+                }));
+            }
+            Packet::Connect(_) => return Err(protocol_error("second CONNECT")),
+            Packet::Auth(_) => return Err(protocol_error("AUTH without an authentication method")),
+            other => {
+                return Err(protocol_error(&format!(
+                    "{} is sent by servers, not clients",
+                    other.kind()
+                )))
+            }
+        };
+        if self.ctx.events.send(event).await.is_err() {
+            return Err(Ending::Server(ReasonCode::ServerUnavailable, None));
+        }
+        Ok(None)
+    }
+
+    fn inbound_publish(&mut self, mut publish: Publish) -> Result<Event, Ending> {
+        let cfg = &self.ctx.config.broker;
+        self.ctx
+            .metrics
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(alias) = publish.properties.topic_alias.take() {
+            if alias == 0 || alias > cfg.topic_alias_maximum {
+                return Err(Ending::Server(
+                    ReasonCode::TopicAliasInvalid,
+                    Some(format!(
+                        "topic alias {alias} is outside 1..={}",
+                        cfg.topic_alias_maximum
+                    )),
+                ));
+            }
+            if publish.topic.is_empty() {
+                match self.inbound_aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => return Err(protocol_error("topic alias used before it was set")),
+                }
+            } else {
+                self.inbound_aliases.insert(alias, publish.topic.clone());
+            }
+        }
+        if publish.topic.is_empty() {
+            return Err(protocol_error("PUBLISH without topic or topic alias"));
+        }
+        if let Err(error) = validate_topic_name(&publish.topic) {
+            return Err(Ending::Server(
+                ReasonCode::TopicNameInvalid,
+                Some(error.to_string()),
+            ));
+        }
+        if publish.topic.split('/').count() > cfg.max_topic_levels {
+            return Err(Ending::Server(
+                ReasonCode::TopicNameInvalid,
+                Some(format!(
+                    "topic has more than {} levels",
+                    cfg.max_topic_levels
+                )),
+            ));
+        }
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return Err(protocol_error(
+                "clients must not send subscription identifiers",
+            ));
+        }
+        if publish.retain && !cfg.retain_available {
+            return Err(Ending::Server(ReasonCode::RetainNotSupported, None));
+        }
+        if let Some(packet_id) = publish.packet_id {
+            if publish.qos != QoS::AtMostOnce
+                && self.unacked_incoming.insert(packet_id)
+                && self.unacked_incoming.len() > usize::from(cfg.receive_maximum)
+            {
+                return Err(Ending::Server(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    Some(format!(
+                        "more than {} unacknowledged QoS 1/2 PUBLISH",
+                        cfg.receive_maximum
+                    )),
+                ));
+            }
+        }
+        Ok(Event::Publish {
+            conn: self.conn_id,
+            publish,
+        })
+    }
+
+    fn inbound_subscribe(&mut self, subscribe: Subscribe) -> Result<Event, Ending> {
+        let max_levels = self.ctx.config.broker.max_topic_levels;
+        let mut filters = Vec::with_capacity(subscribe.filters.len());
+        for item in subscribe.filters {
+            let parsed = TopicFilter::parse(&item.filter)
+                .ok()
+                .filter(|f| f.filter().split('/').count() <= max_levels);
+            match parsed {
+                Some(filter) => {
+                    if filter.share_group().is_some() && item.options.no_local {
+                        return Err(protocol_error("No Local on a shared subscription"));
+                    }
+                    filters.push(Ok((filter, item.options)));
+                }
+                None => {
+                    debug!(filter = %item.filter, "invalid topic filter");
+                    filters.push(Err(if self.version.is_v5() {
+                        ReasonCode::TopicFilterInvalid
+                    } else {
+                        ReasonCode::UnspecifiedError
+                    }));
+                }
+            }
+        }
+        Ok(Event::Subscribe {
+            conn: self.conn_id,
+            packet_id: subscribe.packet_id,
+            filters,
+            subscription_id: subscribe.properties.subscription_identifier,
+        })
+    }
+
+    /// Encodes `first` and whatever else the outbox holds, then writes once.
+    async fn write_outgoing(
+        &mut self,
+        first: Outgoing,
+        outbox: &mut mpsc::Receiver<Outgoing>,
+    ) -> Result<(), Ending> {
+        self.encode_outgoing(first)?;
+        let mut items = 1;
+        while items < WRITE_COALESCE_ITEMS && self.write_buf.len() < WRITE_COALESCE_BYTES {
+            match outbox.try_recv() {
+                Ok(item) => {
+                    self.encode_outgoing(item)?;
+                    items += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.flush_write_buf().await
+    }
+
+    fn encode_outgoing(&mut self, item: Outgoing) -> Result<(), Ending> {
+        match item {
+            Outgoing::Publish(publish) => self.encode_publish(publish),
+            Outgoing::Packet(mut packet) => {
+                match &packet {
+                    Packet::PubAck(ack) | Packet::PubComp(ack) => {
+                        self.unacked_incoming.remove(&ack.packet_id);
+                    }
+                    Packet::PubRec(rec) if rec.reason_code.is_error() => {
+                        self.unacked_incoming.remove(&rec.packet_id);
+                    }
+                    _ => {}
+                }
+                if !self.request_problem_info {
+                    strip_problem_info(&mut packet);
+                }
+                self.encode_into_buf(&packet)
+            }
+        }
+    }
+
+    fn encode_publish(&mut self, out: OutgoingPublish) -> Result<(), Ending> {
+        let now = now_ms();
+        let message = &out.message;
+        let v5 = self.version.is_v5();
+        let mut properties = PublishProperties::default();
+        if v5 {
+            let p = &message.properties;
+            properties = PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: message.remaining_expiry_secs(now),
+                topic_alias: None,
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.clone(),
+                user_properties: p.user_properties.clone(),
+                subscription_identifiers: out.subscription_ids,
+                content_type: p.content_type.clone(),
+            };
+        }
+        if out.qos == QoS::AtMostOnce && message.is_expired(now) {
+            self.ctx.metrics.dropped(DropReason::Expired);
+            return Ok(());
+        }
+        // Server-to-client topic aliases: the first use sends topic and alias,
+        // later uses the alias alone.
+        let mut topic = message.topic.clone();
+        let mut new_alias = None;
+        if v5 && self.client_alias_max > 0 {
+            if let Some(alias) = self.outbound_aliases.get(&topic) {
+                properties.topic_alias = Some(*alias);
+                topic = Arc::from("");
+            } else if self.outbound_aliases.len() < usize::from(self.client_alias_max) {
+                let alias = self.outbound_aliases.len() as u16 + 1;
+                properties.topic_alias = Some(alias);
+                new_alias = Some(alias);
+            }
+        }
+        let packet = Packet::Publish(Publish {
+            dup: out.dup,
+            qos: out.qos,
+            retain: out.retain,
+            topic,
+            packet_id: out.packet_id,
+            properties,
+            payload: message.payload.clone(),
+        });
+        let before = self.write_buf.len();
+        self.encode_into_buf(&packet)?;
+        let size = self.write_buf.len() - before;
+        if self.client_max_packet.is_some_and(|max| size > max) {
+            // The spec: discard as if sent. Tell the router so the window moves on.
+            self.write_buf.truncate(before);
+            self.ctx.metrics.dropped(DropReason::PacketTooLarge);
+            if let Some(packet_id) = out.packet_id {
+                let event = if out.qos == QoS::AtLeastOnce {
+                    Event::PubAck {
+                        conn: self.conn_id,
+                        packet_id,
+                    }
+                } else {
+                    Event::PubRec {
+                        conn: self.conn_id,
+                        packet_id,
+                        reason: ReasonCode::PacketTooLarge,
+                    }
+                };
+                if self.ctx.events.try_send(event).is_err() {
+                    warn!("router busy; oversize message stays in flight until reconnect");
+                }
+            }
+            return Ok(());
+        }
+        if let Some(alias) = new_alias {
+            self.outbound_aliases.insert(message.topic.clone(), alias);
+        }
+        self.ctx
+            .metrics
+            .messages_sent
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn encode_into_buf(&mut self, packet: &Packet) -> Result<(), Ending> {
+        encode(packet, self.version, &mut self.write_buf).map_err(|error| {
+            warn!(%error, packet = packet.kind(), "cannot encode packet");
+            Ending::Server(ReasonCode::ImplementationSpecificError, None)
+        })
+    }
+
+    async fn flush_write_buf(&mut self) -> Result<(), Ending> {
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        let n = self.write_buf.len();
+        if self.stream.write_all(&self.write_buf).await.is_err() {
+            return Err(Ending::Lost);
+        }
+        Metrics::add(&self.ctx.metrics.bytes_sent, n as u64);
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    /// Writes one packet at once; false if the socket failed.
+    async fn write_packet_now(&mut self, packet: &Packet, version: ProtocolVersion) -> bool {
+        let saved = self.version;
+        self.version = version;
+        let encoded = self.encode_into_buf(packet).is_ok();
+        self.version = saved;
+        encoded && self.flush_write_buf().await.is_ok()
+    }
+
+    async fn send_disconnect(&mut self, code: ReasonCode, reason: Option<String>) {
+        if !self.version.is_v5() {
+            return;
+        }
+        let packet = Packet::Disconnect(Disconnect {
+            reason_code: code,
+            properties: DisconnectProperties {
+                reason_string: reason.filter(|_| self.request_problem_info),
+                ..DisconnectProperties::default()
+            },
+        });
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.write_packet_now(&packet, ProtocolVersion::V5),
+        )
+        .await;
+    }
+}
+
+fn protocol_error(why: &str) -> Ending {
+    Ending::Server(ReasonCode::ProtocolError, Some(why.to_string()))
+}
+
+/// Removes Reason String and User Properties where Request Problem Information = 0 forbids them.
+fn strip_problem_info(packet: &mut Packet) {
+    match packet {
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            a.properties = Default::default();
+        }
+        Packet::SubAck(a) => a.properties = Default::default(),
+        Packet::UnsubAck(a) => a.properties = Default::default(),
+        _ => {}
+    }
+}
+
+async fn wait_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The protocol level byte of a CONNECT still in the buffer, if it can be read.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    // Skip the fixed header: type byte and 1-4 remaining length bytes.
+    let mut i = 1;
+    while *buf.get(i)? & 0x80 != 0 {
+        i += 1;
+        if i > 4 {
+            return None;
+        }
+    }
+    i += 1;
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]));
+    buf.get(i + 2 + name_len).copied()
+}
+
+fn unique_suffix(conn_id: ConnId) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", nanos & 0xffff_ffff, conn_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_level_reads_the_level_byte() {
+        // CONNECT, remaining length 10, "MQTT", level 5.
+        let buf = [0x10, 10, 0, 4, b'M', b'Q', b'T', b'T', 5, 0];
+        assert_eq!(connect_level(&buf), Some(5));
+        assert_eq!(connect_level(&buf[..5]), None);
+    }
+}

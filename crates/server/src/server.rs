@@ -1,0 +1,127 @@
+//! Starts a node: storage, the broker core, the MQTT and admin listeners; and
+//! stops it: stop accepting, close connections, let the core flush.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fleetmq_broker::{BrokerService, Metrics};
+use fleetmq_storage::{KvEngine, MemoryEngine, SledEngine};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::admin::serve_admin;
+use crate::config::{StorageEngineKind, ValidConfig};
+use crate::connection::{serve_connection, ConnectionContext};
+
+/// Capacity of the channel from connection tasks to the router.
+const ROUTER_EVENTS: usize = 16 * 1024;
+
+pub async fn run(
+    config: ValidConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let engine: Arc<dyn KvEngine> = match config.storage {
+        StorageEngineKind::Sled => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+            let path = config.data_dir.join("store");
+            Arc::new(SledEngine::open(&path).with_context(|| {
+                format!(
+                    "cannot open the store in {} (is another fleetmq using this data_dir?)",
+                    path.display()
+                )
+            })?)
+        }
+        StorageEngineKind::Memory => Arc::new(MemoryEngine::new()),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let broker = BrokerService::start(
+        config.broker.clone(),
+        engine,
+        metrics.clone(),
+        ROUTER_EVENTS,
+    )
+    .context("cannot load the stored state")?;
+
+    let mqtt = TcpListener::bind(config.mqtt_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for MQTT on {} (mqtt.listen)",
+                config.mqtt_listen
+            )
+        })?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for admin HTTP on {} (admin.listen)",
+                config.admin_listen
+            )
+        })?;
+    info!(
+        node_id = config.node_id,
+        mqtt = %mqtt.local_addr()?,
+        admin = %admin.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        storage = ?config.storage,
+        "fleetmq listening"
+    );
+    info!(
+        grpc = %config.grpc_listen,
+        peers = ?config.peers,
+        "single-node cluster: the gRPC listener for peers is not started in this build"
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(serve_admin(admin, metrics.clone(), shutdown_rx.clone()));
+    let ctx = Arc::new(ConnectionContext {
+        events: broker.events(),
+        metrics,
+        next_conn_id: AtomicU64::new(1),
+        config: config.clone(),
+    });
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = mqtt.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    warn!(%peer, max = config.max_connections, "connection limit reached; refusing");
+                    drop(stream);
+                    continue;
+                };
+                let ctx = ctx.clone();
+                let shutdown = shutdown_rx.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, peer, ctx, shutdown).await;
+                    drop(permit);
+                });
+            }
+            _ = &mut stop => break,
+        }
+    }
+    info!("shutting down: closing connections");
+    drop(mqtt);
+    let _ = shutdown_tx.send(true);
+    // Connection tasks hold permits; wait (bounded) until they have all said goodbye.
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
+    drop(ctx);
+    broker.shutdown().await;
+    let _ = admin_task.await;
+    info!("stopped");
+    Ok(())
+}
