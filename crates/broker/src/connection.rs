@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use fleetmq_codec::{Packet, QoS, ReasonCode};
+use fleetmq_codec::{Packet, PubResponse, QoS, ReasonCode};
 use tokio::sync::{mpsc, watch};
 
 use crate::message::Message;
@@ -25,11 +25,58 @@ pub struct OutgoingPublish {
     pub subscription_ids: Vec<u32>,
 }
 
+/// Which of the four QoS acknowledgements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+}
+
 #[derive(Debug, Clone)]
 pub enum Outgoing {
     Publish(OutgoingPublish),
-    /// Acks, SUBACK, UNSUBACK and the like, ready to encode.
-    Packet(Packet),
+    /// The most frequent control packets, kept small so the outbox stays compact.
+    Ack {
+        kind: AckKind,
+        packet_id: u16,
+        reason: ReasonCode,
+    },
+    /// SUBACK, UNSUBACK and the like, ready to encode.
+    Packet(Box<Packet>),
+}
+
+impl Outgoing {
+    pub fn ack(kind: AckKind, packet_id: u16) -> Outgoing {
+        Outgoing::Ack {
+            kind,
+            packet_id,
+            reason: ReasonCode::Success,
+        }
+    }
+
+    /// The packet to encode for anything but a PUBLISH.
+    pub fn into_packet(self) -> Option<Packet> {
+        match self {
+            Outgoing::Publish(_) => None,
+            Outgoing::Ack {
+                kind,
+                packet_id,
+                reason,
+            } => {
+                let mut response = PubResponse::new(packet_id);
+                response.reason_code = reason;
+                Some(match kind {
+                    AckKind::PubAck => Packet::PubAck(response),
+                    AckKind::PubRec => Packet::PubRec(response),
+                    AckKind::PubRel => Packet::PubRel(response),
+                    AckKind::PubComp => Packet::PubComp(response),
+                })
+            }
+            Outgoing::Packet(packet) => Some(*packet),
+        }
+    }
 }
 
 /// The router's handle on a connection task.

@@ -14,7 +14,7 @@ pub mod service;
 pub mod session;
 
 pub use config::{BrokerConfig, QueueFullPolicy};
-pub use connection::{ConnId, ConnectionEnd, ConnectionHandle, Outgoing, OutgoingPublish};
+pub use connection::{AckKind, ConnId, ConnectionEnd, ConnectionHandle, Outgoing, OutgoingPublish};
 pub use message::{now_ms, Message, MessageProperties};
 pub use metrics::{CloseReason, DropReason, Metrics};
 pub use router::{ConnectReply, ConnectRequest, Event};

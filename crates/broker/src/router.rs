@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fleetmq_codec::{
-    AckProperties, LastWill, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
-    RetainHandling, SubAck, SubscriptionOptions, UnsubAck,
+    AckProperties, LastWill, Packet, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, SubscriptionOptions, UnsubAck,
 };
 use fleetmq_storage::WriteBatch;
 use fleetmq_topic::{Match, SubscriptionTrie, TopicFilter};
@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::config::{BrokerConfig, QueueFullPolicy};
-use crate::connection::{ConnId, ConnectionHandle, Outgoing, OutgoingPublish};
+use crate::connection::{AckKind, ConnId, ConnectionHandle, Outgoing, OutgoingPublish};
 use crate::message::{now_ms, Message, MessageProperties};
 use crate::metrics::{DropReason, Metrics};
 use crate::persist::{
@@ -589,10 +589,8 @@ impl Router {
         if qos == QoS::ExactlyOnce {
             // A resent QoS 2 PUBLISH before PUBREL was already routed: ack it again only.
             if !session.incoming_qos2.insert(packet_id) {
-                self.core.send(
-                    &handle,
-                    Outgoing::Packet(Packet::PubRec(PubResponse::new(packet_id))),
-                );
+                self.core
+                    .send(&handle, Outgoing::ack(AckKind::PubRec, packet_id));
                 return;
             }
             if session.is_persistent() {
@@ -605,12 +603,12 @@ impl Router {
         }
         let message = Arc::new(Message::from_publish(publish, client, now_ms()));
         self.publish_message(message);
-        let ack = match qos {
+        let kind = match qos {
             QoS::AtMostOnce => return,
-            QoS::AtLeastOnce => Packet::PubAck(PubResponse::new(packet_id)),
-            QoS::ExactlyOnce => Packet::PubRec(PubResponse::new(packet_id)),
+            QoS::AtLeastOnce => AckKind::PubAck,
+            QoS::ExactlyOnce => AckKind::PubRec,
         };
-        self.core.send(&handle, Outgoing::Packet(ack));
+        self.core.send(&handle, Outgoing::ack(kind, packet_id));
     }
 
     fn publish_will(&mut self, client: &Arc<str>, will: &LastWill) {
@@ -768,11 +766,11 @@ impl Router {
         if let Some(handle) = session.connection.clone() {
             self.core.send(
                 &handle,
-                Outgoing::Packet(Packet::SubAck(SubAck {
+                Outgoing::Packet(Box::new(Packet::SubAck(SubAck {
                     packet_id,
                     reason_codes: codes,
                     properties: AckProperties::default(),
-                })),
+                }))),
             );
         }
         let now = now_ms();
@@ -828,11 +826,11 @@ impl Router {
         if let Some(handle) = session.connection.clone() {
             self.core.send(
                 &handle,
-                Outgoing::Packet(Packet::UnsubAck(UnsubAck {
+                Outgoing::Packet(Box::new(Packet::UnsubAck(UnsubAck {
                     packet_id,
                     reason_codes: codes,
                     properties: AckProperties::default(),
-                })),
+                }))),
             );
         }
     }
@@ -1120,10 +1118,9 @@ impl Core {
                 Phase::AwaitPubAck | Phase::AwaitPubRec => {
                     self.send_publish(&handle, &inflight.delivery, Some(inflight.packet_id), true)
                 }
-                Phase::AwaitPubComp => self.send(
-                    &handle,
-                    Outgoing::Packet(Packet::PubRel(PubResponse::new(inflight.packet_id))),
-                ),
+                Phase::AwaitPubComp => {
+                    self.send(&handle, Outgoing::ack(AckKind::PubRel, inflight.packet_id))
+                }
             }
         }
         self.pump(session);
@@ -1148,11 +1145,19 @@ impl Core {
             return;
         };
         let Some(at) = session.inflight_position(packet_id) else {
-            let mut rel = PubResponse::new(packet_id);
-            if session.protocol.is_v5() {
-                rel.reason_code = ReasonCode::PacketIdentifierNotFound;
-            }
-            self.send(&handle, Outgoing::Packet(Packet::PubRel(rel)));
+            let reason = if session.protocol.is_v5() {
+                ReasonCode::PacketIdentifierNotFound
+            } else {
+                ReasonCode::Success
+            };
+            self.send(
+                &handle,
+                Outgoing::Ack {
+                    kind: AckKind::PubRel,
+                    packet_id,
+                    reason,
+                },
+            );
             return;
         };
         if reason.is_error() {
@@ -1170,10 +1175,7 @@ impl Core {
             let delivery = entry.delivery.clone();
             self.store_delivery(&client, &delivery, Some((packet_id, Phase::AwaitPubComp)));
         }
-        self.send(
-            &handle,
-            Outgoing::Packet(Packet::PubRel(PubResponse::new(packet_id))),
-        );
+        self.send(&handle, Outgoing::ack(AckKind::PubRel, packet_id));
     }
 
     fn pubrel(&mut self, session: &mut Session, packet_id: u16) {
@@ -1187,10 +1189,18 @@ impl Core {
         let Some(handle) = session.connection.clone() else {
             return;
         };
-        let mut comp = PubResponse::new(packet_id);
-        if !known && session.protocol.is_v5() {
-            comp.reason_code = ReasonCode::PacketIdentifierNotFound;
-        }
-        self.send(&handle, Outgoing::Packet(Packet::PubComp(comp)));
+        let reason = if !known && session.protocol.is_v5() {
+            ReasonCode::PacketIdentifierNotFound
+        } else {
+            ReasonCode::Success
+        };
+        self.send(
+            &handle,
+            Outgoing::Ack {
+                kind: AckKind::PubComp,
+                packet_id,
+                reason,
+            },
+        );
     }
 }

@@ -379,8 +379,10 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("mqtt.listen"), "{err}");
 
-        let mut c = Config::default();
-        c.version = 2;
+        let c = Config {
+            version: 2,
+            ..Config::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("`version`"));
     }
 

@@ -599,7 +599,10 @@ impl Connection {
     fn encode_outgoing(&mut self, item: Outgoing) -> Result<(), Ending> {
         match item {
             Outgoing::Publish(publish) => self.encode_publish(publish),
-            Outgoing::Packet(mut packet) => {
+            other => {
+                let Some(mut packet) = other.into_packet() else {
+                    return Ok(());
+                };
                 match &packet {
                     Packet::PubAck(ack) | Packet::PubComp(ack) => {
                         self.unacked_incoming.remove(&ack.packet_id);
