@@ -19,3 +19,6 @@ pub use message::{now_ms, Message, MessageProperties};
 pub use metrics::{CloseReason, DropReason, Metrics};
 pub use router::{ConnectReply, ConnectRequest, Event};
 pub use service::BrokerService;
+
+#[cfg(test)]
+mod router_tests;

@@ -154,7 +154,7 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn deliver(outputs: Vec<Output>, metrics: &Metrics) {
+pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics) {
     for output in outputs {
         match output {
             Output::Send(handle, item) => {
