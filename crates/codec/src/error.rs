@@ -44,6 +44,10 @@ pub enum DecodeError {
     InvalidPropertyValue(u8),
     #[error("invalid subscription options byte {0:#04x}")]
     InvalidSubscriptionOptions(u8),
+    #[error("subscription asks for QoS 3 (options byte {0:#04x})")]
+    InvalidSubscriptionQos(u8),
+    #[error("retain handling 3 is not defined (options byte {0:#04x})")]
+    InvalidRetainHandling(u8),
     #[error("{0} carries no topic filter")]
     NoTopicFilters(&'static str),
     #[error("invalid variable byte integer")]
@@ -62,8 +66,13 @@ impl DecodeError {
             DecodeError::UnsupportedProtocolVersion(_) | DecodeError::InvalidProtocolName(_) => {
                 ReasonCode::UnsupportedProtocolVersion
             }
+            // The v5 spec calls these well-formed packets with forbidden values
+            // (e.g. 3.1.2.11.3, 3.8.3.1); an identifier not valid for the packet
+            // type is malformed instead (2.2.2.2).
             DecodeError::DuplicateProperty(_)
-            | DecodeError::PropertyNotAllowed { .. }
+            | DecodeError::InvalidPropertyValue(_)
+            | DecodeError::InvalidSubscriptionQos(_)
+            | DecodeError::InvalidRetainHandling(_)
             | DecodeError::ZeroPacketId(_)
             | DecodeError::NoTopicFilters(_)
             | DecodeError::EmptyTopicName => ReasonCode::ProtocolError,

@@ -247,9 +247,15 @@ fn pub_responses_v5_with_reason_and_properties() {
             user_properties: vec![],
         },
     };
+    // The short form without a property length decodes; the encoder always
+    // writes the length so that every client can parse it.
+    assert_eq!(
+        must_decode(b"\x40\x03\x00\x01\x10", V5),
+        Packet::PubAck(ack(ReasonCode::NoMatchingSubscribers, None))
+    );
     check(
         V5,
-        b"\x40\x03\x00\x01\x10",
+        b"\x40\x04\x00\x01\x10\x00",
         Packet::PubAck(ack(ReasonCode::NoMatchingSubscribers, None)),
     );
     check(
@@ -259,7 +265,7 @@ fn pub_responses_v5_with_reason_and_properties() {
     );
     check(
         V5,
-        b"\x62\x03\x00\x01\x92",
+        b"\x62\x04\x00\x01\x92\x00",
         Packet::PubRel(ack(ReasonCode::PacketIdentifierNotFound, None)),
     );
 }
@@ -419,7 +425,8 @@ fn disconnect() {
         check(version, b"\xe0\x00", normal.clone());
     }
     let with_will = Packet::Disconnect(Disconnect::new(ReasonCode::DisconnectWithWillMessage));
-    check(V5, b"\xe0\x01\x04", with_will.clone());
+    assert_eq!(must_decode(b"\xe0\x01\x04", V5), with_will);
+    check(V5, b"\xe0\x02\x04\x00", with_will.clone());
     // 3.x has no reason code to carry.
     assert_eq!(must_encode(&with_will, V3_1_1), b"\xe0\x00");
     let expiry = Disconnect {

@@ -547,18 +547,32 @@ fn subscription_options_reserved_bits_must_be_0() {
 #[test]
 fn retain_handling_3_is_invalid() {
     let bytes = [0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x30];
+    // MQTT 5 3.8.3.1: "It is a Protocol Error to send a Retain Handling value of 3".
     rejects(
         &bytes,
         V5,
-        DecodeError::InvalidSubscriptionOptions(0x30),
-        MalformedPacket,
+        DecodeError::InvalidRetainHandling(0x30),
+        ProtocolError,
     );
 }
 
 #[test]
 fn subscription_qos_3_is_invalid() {
     let bytes = [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x03];
-    rejects(&bytes, V3_1_1, DecodeError::InvalidQos(3), MalformedPacket);
+    // MQTT 5 3.8.3.1: a Protocol Error (3.x has no reason code: the connection closes).
+    rejects(
+        &bytes,
+        V3_1_1,
+        DecodeError::InvalidSubscriptionQos(0x03),
+        ProtocolError,
+    );
+    let bytes = [0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x03];
+    rejects(
+        &bytes,
+        V5,
+        DecodeError::InvalidSubscriptionQos(0x03),
+        ProtocolError,
+    );
 }
 
 // --- Properties ------------------------------------------------------------
@@ -585,7 +599,7 @@ fn property_not_allowed_in_the_packet_is_refused() {
         &v5_connect_with(&[0x23, 0x00, 0x01]),
         V5,
         expected,
-        ProtocolError,
+        MalformedPacket,
     );
     let expected = DecodeError::PropertyNotAllowed {
         packet: "PUBLISH",
@@ -595,13 +609,18 @@ fn property_not_allowed_in_the_packet_is_refused() {
         &v5_publish_with(&[0x11, 0, 0, 0, 1]),
         V5,
         expected,
-        ProtocolError,
+        MalformedPacket,
     );
     let expected = DecodeError::PropertyNotAllowed {
         packet: "PUBACK",
         id: 0x0b,
     };
-    rejects(&v5_puback_with(&[0x0b, 0x01]), V5, expected, ProtocolError);
+    rejects(
+        &v5_puback_with(&[0x0b, 0x01]),
+        V5,
+        expected,
+        MalformedPacket,
+    );
     // Will Delay Interval belongs to the will, not to the CONNECT.
     let expected = DecodeError::PropertyNotAllowed {
         packet: "CONNECT",
@@ -611,7 +630,7 @@ fn property_not_allowed_in_the_packet_is_refused() {
         &v5_connect_with(&[0x18, 0, 0, 0, 1]),
         V5,
         expected,
-        ProtocolError,
+        MalformedPacket,
     );
 }
 
@@ -677,7 +696,7 @@ fn invalid_property_values_are_refused() {
     ];
     for &(props, id) in connect_cases {
         let expected = DecodeError::InvalidPropertyValue(id);
-        rejects(&v5_connect_with(props), V5, expected, MalformedPacket);
+        rejects(&v5_connect_with(props), V5, expected, ProtocolError);
     }
     let publish_cases: &[(&[u8], u8)] = &[
         (&[0x01, 0x02], 0x01),       // payload format indicator 2
@@ -686,7 +705,7 @@ fn invalid_property_values_are_refused() {
     ];
     for &(props, id) in publish_cases {
         let expected = DecodeError::InvalidPropertyValue(id);
-        rejects(&v5_publish_with(props), V5, expected, MalformedPacket);
+        rejects(&v5_publish_with(props), V5, expected, ProtocolError);
     }
     // CONNACK maximum QoS 2, and retain available 2.
     for (props, id) in [([0x24, 0x02], 0x24), ([0x25, 0x02], 0x25)] {
@@ -695,7 +714,7 @@ fn invalid_property_values_are_refused() {
             &bytes,
             V5,
             DecodeError::InvalidPropertyValue(id),
-            MalformedPacket,
+            ProtocolError,
         );
     }
 }

@@ -36,6 +36,8 @@ pub struct ConnectionContext {
     pub next_conn_id: AtomicU64,
 }
 
+const CONNECT_PACKET_TYPE: u8 = 1;
+
 /// Bytes of encoded output gathered before one socket write.
 const WRITE_COALESCE_BYTES: usize = 64 * 1024;
 /// Outbox items gathered before one socket write.
@@ -163,6 +165,16 @@ impl Connection {
     async fn read_connect(&mut self) -> Result<Option<Box<Connect>>, ReasonCode> {
         let max = self.ctx.config.broker.max_packet_size as usize;
         loop {
+            // The type is known from the first byte: refuse anything but CONNECT
+            // before trying to decode a body that has no business being here.
+            if let Some(first) = self.read_buf.first() {
+                if first >> 4 != CONNECT_PACKET_TYPE {
+                    warn!(packet_type = first >> 4, "first packet is not CONNECT");
+                    return Err(ReasonCode::ProtocolError);
+                }
+            }
+            // Read before decoding: a failed decode may consume the bytes.
+            let level = connect_level(&self.read_buf);
             match decode(&mut self.read_buf, ProtocolVersion::V5, max) {
                 Ok(Some(Packet::Connect(connect))) => return Ok(Some(connect)),
                 Ok(Some(other)) => {
@@ -177,7 +189,7 @@ impl Connection {
                         .fetch_add(1, Ordering::Relaxed);
                     warn!(%error, "malformed CONNECT");
                     let code = error.reason_code();
-                    self.refuse_connect(&error, code).await;
+                    self.refuse_connect(&error, code, level).await;
                     return Err(code);
                 }
             }
@@ -188,10 +200,12 @@ impl Connection {
         }
     }
 
-    /// Answers a CONNECT that could not be decoded, in the form its level asks for.
-    async fn refuse_connect(&mut self, error: &DecodeError, code: ReasonCode) {
-        let level = connect_level(&self.read_buf);
+    /// Answers a CONNECT that could not be decoded, in the form its level asks for:
+    /// a v5 CONNACK with the reason code, return code 1 for an unknown level, and a
+    /// plain close for 3.x, which has no code for a malformed packet.
+    async fn refuse_connect(&mut self, error: &DecodeError, code: ReasonCode, level: Option<u8>) {
         let version = match (error, level) {
+            (DecodeError::UnsupportedProtocolVersion(_), Some(5)) => Some(ProtocolVersion::V5),
             (DecodeError::UnsupportedProtocolVersion(_), _) => Some(ProtocolVersion::V3_1_1),
             (DecodeError::InvalidProtocolName(_), _) => None,
             (_, Some(5)) => Some(ProtocolVersion::V5),
@@ -376,7 +390,11 @@ impl Connection {
                             return ending;
                         }
                     }
-                    None => return Ending::Server(ReasonCode::ServerUnavailable, None),
+                    // The router dropped this connection: it was told why on the close switch.
+                    None => {
+                        let reason = *end.close.borrow();
+                        return Ending::Server(reason.unwrap_or(ReasonCode::ServerShuttingDown), None);
+                    }
                 },
                 changed = end.close.changed() => {
                     let reason = if changed.is_ok() { *end.close.borrow() } else { None };
@@ -468,7 +486,7 @@ impl Connection {
             }
         };
         if self.ctx.events.send(event).await.is_err() {
-            return Err(Ending::Server(ReasonCode::ServerUnavailable, None));
+            return Err(Ending::Server(ReasonCode::ServerShuttingDown, None));
         }
         Ok(None)
     }

@@ -85,8 +85,7 @@ pub(crate) fn write<S: Sink>(
         return Ok(());
     }
     s.write_u8(ack.reason_code.as_u8());
-    if no_properties {
-        return Ok(());
-    }
+    // The property length may be left out here, but some clients (rumqttc 0.25)
+    // cannot parse a reason code without it; a zero length is valid everywhere.
     write_properties(s, &ack.properties)
 }

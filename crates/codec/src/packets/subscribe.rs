@@ -48,12 +48,12 @@ fn read_options(byte: u8, version: ProtocolVersion) -> Result<SubscriptionOption
     if byte & reserved != 0 {
         return Err(DecodeError::InvalidSubscriptionOptions(byte));
     }
-    let qos = QoS::from_u8(byte & QOS_MASK).ok_or(DecodeError::InvalidQos(byte & QOS_MASK))?;
+    let qos = QoS::from_u8(byte & QOS_MASK).ok_or(DecodeError::InvalidSubscriptionQos(byte))?;
     let retain_handling = match (byte >> RETAIN_HANDLING_SHIFT) & 0b11 {
         0 => RetainHandling::SendAtSubscribe,
         1 => RetainHandling::SendIfNewSubscription,
         2 => RetainHandling::DoNotSend,
-        _ => return Err(DecodeError::InvalidSubscriptionOptions(byte)),
+        _ => return Err(DecodeError::InvalidRetainHandling(byte)),
     };
     Ok(SubscriptionOptions {
         qos,
