@@ -90,8 +90,9 @@ async fn v311_empty_client_id_with_clean_session_is_accepted() {
     let mut c = V4Client::must_connect(&broker, "").await;
     assert_eq!(c.connack.code, ConnectReturnCode::Success);
     // It works like any client.
-    c.must_subscribe("t01/empty", QoS::AtLeastOnce).await;
-    c.must_publish("t01/empty", QoS::AtLeastOnce, false, "x")
+    c.must_subscribe("t01/empty", rumqttc::QoS::AtLeastOnce)
+        .await;
+    c.must_publish("t01/empty", rumqttc::QoS::AtLeastOnce, false, "x")
         .await;
     let p = c.must_recv_publish(WAIT).await;
     assert_eq!(text(&p.payload), "x");
@@ -134,7 +135,8 @@ async fn v5_empty_client_id_gets_an_assigned_client_identifier() {
     assert_ne!(id_a, id_b, "two clients got the same assigned id");
     // Both stay connected: the second did not take over the first.
     let mut a = a;
-    a.must_subscribe("t01/assigned", QoS::AtMostOnce).await;
+    a.must_subscribe("t01/assigned", rumqttc::v5::mqttbytes::QoS::AtMostOnce)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,26 +223,26 @@ async fn server_keep_alive_is_returned_when_the_client_asks_for_more_than_the_ma
         "asked 60, max 5: {props:?}"
     );
 
-    // Keep alive 0 means "none", which is more than the maximum too.
-    let mut o = v5_options(&broker, &unique_id("t01-ska0"));
-    o.set_keep_alive(Duration::ZERO);
-    let c0 = V5Client::must_connect_with(o).await;
-    let props = c0.connack.properties.clone().expect("CONNACK properties");
+    // Keep alive 0 means "none", which is more than the maximum too. (rumqttc's
+    // MQTT 5 client refuses keep alives under 5 s: raw clients from here on.)
+    let (_c0, ack) = RawClient::must_connect_with(
+        broker.mqtt_addr,
+        connect_packet(ProtocolVersion::V5, &unique_id("t01-ska0"), true, 0),
+    )
+    .await;
     assert_eq!(
-        props.server_keep_alive,
+        ack.properties.server_keep_alive,
         Some(5),
-        "asked 0, max 5: {props:?}"
+        "asked 0, max 5: {ack:?}"
     );
 
     // Asking for less than the maximum is granted as asked.
-    let mut o = v5_options(&broker, &unique_id("t01-ska3"));
-    o.set_keep_alive(Duration::from_secs(3));
-    let c3 = V5Client::must_connect_with(o).await;
-    let ska = c3
-        .connack
-        .properties
-        .clone()
-        .and_then(|p| p.server_keep_alive);
+    let (_c3, ack) = RawClient::must_connect_with(
+        broker.mqtt_addr,
+        connect_packet(ProtocolVersion::V5, &unique_id("t01-ska3"), true, 3),
+    )
+    .await;
+    let ska = ack.properties.server_keep_alive;
     assert!(
         ska.is_none() || ska == Some(3),
         "asked 3 with max 5, got Server Keep Alive {ska:?}"
@@ -293,10 +295,15 @@ async fn v311_session_takeover_closes_the_first_connection() {
     );
     // The second connection works.
     second
-        .must_subscribe("t01/takeover", QoS::AtLeastOnce)
+        .must_subscribe("t01/takeover", rumqttc::QoS::AtLeastOnce)
         .await;
     second
-        .must_publish("t01/takeover", QoS::AtLeastOnce, false, "still here")
+        .must_publish(
+            "t01/takeover",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "still here",
+        )
         .await;
     let p = second.must_recv_publish(WAIT).await;
     assert_eq!(text(&p.payload), "still here");
@@ -401,4 +408,36 @@ async fn v4_clean_session_options_roundtrip() {
         c.connack.session_present,
         "the persistent session should be present"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_connections_beyond_the_limit() {
+    let broker = BrokerProcess::start_with_mqtt_config("max_connections = 2");
+    let a = V4Client::must_connect(&broker, &unique_id("t01-max-a")).await;
+    let _b = V4Client::must_connect(&broker, &unique_id("t01-max-b")).await;
+    // The third is refused: closed without CONNACK, or an error CONNACK.
+    if let Ok((_c, ack)) = RawClient::connect(
+        broker.mqtt_addr,
+        connect_packet(ProtocolVersion::V5, &unique_id("t01-max-c"), true, 60),
+    )
+    .await
+    {
+        assert!(
+            ack.reason_code.is_error(),
+            "a third connection was accepted with max_connections = 2: {ack:?}"
+        );
+    }
+    // A slot frees up when a client leaves.
+    a.disconnect().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match V4Client::connect(v4_options(&broker, &unique_id("t01-max-d"))).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no connection accepted after a client left: {e:#}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

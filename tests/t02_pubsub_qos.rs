@@ -465,3 +465,66 @@ async fn unacknowledged_deliveries_have_distinct_packet_ids() {
     }
     raw.must_stay_silent(QUIET).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_topic_levels_is_enforced() {
+    let broker = BrokerProcess::start_with_mqtt_config("max_topic_levels = 3");
+    let mut all = V4Client::must_connect(&broker, &unique_id("t02-levels-all")).await;
+    all.must_subscribe("t02/#", QoS::AtLeastOnce).await;
+
+    let (mut c, _) = RawClient::must_connect(
+        broker.mqtt_addr,
+        ProtocolVersion::V5,
+        &unique_id("t02-levels"),
+        true,
+    )
+    .await;
+    // Three levels: fine.
+    c.must_publish(publish_packet(
+        "t02/l2/l3",
+        CQoS::AtLeastOnce,
+        Some(1),
+        b"ok",
+    ))
+    .await;
+    assert_eq!(text(&all.must_recv_publish(WAIT).await.payload), "ok");
+    // Four levels: refused, by PUBACK 0x90 or DISCONNECT 0x90; never delivered.
+    c.must_send(Packet::Publish(publish_packet(
+        "t02/l2/l3/l4",
+        CQoS::AtLeastOnce,
+        Some(2),
+        b"too deep",
+    )))
+    .await;
+    match c.must_recv(WAIT).await {
+        Packet::PubAck(a) => {
+            assert_eq!(a.packet_id, 2);
+            assert_eq!(a.reason_code, ReasonCode::TopicNameInvalid, "{a:?}");
+        }
+        Packet::Disconnect(d) => {
+            assert_eq!(d.reason_code, ReasonCode::TopicNameInvalid, "{d:?}");
+            c.must_be_closed(WAIT).await;
+        }
+        other => panic!("expected PUBACK or DISCONNECT with 0x90, got {other:?}"),
+    }
+    all.must_not_recv_publish(QUIET).await;
+
+    // A four-level filter is refused as well (SUBACK 0x8F, or DISCONNECT).
+    let (mut s, _) = RawClient::must_connect(
+        broker.mqtt_addr,
+        ProtocolVersion::V5,
+        &unique_id("t02-levels-sub"),
+        true,
+    )
+    .await;
+    s.must_send(Packet::Subscribe(fleetmq_tests::raw::subscribe_packet(
+        3,
+        &[("t02/l2/l3/+", CQoS::AtMostOnce)],
+    )))
+    .await;
+    match s.must_recv(WAIT).await {
+        Packet::SubAck(a) => assert_eq!(a.reason_codes, vec![ReasonCode::TopicFilterInvalid]),
+        Packet::Disconnect(d) => assert_eq!(d.reason_code, ReasonCode::TopicFilterInvalid),
+        other => panic!("expected SUBACK or DISCONNECT with 0x8F, got {other:?}"),
+    }
+}

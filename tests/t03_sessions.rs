@@ -307,3 +307,41 @@ async fn session_count_metric_counts_offline_persistent_sessions() {
     broker.must_metric_at_least(names::SESSIONS_CURRENT, &[], 1.0, WAIT);
     broker.must_metric_at_least(names::SUBSCRIPTIONS_CURRENT, &[], 2.0, WAIT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_is_capped_by_max_session_expiry_interval() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let broker = BrokerProcess::start_with_mqtt_config("max_session_expiry_interval = 2");
+    // MQTT 5: asked 300, granted 2, and told so in CONNACK.
+    let id5 = unique_id("t03-cap5");
+    let mut sub = V5Client::must_connect_with(persistent_v5(&broker, &id5, 300)).await;
+    let granted = sub
+        .connack
+        .properties
+        .as_ref()
+        .and_then(|p| p.session_expiry_interval);
+    assert_eq!(
+        granted,
+        Some(2),
+        "CONNACK must carry the granted Session Expiry Interval"
+    );
+    sub.must_subscribe("t03/cap", Q5::AtLeastOnce).await;
+    sub.disconnect().await;
+    // MQTT 3.1.1 persistent sessions get the maximum.
+    let id4 = unique_id("t03-cap4");
+    let mut sub4 = V4Client::must_connect_with(persistent_v4(&broker, &id4)).await;
+    sub4.must_subscribe("t03/cap", QoS::AtLeastOnce).await;
+    sub4.disconnect().await;
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let sub = V5Client::must_connect_with(persistent_v5(&broker, &id5, 300)).await;
+    assert!(
+        !sub.connack.session_present,
+        "the MQTT 5 session should have expired after 2 s"
+    );
+    let sub4 = V4Client::must_connect_with(persistent_v4(&broker, &id4)).await;
+    assert!(
+        !sub4.connack.session_present,
+        "the 3.1.1 session should have expired after 2 s"
+    );
+}

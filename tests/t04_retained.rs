@@ -233,3 +233,39 @@ async fn empty_retained_publish_is_still_delivered_to_current_subscribers() {
     let cleared = s.must_recv_publish(WAIT).await;
     assert!(cleared.payload.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_unavailable_is_advertised_and_enforced() {
+    use fleetmq_codec::{Packet, ProtocolVersion, QoS as CQoS};
+    use fleetmq_tests::raw::{connect_packet, publish_packet};
+    use fleetmq_tests::RawClient;
+
+    let broker = BrokerProcess::start_with_mqtt_config("retain_available = false");
+    let (mut c, ack) = RawClient::must_connect_with(
+        broker.mqtt_addr,
+        connect_packet(ProtocolVersion::V5, &unique_id("t04-noret"), true, 60),
+    )
+    .await;
+    assert_eq!(
+        ack.properties.retain_available,
+        Some(false),
+        "CONNACK {ack:?}"
+    );
+    // Non-retained traffic works.
+    c.must_publish(publish_packet(
+        "t04/noret",
+        CQoS::AtLeastOnce,
+        Some(1),
+        b"plain",
+    ))
+    .await;
+    // A retained PUBLISH: DISCONNECT 0x9A (Retain not supported).
+    let mut p = publish_packet("t04/noret", CQoS::AtLeastOnce, Some(2), b"retained");
+    p.retain = true;
+    c.must_send(Packet::Publish(p)).await;
+    c.must_be_disconnected_with(0x9A, WAIT).await;
+    // Nothing was retained.
+    let mut s = V4Client::must_connect(&broker, &unique_id("t04-noret-s")).await;
+    s.must_subscribe("t04/noret", QoS::AtLeastOnce).await;
+    s.must_not_recv_publish(QUIET).await;
+}

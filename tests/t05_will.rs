@@ -158,7 +158,12 @@ fn v5_will_options(
     o.set_session_expiry_interval(Some(60));
     let props = LastWillProperties {
         delay_interval: Some(delay),
-        ..LastWillProperties::default()
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
     };
     o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
         topic,
@@ -225,7 +230,8 @@ async fn v5_will_properties_are_passed_through() {
         response_topic: Some("t05/reply".into()),
         correlation_data: Some(Bytes::from_static(b"\x01\x02")),
         user_properties: vec![("k".into(), "v".into())],
-        ..LastWillProperties::default()
+        delay_interval: None,
+        message_expiry_interval: None,
     };
     o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
         "t05/props",

@@ -119,23 +119,28 @@ async fn bad_alias(broker: &BrokerProcess, topic: &[u8], alias: u16, reasons: &[
     let got = c.must_be_closed(WAIT).await;
     match got.last() {
         Some(Packet::Disconnect(d)) if reasons.contains(&d.reason_code.as_u8()) => {}
-        _ => panic!("alias {alias} on {topic:?}: expected DISCONNECT {reasons:02x?}, got {got:?}"),
+        _ => panic!(
+            "alias {alias} on topic {:?}: expected DISCONNECT with one of {reasons:#04x?}, got {got:?}",
+            String::from_utf8_lossy(topic)
+        ),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_topic_alias_disconnects_with_0x94() {
     let broker = BrokerProcess::start_with_mqtt_config("topic_alias_maximum = 5");
-    // Alias 0 and an alias above the maximum: "Topic Alias invalid".
-    bad_alias(&broker, b"t06/a", 0, &[0x94]).await;
+    // Above the maximum: "Topic Alias invalid" (the DISCONNECT 0x94 definition).
     bad_alias(&broker, b"t06/a", 6, &[0x94]).await;
+    // Alias 0 is forbidden ([MQTT-3.3.2-8]); it is a well-formed Two Byte Integer, so
+    // not a Malformed Packet: Topic Alias invalid, or a Protocol Error.
+    bad_alias(&broker, b"t06/a", 0, &[0x94, 0x82]).await;
     // An empty topic with an alias never set: a protocol error (0x82), which the
     // server may also report as Topic Alias invalid.
     bad_alias(&broker, b"", 3, &[0x94, 0x82]).await;
     broker.must_metric_at_least(
         names::CONNECTIONS_CLOSED,
         &[("reason", "topic_alias_invalid")],
-        2.0,
+        1.0,
         WAIT,
     );
 }
@@ -388,7 +393,7 @@ async fn message_expiry_while_queued_and_remaining_interval_forwarded() {
         .and_then(|p| p.message_expiry_interval)
         .expect("the remaining Message Expiry Interval is forwarded");
     assert!(
-        left < 60 && left >= 50,
+        (50..60).contains(&left),
         "after 2.5 s queued the remaining interval should be about 57 s, got {left}"
     );
     broker.must_metric_at_least(names::MESSAGES_DROPPED, &[("reason", "expired")], 1.0, WAIT);

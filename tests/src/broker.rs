@@ -217,6 +217,8 @@ impl BrokerProcess {
                 }
             }
         }
+        // Plain text in the log file: it is read by people and by `log_tail`.
+        cmd.env("NO_COLOR", "1");
         cmd.stdin(Stdio::null()).stdout(log_out).stderr(log);
         let child = cmd
             .spawn()
@@ -264,6 +266,11 @@ impl BrokerProcess {
 
     pub fn port(&self) -> u16 {
         self.mqtt_addr.port()
+    }
+
+    /// The node's temporary directory: its log, config file and (by default) data.
+    pub fn dir(&self) -> &Path {
+        &self.dir_path
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -400,8 +407,6 @@ impl Drop for BrokerProcess {
                 let kept = dir.keep();
                 eprintln!("kept the node's directory {}", kept.display());
             }
-        } else {
-            let _ = &self.dir_path;
         }
     }
 }
