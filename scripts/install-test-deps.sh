@@ -3,6 +3,7 @@
 #
 #   - Debian packages: mosquitto-clients (mosquitto_pub / mosquitto_sub) and, when the
 #     python3 on PATH cannot create a virtual environment, python3-venv.
+#   - cargo-fuzz (for crates/codec/fuzz/run.sh), when `cargo +nightly fuzz` does not run.
 #   - A Python virtual environment at $FLEETMQ_VENV (default: <repo>/.venv) with the exact
 #     versions pinned in tests/python/requirements.txt.
 #
@@ -48,6 +49,17 @@ done
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 \
     || die "$PYTHON cannot create virtual environments (python3-venv missing?)"
 
+# --- cargo-fuzz, for crates/codec/fuzz/run.sh (cargo fuzz needs the nightly toolchain) ---
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    rustup toolchain list 2>/dev/null | grep -q '^nightly' \
+        || die "the nightly Rust toolchain is missing (cargo fuzz needs it)"
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo +nightly install --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz \
+        || die "cargo install cargo-fuzz failed"
+    cargo +nightly fuzz --version >/dev/null 2>&1 || die "cargo fuzz does not run after install"
+fi
+
 # --- Python virtual environment ---------------------------------------------------------
 [[ -f "$REQUIREMENTS" ]] || die "missing $REQUIREMENTS"
 
@@ -57,20 +69,9 @@ if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/n
     "$PYTHON" -m venv "$VENV" || die "python3 -m venv $VENV failed"
 fi
 
-# The stamp records which requirements (and which interpreter) the venv was filled from.
-stamp_file="$VENV/.fleetmq-requirements.sha256"
-want_stamp="$( { cat "$REQUIREMENTS"; "$VENV/bin/python" -VV; } | sha256sum | cut -d' ' -f1)"
-have_stamp="$(cat "$stamp_file" 2>/dev/null || true)"
-
-if [[ "$want_stamp" != "$have_stamp" ]]; then
-    log "installing Python packages from ${REQUIREMENTS#"$ROOT"/}"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q \
-        -r "$REQUIREMENTS" || die "pip install -r $REQUIREMENTS failed"
-    rm -f "$stamp_file"
-fi
-
-# Check every pin against what is really installed, whether pip ran or not.
-"$VENV/bin/python" - "$REQUIREMENTS" <<'PY' || die "the virtual environment does not match the pins"
+# Checks every pin against what is really installed in the venv.
+check_pins() {
+    "$VENV/bin/python" - "$REQUIREMENTS" <<'PY'
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -90,14 +91,33 @@ for line in open(sys.argv[1], encoding="utf-8"):
         continue
     if have != want.strip():
         bad.append(f"{name}: {have} installed, {want} pinned")
-import paho.mqtt  # noqa: E402  (the import itself is part of the check)
-import pytest  # noqa: E402,F401
-if not version("paho-mqtt").startswith("2."):
-    bad.append("paho-mqtt must be 2.x")
+try:
+    import paho.mqtt  # noqa: F401
+    import pytest  # noqa: F401
+    if not version("paho-mqtt").startswith("2."):
+        bad.append("paho-mqtt must be 2.x")
+except Exception as e:  # noqa: BLE001
+    bad.append(f"import failed: {e!r}")
 for b in bad:
     print(f"install-test-deps: {b}", file=sys.stderr)
 sys.exit(1 if bad else 0)
 PY
+}
+
+# The stamp records which requirements (and which interpreter) the venv was filled from;
+# pip runs when it differs or when the installed packages do not match the pins.
+stamp_file="$VENV/.fleetmq-requirements.sha256"
+want_stamp="$( { cat "$REQUIREMENTS"; "$VENV/bin/python" -VV; } | sha256sum | cut -d' ' -f1)"
+have_stamp="$(cat "$stamp_file" 2>/dev/null || true)"
+
+if [[ "$want_stamp" != "$have_stamp" ]] || ! check_pins 2>/dev/null; then
+    log "installing Python packages from ${REQUIREMENTS#"$ROOT"/}"
+    rm -f "$stamp_file"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q \
+        -r "$REQUIREMENTS" || die "pip install -r $REQUIREMENTS failed"
+    check_pins || die "the virtual environment $VENV does not match the pins after pip install"
+fi
 echo "$want_stamp" >"$stamp_file"
 
-log "ok: $(mosquitto_pub --help 2>/dev/null | head -n1 || true); venv $VENV"
+log "ok: $(command -v mosquitto_pub), $(command -v mosquitto_sub); venv $VENV with" \
+    "$("$VENV/bin/python" -c 'from importlib.metadata import version as v; print("paho-mqtt", v("paho-mqtt"), "pytest", v("pytest"))')"

@@ -95,16 +95,16 @@ def broker(broker_factory) -> Broker:
 @pytest.fixture
 def client_factory(request):
     """`client_factory(version=V5, client_id=None, clean=True, keepalive=30, connect=True,
-    on=None, **connect_properties)`: a connected Client on `on`, or on the default
+    on=None, manual_ack=False, **connect_properties)`: a connected Client on `on`, or on the default
     `broker` fixture (started on first use)."""
     clients: list[Client] = []
 
     def make(version: int = V5, client_id: str | None = None, clean: bool = True,
              keepalive: int = 30, connect: bool = True, on: Broker | None = None,
-             **connect_properties) -> Client:
+             manual_ack: bool = False, **connect_properties) -> Client:
         target = on if on is not None else request.getfixturevalue("broker")
         c = Client(target, version=version, client_id=client_id, clean=clean,
-                   keepalive=keepalive)
+                   keepalive=keepalive, manual_ack=manual_ack)
         clients.append(c)
         if connect:
             c.connect(**connect_properties)

@@ -143,7 +143,9 @@ class Broker:
         # that the developer's shell cannot change what a test configured.
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("FLEETMQ_") or k in ("FLEETMQ_LOG", "FLEETMQ_LOG_FORMAT")}
-        env.setdefault("FLEETMQ_LOG", os.environ.get("FLEETMQ_TEST_LOG", "debug"))
+        env.setdefault("FLEETMQ_LOG", os.environ.get(
+            "FLEETMQ_TEST_LOG", "info,fleetmq=debug,fleetmq_broker=debug,fleetmq_codec=debug"))
+        env.setdefault("NO_COLOR", "1")
         env.setdefault("RUST_BACKTRACE", "1")
         return env
 
@@ -268,6 +270,7 @@ class Received:
     retain: bool
     dup: bool
     properties: Properties | None
+    mid: int = 0
     at: float = field(default_factory=time.monotonic)
 
     def prop(self, name: str, default: Any = None) -> Any:
@@ -299,7 +302,7 @@ class Client:
     _counter = 0
 
     def __init__(self, broker: Broker, version: int = V5, client_id: str | None = None,
-                 clean: bool = True, keepalive: int = 30):
+                 clean: bool = True, keepalive: int = 30, manual_ack: bool = False):
         Client._counter += 1
         if client_id is None:
             client_id = f"pytest-{os.getpid()}-{Client._counter}"
@@ -314,6 +317,7 @@ class Client:
             clean_session=clean if version != V5 else None,
             protocol=version,
             reconnect_on_failure=False,
+            manual_ack=manual_ack,
         )
         self.messages: queue.Queue[Received] = queue.Queue()
         self.connacks: queue.Queue[Connack] = queue.Queue()
@@ -353,7 +357,7 @@ class Client:
     def _on_message(self, _c, _u, msg):
         self.messages.put(Received(
             topic=msg.topic, payload=bytes(msg.payload), qos=msg.qos, retain=bool(msg.retain),
-            dup=bool(msg.dup), properties=getattr(msg, "properties", None)))
+            dup=bool(msg.dup), properties=getattr(msg, "properties", None), mid=msg.mid))
 
     def _on_ack(self, _c, _u, mid, reason_codes, properties):
         with self._ack_cv:
@@ -486,9 +490,10 @@ class Client:
         else:
             if no_local or retain_as_published or retain_handling or sub_props:
                 raise ValueError("subscribe options need MQTT 5")
-            arg = [(t, qos) for t in topic] if isinstance(topic, list) else topic
-            rc, mid = self.paho.subscribe(arg, qos=qos) if not isinstance(arg, list) \
-                else self.paho.subscribe(arg)
+            if isinstance(topic, list):
+                rc, mid = self.paho.subscribe([(t, qos) for t in topic])
+            else:
+                rc, mid = self.paho.subscribe(topic, qos=qos)
         assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe not sent: {rc}"
         codes, _ = self._wait_ack(mid, "SUBACK")
         if check:

@@ -127,3 +127,24 @@ def test_messages_while_online_then_offline_then_online(client_factory, version,
     last = _persistent(client_factory, version, cid)
     assert [m.payload for m in last.recv_n(5)] == expected[-5:]
     last.expect_nothing(within=QUIET)
+
+
+def test_unacknowledged_qos1_redelivered_with_dup_on_reconnect(client_factory, version):
+    cid = f"dup-{version}"
+    c = client_factory(version=version, client_id=cid, clean=False, manual_ack=True,
+                       **SESSION[version])
+    c.subscribe("dup/t", qos=1)
+    client_factory(version=version).publish("dup/t", b"ack me", qos=1)
+    first = c.recv()
+    assert (first.payload, first.dup) == (b"ack me", False)
+    c.drop()  # never sent PUBACK
+
+    back = _persistent(client_factory, version, cid)
+    assert back.connack.session_present is True
+    again = back.recv()
+    assert again.payload == b"ack me"
+    assert again.dup is True, "a resent PUBLISH must have DUP = 1"
+    back.expect_nothing(what="(acknowledged now: no third copy)")
+    back.disconnect()
+    last = _persistent(client_factory, version, cid)
+    last.expect_nothing(what="(the message was acknowledged on the previous connection)")

@@ -111,3 +111,16 @@ def test_v5_will_delay_bounded_by_session_expiry(client_factory):
     c.drop()
     m = watcher.recv(timeout=10)
     assert m.payload == b"session over"
+
+
+def test_keepalive_timeout_closes_connection_and_sends_will(client_factory, version):
+    watcher = _watcher(client_factory, version)
+    c = client_factory(version=version, keepalive=2, connect=False)
+    c.will("will/keepalive", b"silent", qos=1)
+    c.connect()
+    c.stop_loop()  # the socket stays open, but no PINGREQ is sent any more
+    silent_since = time.monotonic()
+    m = watcher.recv(timeout=15)
+    assert m.payload == b"silent"
+    # The server waits 1.5 x keep alive (3 s) of silence; coarse lower bound.
+    assert m.at - silent_since >= 1.5, "connection closed well before 1.5 x keep alive"

@@ -1,0 +1,63 @@
+"""Configured limits: maximum packet size both ways, bounded session queues."""
+
+import pytest
+
+from fleetmq_testlib import QUIET, V311, V5
+
+
+def test_v5_max_packet_size_advertised_and_enforced(broker_factory, client_factory):
+    b = broker_factory(config={"mqtt": {"max_packet_size": 1024}})
+    c = client_factory(version=V5, on=b)
+    assert getattr(c.connack_properties, "MaximumPacketSize", None) == 1024
+    c.subscribe("big/t", qos=1)
+    c.publish("big/t", b"x" * 500, qos=1)
+    assert len(c.recv().payload) == 500
+    c.paho.publish("big/t", b"x" * 2000, qos=1)
+    d = c.wait_disconnected()
+    assert d.reason_code == 0x95, f"disconnected with {d.reason_code:#04x}, expected 0x95"
+
+
+def test_v311_oversize_packet_closes_connection(broker_factory, client_factory):
+    b = broker_factory(config={"mqtt": {"max_packet_size": 1024}})
+    c = client_factory(version=V311, on=b)
+    other = client_factory(version=V311, on=b)
+    other.subscribe("big/#", qos=1)
+    c.paho.publish("big/t", b"x" * 2000, qos=1)
+    c.wait_disconnected()
+    other.expect_nothing(what="(the oversize message must not be delivered)")
+    # The server is fine and other clients are unaffected.
+    client_factory(version=V311, on=b).publish("big/ok", b"small", qos=1)
+    assert other.recv().payload == b"small"
+
+
+def test_server_respects_client_maximum_packet_size(client_factory):
+    small = client_factory(version=V5, MaximumPacketSize=256)
+    small.subscribe("limit/#", qos=1)
+    pub = client_factory(version=V5)
+    pub.publish("limit/big", b"x" * 1000, qos=1)
+    pub.publish("limit/small", b"y" * 10, qos=1)
+    m = small.recv()
+    assert (m.topic, m.payload) == ("limit/small", b"y" * 10), (
+        "a message larger than the client's Maximum Packet Size must be dropped")
+    small.expect_nothing()
+    assert small.paho.is_connected()
+
+
+@pytest.mark.parametrize("policy", ["drop-new", "drop-oldest"])
+def test_offline_queue_is_bounded(broker_factory, client_factory, version, policy):
+    b = broker_factory(config={"mqtt": {"max_queued_messages": 5,
+                                        "queue_full_policy": policy}})
+    props = {"SessionExpiryInterval": 300} if version == V5 else {}
+    cid = f"bounded-{version}-{policy}"
+    c = client_factory(version=version, on=b, client_id=cid, clean=False, **props)
+    c.subscribe("bounded/t", qos=1)
+    c.disconnect()
+    pub = client_factory(version=version, on=b)
+    for i in range(12):
+        pub.publish("bounded/t", str(i).encode(), qos=1)
+    back = client_factory(version=version, on=b, client_id=cid, clean=False, **props)
+    got = [int(m.payload) for m in back.recv_n(5)] + [int(m.payload) for m in back.drain(QUIET)]
+    want = list(range(5)) if policy == "drop-new" else list(range(7, 12))
+    assert got == want, f"{policy}: got {got}"
+    dropped = b.metrics().get('fleetmq_messages_dropped_total{reason="queue_full"}')
+    assert dropped == 7, f"queue_full drops counted: {dropped}"
