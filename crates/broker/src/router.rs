@@ -340,12 +340,7 @@ impl Router {
                         if session.generation == generation && !session.is_connected() {
                             if let Some(will) = session.will.take() {
                                 if session.is_persistent() {
-                                    let record = session_record(session);
-                                    self.core.round.batch.put(
-                                        SESSIONS,
-                                        client.as_bytes(),
-                                        persist::encode(&record),
-                                    );
+                                    self.core.persist_session(session);
                                 }
                                 self.publish_will(&client, &will);
                             }
