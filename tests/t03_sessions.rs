@@ -245,6 +245,14 @@ async fn queue_bound(policy: Option<&str>) -> (BrokerProcess, Vec<String>) {
     let mut sub = V4Client::must_connect_with(persistent_v4(&broker, &id)).await;
     sub.must_subscribe("t03/queue", QoS::AtLeastOnce).await;
     sub.disconnect().await;
+    // Publish only once the broker has the subscriber offline; otherwise the first
+    // message may still go in flight to the closing connection (and be resent later).
+    broker.must_metric_at_least(
+        names::CONNECTIONS_CLOSED,
+        &[("reason", "client_disconnect")],
+        1.0,
+        WAIT,
+    );
 
     let mut publisher = V4Client::must_connect(&broker, &unique_id("t03-pub")).await;
     for i in 0..10 {

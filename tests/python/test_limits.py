@@ -1,5 +1,7 @@
 """Configured limits: maximum packet size both ways, bounded session queues."""
 
+import time
+
 import pytest
 
 from fleetmq_testlib import QUIET, V311, V5
@@ -52,6 +54,9 @@ def test_offline_queue_is_bounded(broker_factory, client_factory, version, polic
     c = client_factory(version=version, on=b, client_id=cid, clean=False, **props)
     c.subscribe("bounded/t", qos=1)
     c.disconnect()
+    # Publish only once the broker has the subscriber offline; otherwise the first
+    # message may still go in flight to the closing connection (and be resent later).
+    wait_for_metric(b, 'fleetmq_connections_closed_total{reason="client_disconnect"}', 1)
     pub = client_factory(version=version, on=b)
     for i in range(12):
         pub.publish("bounded/t", str(i).encode(), qos=1)
@@ -61,3 +66,14 @@ def test_offline_queue_is_bounded(broker_factory, client_factory, version, polic
     assert got == want, f"{policy}: got {got}"
     dropped = b.metrics().get('fleetmq_messages_dropped_total{reason="queue_full"}')
     assert dropped == 7, f"queue_full drops counted: {dropped}"
+
+
+def wait_for_metric(broker, name, at_least, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = broker.metrics().get(name)
+        if value is not None and value >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{name} is {value}, expected >= {at_least} within {timeout}s")

@@ -147,7 +147,6 @@ impl Connection {
                 (true, None, CloseReason::Server(*code))
             }
         };
-        self.ctx.metrics.closed(close_reason);
         let _ = self
             .ctx
             .events
@@ -157,6 +156,9 @@ impl Connection {
                 session_expiry_interval: session_expiry,
             })
             .await;
+        // Counted once the router has the event queued: whoever sees the count can
+        // rely on the router handling this disconnect before anything sent later.
+        self.ctx.metrics.closed(close_reason);
         let _ = self.stream.shutdown().await;
         debug!(?close_reason, "connection closed");
     }
