@@ -18,7 +18,7 @@ pub use connection::{AckKind, ConnId, ConnectionEnd, ConnectionHandle, Outgoing,
 pub use message::{now_ms, Message, MessageProperties};
 pub use metrics::{CloseReason, DropReason, Metrics};
 pub use router::{ConnectReply, ConnectRequest, Event};
-pub use service::BrokerService;
+pub use service::{BrokerService, CommitError, Committer, LocalCommitter};
 
 #[cfg(test)]
 mod router_tests;

@@ -1,13 +1,13 @@
-//! Runs the router as one task and the store's writer as one thread, and joins
-//! them: the writer group-commits every batch that queued while it was flushing,
-//! so one fsync acknowledges many messages.
+//! Runs the router as one task and the committer as another, and joins them: the
+//! committer group-commits every round that queued while it was busy, so one fsync
+//! (or one Raft entry, in a cluster) acknowledges many messages.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::Instant;
 
-use fleetmq_storage::{KvEngine, WriteBatch};
+use fleetmq_storage::{KvEngine, StorageError, WriteBatch};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
@@ -22,39 +22,84 @@ const MAX_EVENTS_PER_ROUND: usize = 512;
 /// Router rounds waiting for the writer; beyond this the router waits (backpressure).
 const COMMIT_QUEUE: usize = 64;
 
+/// Why a batch could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("replication: {0}")]
+    Replication(String),
+}
+
+/// Makes the writes of router rounds durable: the local store's fsync on a single
+/// node, a committed Raft entry in a cluster. The broker defines it; whoever runs the
+/// broker chooses the implementation.
+pub trait Committer: Send + 'static {
+    /// Resolves once `batch` is durable. Batches come in order, one at a time; on an
+    /// error the outputs of the rounds in the batch are withheld (clients resend).
+    fn commit(&mut self, batch: WriteBatch)
+        -> impl Future<Output = Result<(), CommitError>> + Send;
+}
+
+/// Writes to the local store and flushes it: the single-node committer.
+pub struct LocalCommitter {
+    engine: Arc<dyn KvEngine>,
+}
+
+impl LocalCommitter {
+    pub fn new(engine: Arc<dyn KvEngine>) -> Self {
+        LocalCommitter { engine }
+    }
+}
+
+impl Committer for LocalCommitter {
+    fn commit(
+        &mut self,
+        batch: WriteBatch,
+    ) -> impl Future<Output = Result<(), CommitError>> + Send {
+        let engine = self.engine.clone();
+        async move {
+            // fsync blocks: keep it off the runtime's worker threads.
+            tokio::task::spawn_blocking(move || {
+                engine.write(batch)?;
+                engine.flush()
+            })
+            .await
+            .map_err(|e| CommitError::Replication(format!("writer task failed: {e}")))?
+            .map_err(CommitError::from)
+        }
+    }
+}
+
 /// The running broker core.
 pub struct BrokerService {
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     router: JoinHandle<()>,
-    writer: thread::JoinHandle<()>,
+    committer: JoinHandle<()>,
 }
 
 impl BrokerService {
-    /// Loads the stored state from `engine` and starts the router and the writer.
+    /// Loads the stored state from `engine` and starts the router and the committer.
     /// Must be called inside a tokio runtime.
     pub fn start(
         config: BrokerConfig,
-        engine: Arc<dyn KvEngine>,
+        engine: &dyn KvEngine,
+        committer: impl Committer,
         metrics: Arc<Metrics>,
         event_capacity: usize,
     ) -> Result<BrokerService, PersistError> {
-        let snapshot = persist::load(engine.as_ref())?;
+        let snapshot = persist::load(engine)?;
         let mut router = Router::new(config, metrics.clone(), snapshot);
         let (events_tx, events_rx) = mpsc::channel(event_capacity.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let pending = Arc::new(AtomicUsize::new(0));
-        let writer = {
-            let pending = pending.clone();
-            let metrics = metrics.clone();
-            thread::Builder::new()
-                .name("fleetmq-writer".into())
-                .spawn(move || run_writer(engine, commit_rx, pending, metrics))
-                .map_err(|e| PersistError::Corrupt {
-                    tree: "writer",
-                    detail: e.to_string(),
-                })?
-        };
+        let committer = tokio::spawn(run_committer(
+            committer,
+            commit_rx,
+            pending.clone(),
+            metrics.clone(),
+        ));
         // State restored from storage may need cleanup writes (orphans); commit them first.
         let initial = router.take_round();
         let router_task = tokio::spawn(async move {
@@ -71,7 +116,7 @@ impl BrokerService {
             events: events_tx,
             metrics,
             router: router_task,
-            writer,
+            committer,
         })
     }
 
@@ -84,12 +129,11 @@ impl BrokerService {
         &self.metrics
     }
 
-    /// Stops taking events, lets the router finish and the writer flush, then returns.
+    /// Stops taking events, lets the router finish and the committer flush, then returns.
     pub async fn shutdown(self) {
         drop(self.events);
         let _ = self.router.await;
-        let writer = self.writer;
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        let _ = self.committer.await;
     }
 }
 
@@ -167,14 +211,14 @@ pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics) {
     }
 }
 
-fn run_writer(
-    engine: Arc<dyn KvEngine>,
+async fn run_committer(
+    mut committer: impl Committer,
     mut rounds: mpsc::Receiver<Round>,
     pending: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
     let mut queued = Vec::new();
-    while let Some(first) = rounds.blocking_recv() {
+    while let Some(first) = rounds.recv().await {
         queued.push(first);
         while let Ok(more) = rounds.try_recv() {
             queued.push(more);
@@ -183,32 +227,29 @@ fn run_writer(
         for round in &mut queued {
             batch.extend(std::mem::take(&mut round.batch));
         }
-        let had_writes = !batch.is_empty();
-        let durable = !had_writes || write_and_flush(engine.as_ref(), batch);
-        if had_writes {
+        let durable = if batch.is_empty() {
+            true
+        } else {
             metrics.commits_total.fetch_add(1, Ordering::Relaxed);
-        }
+            match committer.commit(batch).await {
+                Ok(()) => true,
+                Err(e) => {
+                    error!(error = %e, "commit failed; acknowledgements withheld");
+                    false
+                }
+            }
+        };
         metrics
             .committed_batches_total
             .fetch_add(queued.len() as u64, Ordering::Relaxed);
         let count = queued.len();
         for round in queued.drain(..) {
+            // Without a durable write nothing may be acknowledged: the clients
+            // time out and resend, which is safe for QoS 1 and 2.
             if durable {
                 deliver(round.outputs, &metrics);
             }
-            // Without a durable write nothing may be acknowledged: the clients
-            // time out and resend, which is safe for QoS 1 and 2.
         }
         pending.fetch_sub(count, Ordering::AcqRel);
-    }
-}
-
-fn write_and_flush(engine: &dyn KvEngine, batch: WriteBatch) -> bool {
-    match engine.write(batch).and_then(|()| engine.flush()) {
-        Ok(()) => true,
-        Err(e) => {
-            error!(error = %e, "storage write failed; acknowledgements withheld");
-            false
-        }
     }
 }

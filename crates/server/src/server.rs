@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fleetmq_broker::{BrokerService, Metrics};
+use fleetmq_broker::{BrokerService, LocalCommitter, Metrics};
 use fleetmq_storage::{KvEngine, MemoryEngine, SledEngine};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -40,7 +40,8 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let broker = BrokerService::start(
         config.broker.clone(),
-        engine,
+        engine.as_ref(),
+        LocalCommitter::new(engine.clone()),
         metrics.clone(),
         ROUTER_EVENTS,
     )

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::{check_tree, KvEngine, KvPair, StorageError, WriteBatch, WriteOp};
 
@@ -50,7 +51,20 @@ impl SledEngine {
     ///
     /// Fails if another process has it open, or if it was written by an incompatible version.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        Self::with_config(base_config().path(path))
+        // sled releases its file lock only when its background threads let go of the
+        // last reference, a moment after the handle is dropped: reopening in the same
+        // process (tests, an in-process restart) waits briefly for it.
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match Self::with_config(base_config().path(path)) {
+                Err(StorageError::Sled(sled::Error::Io(e)))
+                    if Instant::now() < deadline && e.to_string().contains("acquire lock") =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A store in a temporary directory that sled removes when the engine is dropped: for
@@ -84,6 +98,9 @@ impl SledEngine {
         })
     }
 }
+
+/// How long `open` waits for a lock that this process's dropped engine still holds.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 fn base_config() -> sled::Config {
     sled::Config::new()
