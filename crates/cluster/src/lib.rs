@@ -1,0 +1,16 @@
+//! FleetMQ's Raft group (openraft): what is replicated ([`ClusterRequest`]), the
+//! sled-backed log store and state machine, and the gRPC network between nodes.
+
+pub mod network;
+pub mod store;
+pub mod types;
+
+pub use network::{
+    Faults, FaultyNetworkFactory, GrpcNetwork, GrpcNetworkConfig, GrpcNetworkFactory, NetworkError,
+    RaftGrpcServer,
+};
+pub use store::{
+    open_raft_storage, SledLogReader, SledLogStore, StateMachineSnapshotBuilder, StateMachineStore,
+    StoreError, META_TREE,
+};
+pub use types::{ClusterOp, ClusterRequest, ClusterResponse, NodeId, TypeConfig};

@@ -1,0 +1,24 @@
+//! The Raft network between nodes over gRPC (`fleetmq_rpc::raft::RaftService`).
+//!
+//! - [`GrpcNetworkFactory`] / [`GrpcNetwork`]: the client side openraft drives, one lazy
+//!   tonic channel per target node;
+//! - [`RaftGrpcServer`]: the server side, handing each RPC to the local `openraft::Raft`;
+//! - [`admin`]: the Raft half of `PeerService` (cluster status, client writes forwarded to
+//!   the leader), for the service implementation that also owns forwarding and takeover;
+//! - [`FaultyNetworkFactory`] and [`Faults`]: partition, drop and delay filters around any
+//!   factory, for cluster tests.
+//!
+//! openraft values cross the wire postcard-encoded inside protobuf `bytes` fields; see
+//! `proto/raft.proto` for why.
+
+pub mod admin;
+mod client;
+mod errors;
+mod faults;
+mod server;
+mod wire;
+
+pub use client::{GrpcNetwork, GrpcNetworkConfig, GrpcNetworkFactory};
+pub use errors::NetworkError;
+pub use faults::{Faults, FaultyNetwork, FaultyNetworkFactory};
+pub use server::RaftGrpcServer;

@@ -1,0 +1,436 @@
+//! [`StateMachineStore`]: applies committed entries to the broker's key-value engine.
+//!
+//! The state machine writes into the very engine the broker reads, one tree per kind of
+//! record (`sessions`, `messages`, ...), plus the [`META_TREE`] tree for its own bookkeeping:
+//! - `applied` → the last applied log id and the last membership, postcard-encoded;
+//! - `snapshot` → the last built or installed snapshot (meta and data).
+//!
+//! Every apply writes the entries' ops and the new `applied` record in one atomic
+//! [`KvEngine::write`], so after a crash the trees and `applied` always agree. Apply does not
+//! flush: the Raft log is the durable record and openraft re-applies from `applied` on restart.
+//! Building or installing a snapshot does flush, because openraft purges the log up to a
+//! snapshot right after it and the entries would no longer be there to re-apply.
+//!
+//! Applying does no IO besides the engine, and has no transport code.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fleetmq_storage::{KvEngine, KvPair, WriteBatch};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StoredMembership,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::error::{RaftResultExt, StoreError};
+use crate::types::{ClusterOp, ClusterResponse, NodeId, TypeConfig};
+
+type RaftResult<T> = Result<T, StorageError<NodeId>>;
+
+/// The tree the state machine keeps its own metadata in; no caller tree may use this name.
+pub const META_TREE: &str = "raft_meta";
+const APPLIED_KEY: &[u8] = b"applied";
+const SNAPSHOT_KEY: &[u8] = b"snapshot";
+/// Bump when [`SnapshotBlob`] changes shape, so a node refuses a snapshot it would misread.
+const SNAPSHOT_FORMAT: u8 = 1;
+
+/// How far the state machine has got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct AppliedState {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, BasicNode>,
+}
+
+/// One tree's contents in a snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct TreeDump {
+    name: String,
+    pairs: Vec<KvPair>,
+}
+
+/// The serialized form of a snapshot: every known tree plus the applied state it reflects.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBlob {
+    format: u8,
+    applied: AppliedState,
+    trees: Vec<TreeDump>,
+}
+
+/// A snapshot as kept in memory and under [`SNAPSHOT_KEY`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+impl StoredSnapshot {
+    fn to_snapshot(&self) -> Snapshot<TypeConfig> {
+        Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(self.data.clone())),
+        }
+    }
+}
+
+/// The last built or installed snapshot, shared by the state machine and its builders, which
+/// openraft runs in a task of their own.
+type CurrentSnapshot = Arc<Mutex<Option<StoredSnapshot>>>;
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(postcard::to_stdvec(value)?)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+/// Runs blocking engine work off the async threads, as [`KvEngine`] asks of async callers.
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await?
+}
+
+/// Keeps `candidate` as the current snapshot, in memory and under [`SNAPSHOT_KEY`], unless the
+/// current one is newer (a snapshot installed while this one was being built). Returns whether
+/// it was kept. Blocking.
+///
+/// `batch` is written with it, atomically; the engine is flushed, since openraft purges the
+/// log up to a snapshot once it has one.
+fn keep_snapshot(
+    engine: &dyn KvEngine,
+    current: &CurrentSnapshot,
+    candidate: StoredSnapshot,
+    mut batch: WriteBatch,
+) -> Result<bool, StoreError> {
+    // Held across the write so that a concurrent build and install cannot interleave their
+    // compare and their write. The guarded value is replaced whole, so a poisoned lock holds
+    // nothing half-updated.
+    let mut guard = current.lock().unwrap_or_else(PoisonError::into_inner);
+    if guard
+        .as_ref()
+        .is_some_and(|c| c.meta.last_log_id > candidate.meta.last_log_id)
+    {
+        return Ok(false);
+    }
+    batch.put(META_TREE, SNAPSHOT_KEY, encode(&candidate)?);
+    engine.write(batch)?;
+    engine.flush()?;
+    *guard = Some(candidate);
+    Ok(true)
+}
+
+/// The replicated state machine over a [`KvEngine`] shared with the broker.
+///
+/// Trees are those named at construction; an op naming any other tree is skipped and counted
+/// in [`ClusterResponse::skipped_ops`], the same way on every node running the same build.
+/// The current snapshot is kept in memory as well as in [`META_TREE`], so openraft can send it
+/// to a lagging follower without reading it back.
+pub struct StateMachineStore {
+    engine: Arc<dyn KvEngine>,
+    trees: &'static [&'static str],
+    applied: AppliedState,
+    current: CurrentSnapshot,
+}
+
+impl std::fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("trees", &self.trees)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateMachineStore {
+    /// Opens the state machine kept in `engine`, with `trees` as the trees commands may
+    /// write. Blocking: it reads the applied state and the current snapshot back.
+    ///
+    /// Fails if `trees` contains [`META_TREE`] or if the stored metadata cannot be decoded.
+    pub fn new(
+        engine: Arc<dyn KvEngine>,
+        trees: &'static [&'static str],
+    ) -> Result<Self, StoreError> {
+        if trees.contains(&META_TREE) {
+            return Err(StoreError::ReservedTree(META_TREE));
+        }
+        let applied = engine
+            .get(META_TREE, APPLIED_KEY)?
+            .map(|v| decode(&v))
+            .transpose()?
+            .unwrap_or_default();
+        let current = engine
+            .get(META_TREE, SNAPSHOT_KEY)?
+            .map(|v| decode(&v))
+            .transpose()?;
+        Ok(Self {
+            engine,
+            trees,
+            applied,
+            current: Arc::new(Mutex::new(current)),
+        })
+    }
+
+    /// The engine the state machine writes, for readers such as the broker.
+    pub fn engine(&self) -> &Arc<dyn KvEngine> {
+        &self.engine
+    }
+
+    /// The trees commands may write.
+    pub fn trees(&self) -> &'static [&'static str] {
+        self.trees
+    }
+
+    /// The known tree called `name`, as the `&'static str` a [`WriteBatch`] needs.
+    fn resolve(&self, name: &str) -> Option<&'static str> {
+        self.trees.iter().copied().find(|t| *t == name)
+    }
+
+    /// Adds `ops` to `batch` and returns how many were skipped for naming an unknown tree.
+    fn push_ops(&self, batch: &mut WriteBatch, ops: Vec<ClusterOp>) -> usize {
+        let mut skipped = 0;
+        for op in ops {
+            let (ClusterOp::Put { tree, .. }
+            | ClusterOp::Delete { tree, .. }
+            | ClusterOp::DeletePrefix { tree, .. }) = &op;
+            let Some(known) = self.resolve(tree) else {
+                tracing::warn!(tree = %tree, "replicated op names an unknown tree; skipped");
+                skipped += 1;
+                continue;
+            };
+            match op {
+                ClusterOp::Put { key, value, .. } => batch.put(known, key, value),
+                ClusterOp::Delete { key, .. } => batch.delete(known, key),
+                ClusterOp::DeletePrefix { prefix, .. } => batch.delete_prefix(known, prefix),
+            }
+        }
+        skipped
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineSnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> RaftResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        Ok((
+            self.applied.last_applied,
+            self.applied.last_membership.clone(),
+        ))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> RaftResult<Vec<ClusterResponse>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::new();
+        let mut applied = self.applied.clone();
+        let mut responses = Vec::new();
+        for entry in entries {
+            // Re-running an old entry after newer ones could put back a value they replaced.
+            // openraft never does this; the guard makes apply idempotent if it ever did.
+            if applied
+                .last_applied
+                .is_some_and(|last| entry.log_id.index <= last.index)
+            {
+                tracing::warn!(log_id = %entry.log_id, "entry already applied; skipped");
+                responses.push(ClusterResponse::default());
+                continue;
+            }
+            applied.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => responses.push(ClusterResponse::default()),
+                EntryPayload::Normal(request) => {
+                    let skipped_ops = self.push_ops(&mut batch, request.ops);
+                    responses.push(ClusterResponse { skipped_ops });
+                }
+                EntryPayload::Membership(membership) => {
+                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    responses.push(ClusterResponse::default());
+                }
+            }
+        }
+        if applied == self.applied {
+            return Ok(responses);
+        }
+        let subject = || match applied.last_applied {
+            Some(log_id) => ErrorSubject::Apply(log_id),
+            None => ErrorSubject::StateMachine,
+        };
+        let meta = encode(&applied).raft(subject(), ErrorVerb::Write)?;
+        batch.put(META_TREE, APPLIED_KEY, meta);
+        let engine = Arc::clone(&self.engine);
+        blocking(move || Ok(engine.write(batch)?))
+            .await
+            .raft(subject(), ErrorVerb::Write)?;
+        self.applied = applied;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The trees are read here, while openraft holds the state machine and no apply can
+        // run: the builder itself runs concurrently with later applies, and the engine has no
+        // point-in-time view to read from then.
+        let engine = Arc::clone(&self.engine);
+        let trees = self.trees;
+        let dump = blocking(move || {
+            trees
+                .iter()
+                .map(|name| {
+                    Ok(TreeDump {
+                        name: (*name).to_owned(),
+                        pairs: engine.scan_prefix(name, b"")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await;
+        StateMachineSnapshotBuilder {
+            engine: Arc::clone(&self.engine),
+            current: Arc::clone(&self.current),
+            applied: self.applied.clone(),
+            dump: Some(dump),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> RaftResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> RaftResult<()> {
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let data = snapshot.into_inner();
+        let blob: SnapshotBlob = decode(&data).raft(subject(), ErrorVerb::Read)?;
+        let applied = AppliedState {
+            last_applied: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+        };
+        if blob.format != SNAPSHOT_FORMAT || blob.applied != applied {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot data (format {}, applied {:?}) does not match its meta {meta}",
+                blob.format, blob.applied.last_applied
+            )))
+            .raft(subject(), ErrorVerb::Read);
+        }
+
+        // Every known tree is emptied and refilled in the batch that also moves `applied`, so
+        // readers see the old state or the new one, never a mix.
+        let mut batch = WriteBatch::new();
+        for tree in self.trees {
+            batch.delete_prefix(tree, Vec::new());
+        }
+        for dump in blob.trees {
+            let Some(tree) = self.resolve(&dump.name) else {
+                tracing::warn!(tree = %dump.name, "snapshot holds an unknown tree; skipped");
+                continue;
+            };
+            for (key, value) in dump.pairs {
+                batch.put(tree, key, value);
+            }
+        }
+        batch.put(
+            META_TREE,
+            APPLIED_KEY,
+            encode(&applied).raft(subject(), ErrorVerb::Write)?,
+        );
+
+        let engine = Arc::clone(&self.engine);
+        let current = Arc::clone(&self.current);
+        let candidate = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let installed = blocking(move || keep_snapshot(&*engine, &current, candidate, batch))
+            .await
+            .raft(subject(), ErrorVerb::Write)?;
+        if installed {
+            self.applied = applied;
+        } else {
+            // openraft only installs a snapshot newer than what it has; skipping is safe but
+            // worth hearing about.
+            tracing::warn!(snapshot = %meta, "a newer snapshot is already current; install skipped");
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> RaftResult<Option<Snapshot<TypeConfig>>> {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(current.as_ref().map(StoredSnapshot::to_snapshot))
+    }
+}
+
+/// Builds a snapshot from the trees read when openraft asked for the builder.
+pub struct StateMachineSnapshotBuilder {
+    engine: Arc<dyn KvEngine>,
+    current: CurrentSnapshot,
+    applied: AppliedState,
+    /// The trees as read in `get_snapshot_builder`, or why they could not be; taken by the
+    /// first build.
+    dump: Option<Result<Vec<TreeDump>, StoreError>>,
+}
+
+impl std::fmt::Debug for StateMachineSnapshotBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineSnapshotBuilder")
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> RaftResult<Snapshot<TypeConfig>> {
+        let subject = || ErrorSubject::Snapshot(None);
+        let trees = self
+            .dump
+            .take()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("snapshot builder used twice".into())))
+            .raft(subject(), ErrorVerb::Read)?;
+        let blob = SnapshotBlob {
+            format: SNAPSHOT_FORMAT,
+            applied: self.applied.clone(),
+            trees,
+        };
+        let data = encode(&blob).raft(subject(), ErrorVerb::Write)?;
+        let meta = SnapshotMeta {
+            last_log_id: self.applied.last_applied,
+            last_membership: self.applied.last_membership.clone(),
+            snapshot_id: snapshot_id(self.applied.last_applied),
+        };
+        let candidate = StoredSnapshot { meta, data };
+        let snapshot = candidate.to_snapshot();
+        let engine = Arc::clone(&self.engine);
+        let current = Arc::clone(&self.current);
+        let kept =
+            blocking(move || keep_snapshot(&*engine, &current, candidate, WriteBatch::new()))
+                .await
+                .raft(subject(), ErrorVerb::Write)?;
+        if !kept {
+            tracing::info!(snapshot = %snapshot.meta, "a newer snapshot was installed meanwhile");
+        }
+        Ok(snapshot)
+    }
+}
+
+/// A snapshot id unique per build: the last log id alone would repeat when a snapshot is
+/// rebuilt at the same point, and openraft uses the id to tell transfers apart.
+fn snapshot_id(last_applied: Option<LogId<NodeId>>) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    match last_applied {
+        Some(log_id) => format!("{log_id}-{nanos}"),
+        None => format!("none-{nanos}"),
+    }
+}
