@@ -26,6 +26,8 @@ pub const MESSAGES: &str = "messages";
 pub const DELIVERIES: &str = "deliveries";
 pub const QOS2_IN: &str = "qos2_in";
 pub const RETAINED: &str = "retained";
+/// Every tree the broker writes, in the order of the layout above.
+pub const TREES: &[&str] = &[SESSIONS, MESSAGES, DELIVERIES, QOS2_IN, RETAINED];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {

@@ -1,14 +1,18 @@
 //! FleetMQ's Raft group (openraft): what is replicated ([`ClusterRequest`]), the
 //! sled-backed log store and state machine, and the gRPC network between nodes.
 
+pub mod committer;
 pub mod network;
+pub mod node;
 pub mod store;
 pub mod types;
 
+pub use committer::RaftCommitter;
 pub use network::{
     Faults, FaultyNetworkFactory, GrpcNetwork, GrpcNetworkConfig, GrpcNetworkFactory, NetworkError,
     RaftGrpcServer,
 };
+pub use node::{NodeError, NodeOptions, RaftNode};
 pub use store::{
     open_raft_storage, SledLogReader, SledLogStore, StateMachineSnapshotBuilder, StateMachineStore,
     StoreError, META_TREE,

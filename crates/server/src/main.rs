@@ -75,7 +75,11 @@ struct ServeArgs {
     #[arg(long, env = "FLEETMQ_STORAGE")]
     storage: Option<String>,
     /// Log filter, e.g. info or fleetmq=debug.
-    #[arg(long, env = "FLEETMQ_LOG", default_value = "info")]
+    #[arg(
+        long,
+        env = "FLEETMQ_LOG",
+        default_value = "info,openraft=warn,sled=warn"
+    )]
     log_level: String,
     #[arg(long, env = "FLEETMQ_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fleetmq_broker::{BrokerService, LocalCommitter, Metrics};
+use fleetmq_broker::{persist, BrokerService, LocalCommitter, Metrics};
+use fleetmq_cluster::{NodeOptions, RaftCommitter, RaftNode};
 use fleetmq_storage::{KvEngine, MemoryEngine, SledEngine};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -23,29 +24,58 @@ pub async fn run(
     config: ValidConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let engine: Arc<dyn KvEngine> = match config.storage {
+    let metrics = Arc::new(Metrics::default());
+    // With sled, every durable write goes through the node's Raft group (one member
+    // for a single node); the memory engine keeps nothing and commits locally.
+    let (broker, raft_node) = match config.storage {
         StorageEngineKind::Sled => {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
             let path = config.data_dir.join("store");
-            Arc::new(SledEngine::open(&path).with_context(|| {
-                format!(
-                    "cannot open the store in {} (is another fleetmq using this data_dir?)",
-                    path.display()
-                )
-            })?)
+            let engine: Arc<dyn KvEngine> =
+                Arc::new(SledEngine::open(&path).with_context(|| {
+                    format!(
+                        "cannot open the store in {} (is another fleetmq using this data_dir?)",
+                        path.display()
+                    )
+                })?);
+            let mut members = config.peers.clone();
+            members
+                .entry(config.node_id)
+                .or_insert_with(|| config.grpc_listen.to_string());
+            let node = RaftNode::start(NodeOptions {
+                node_id: config.node_id,
+                dir: config.data_dir.join("raft"),
+                engine: engine.clone(),
+                trees: persist::TREES,
+                grpc_listen: config.grpc_listen,
+                members,
+            })
+            .await
+            .context("cannot start the raft group (cluster.grpc_listen, data_dir)")?;
+            let broker = BrokerService::start(
+                config.broker.clone(),
+                engine.as_ref(),
+                RaftCommitter::new(node.raft.clone()),
+                metrics.clone(),
+                ROUTER_EVENTS,
+            )
+            .context("cannot load the stored state")?;
+            (broker, Some(node))
         }
-        StorageEngineKind::Memory => Arc::new(MemoryEngine::new()),
+        StorageEngineKind::Memory => {
+            let engine: Arc<dyn KvEngine> = Arc::new(MemoryEngine::new());
+            let broker = BrokerService::start(
+                config.broker.clone(),
+                engine.as_ref(),
+                LocalCommitter::new(engine.clone()),
+                metrics.clone(),
+                ROUTER_EVENTS,
+            )
+            .context("cannot load the stored state")?;
+            (broker, None)
+        }
     };
-    let metrics = Arc::new(Metrics::default());
-    let broker = BrokerService::start(
-        config.broker.clone(),
-        engine.as_ref(),
-        LocalCommitter::new(engine.clone()),
-        metrics.clone(),
-        ROUTER_EVENTS,
-    )
-    .context("cannot load the stored state")?;
 
     let mqtt = TcpListener::bind(config.mqtt_listen)
         .await
@@ -73,8 +103,8 @@ pub async fn run(
     );
     info!(
         grpc = %config.grpc_listen,
-        peers = ?config.peers,
-        "single-node cluster: the gRPC listener for peers is not started in this build"
+        raft = raft_node.is_some(),
+        "single-node raft group; joining other nodes is not implemented yet"
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -122,6 +152,9 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
     drop(ctx);
     broker.shutdown().await;
+    if let Some(node) = raft_node {
+        node.shutdown().await;
+    }
     let _ = admin_task.await;
     info!("stopped");
     Ok(())
