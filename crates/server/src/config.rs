@@ -131,7 +131,7 @@ impl Default for AdminConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            grpc_listen: "0.0.0.0:7070".into(),
+            grpc_listen: "127.0.0.1:7070".into(),
             peers: Vec::new(),
         }
     }
