@@ -10,7 +10,7 @@ pub mod types;
 pub use committer::RaftCommitter;
 pub use network::{
     Faults, FaultyNetworkFactory, GrpcNetwork, GrpcNetworkConfig, GrpcNetworkFactory, NetworkError,
-    RaftGrpcServer,
+    PeerGrpcServer, RaftGrpcServer,
 };
 pub use node::{NodeError, NodeOptions, RaftNode};
 pub use store::{

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::network::{GrpcNetworkConfig, GrpcNetworkFactory, RaftGrpcServer};
+use crate::network::{GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer};
 use crate::store::open_raft_storage;
 use crate::types::{NodeId, TypeConfig};
 
@@ -118,10 +118,12 @@ impl RaftNode {
                 })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let service = RaftGrpcServer::new(raft.clone()).into_service(MAX_MESSAGE);
+        let peer_service = PeerGrpcServer::new(raft.clone()).into_service(MAX_MESSAGE);
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let result = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(peer_service)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop_rx.await;
                 })

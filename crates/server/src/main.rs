@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 mod admin;
 mod config;
 mod connection;
+mod ctl;
 mod server;
 
 use config::Config;
@@ -34,6 +35,34 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Ask a running node about its cluster.
+    Ctl {
+        /// The node's gRPC address (its cluster.grpc_listen).
+        #[arg(
+            long,
+            env = "FLEETMQ_CTL_GRPC",
+            default_value = "127.0.0.1:7070",
+            global = true
+        )]
+        grpc: String,
+        /// How to print the answer.
+        #[arg(long, value_enum, default_value = "human", global = true)]
+        output: OutputFormat,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// This node's Raft state, the leader, and every member with its role.
+    Status,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -162,10 +191,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(server::run(config, stop_signal()))
 }
 
+fn ctl(grpc: &str, output: OutputFormat, command: CtlCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let text = match command {
+        CtlCommand::Status => runtime.block_on(ctl::status(grpc, output == OutputFormat::Json))?,
+    };
+    use std::io::Write as _;
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("cannot write to stdout")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Ctl {
+            grpc,
+            output,
+            command,
+        } => ctl(&grpc, output, command),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => Config::from_file(&file)

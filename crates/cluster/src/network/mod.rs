@@ -15,10 +15,12 @@ pub mod admin;
 mod client;
 mod errors;
 mod faults;
+mod peer;
 mod server;
 mod wire;
 
 pub use client::{GrpcNetwork, GrpcNetworkConfig, GrpcNetworkFactory};
 pub use errors::NetworkError;
 pub use faults::{Faults, FaultyNetwork, FaultyNetworkFactory};
+pub use peer::PeerGrpcServer;
 pub use server::RaftGrpcServer;
