@@ -1,23 +1,33 @@
 //! The broker's [`Committer`] as Raft: a round's writes become one entry, durable
-//! once a majority has it in its log and the local state machine has applied it.
+//! once a majority has it in its log. On the leader the entry is proposed directly;
+//! a follower forwards it to the leader's `PeerService::ClientWrite`.
 
-use std::future::Future;
+use std::time::Duration;
 
 use fleetmq_broker::{CommitError, Committer};
+use fleetmq_rpc::peer::peer_service_client::PeerServiceClient;
+use fleetmq_rpc::peer::ClientWriteRequest;
 use fleetmq_storage::{WriteBatch, WriteOp};
 use openraft::Raft;
+use tonic::transport::{Channel, Endpoint};
 use tracing::error;
 
-use crate::types::{ClusterOp, ClusterRequest, TypeConfig};
+use crate::network::wire;
+use crate::types::{ClusterOp, ClusterRequest, ClusterResponse, NodeId, TypeConfig};
 
-/// Proposes each batch to the Raft group and waits for it to be applied.
+/// How long a forwarded proposal may take before the round's outputs are withheld.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Proposes each batch to the Raft group and waits for it to be committed.
 pub struct RaftCommitter {
     raft: Raft<TypeConfig>,
+    /// The leader last forwarded to, and a channel to it.
+    leader: Option<(NodeId, PeerServiceClient<Channel>)>,
 }
 
 impl RaftCommitter {
     pub fn new(raft: Raft<TypeConfig>) -> Self {
-        RaftCommitter { raft }
+        RaftCommitter { raft, leader: None }
     }
 }
 
@@ -45,25 +55,90 @@ pub fn to_request(batch: WriteBatch) -> ClusterRequest {
     ClusterRequest { ops }
 }
 
-impl Committer for RaftCommitter {
-    fn commit(
+fn replication(what: impl std::fmt::Display) -> CommitError {
+    CommitError::Replication(what.to_string())
+}
+
+fn check(response: &ClusterResponse) {
+    if response.skipped_ops > 0 {
+        // Every node runs the same tree list; a skip means mixed versions.
+        error!(
+            skipped = response.skipped_ops,
+            "state machine skipped writes to unknown trees"
+        );
+    }
+}
+
+impl RaftCommitter {
+    async fn leader_client(
         &mut self,
-        batch: WriteBatch,
-    ) -> impl Future<Output = Result<(), CommitError>> + Send {
-        let raft = self.raft.clone();
-        async move {
-            let response = raft
-                .client_write(to_request(batch))
-                .await
-                .map_err(|e| CommitError::Replication(e.to_string()))?;
-            if response.data.skipped_ops > 0 {
-                // Every node runs the same tree list; a skip means a version mismatch.
-                error!(
-                    skipped = response.data.skipped_ops,
-                    "state machine skipped writes to unknown trees"
-                );
+        leader: NodeId,
+    ) -> Result<&mut PeerServiceClient<Channel>, CommitError> {
+        if self.leader.as_ref().map(|(id, _)| *id) != Some(leader) {
+            let addr = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|node| node.addr.clone())
+                .ok_or_else(|| replication(format!("leader {leader} has no address")))?;
+            let channel = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(replication)?
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(FORWARD_TIMEOUT)
+                .connect_lazy();
+            self.leader = Some((leader, PeerServiceClient::new(channel)));
+        }
+        match &mut self.leader {
+            Some((_, client)) => Ok(client),
+            None => Err(replication("no leader channel")),
+        }
+    }
+
+    async fn forward(
+        &mut self,
+        leader: NodeId,
+        request: ClusterRequest,
+    ) -> Result<(), CommitError> {
+        let data = wire::encode("cluster request", &request).map_err(replication)?;
+        let client = self.leader_client(leader).await?;
+        let reply = client
+            .client_write(ClientWriteRequest { data })
+            .await
+            .map_err(|status| {
+                // The leader may have changed: drop the channel, the next round asks again.
+                self.leader = None;
+                replication(format!(
+                    "forwarding to leader {leader}: {}",
+                    status.message()
+                ))
+            })?;
+        let response: ClusterResponse =
+            wire::decode("cluster response", &reply.into_inner().data).map_err(replication)?;
+        check(&response);
+        Ok(())
+    }
+}
+
+impl Committer for RaftCommitter {
+    async fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
+        let request = to_request(batch);
+        let (me, leader) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.id, m.current_leader)
+        };
+        match leader {
+            Some(leader) if leader != me => self.forward(leader, request).await,
+            // Leader, or no leader known: propose here; openraft refuses with
+            // ForwardToLeader if this node is not the leader after all.
+            _ => {
+                let response = self.raft.client_write(request).await.map_err(replication)?;
+                check(&response.data);
+                Ok(())
             }
-            Ok(())
         }
     }
 }

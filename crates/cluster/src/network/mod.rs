@@ -17,7 +17,7 @@ mod errors;
 mod faults;
 mod peer;
 mod server;
-mod wire;
+pub(crate) mod wire;
 
 pub use client::{GrpcNetwork, GrpcNetworkConfig, GrpcNetworkFactory};
 pub use errors::NetworkError;

@@ -1,0 +1,50 @@
+//! The broker's committer in a three-node group: on a follower it forwards the batch to
+//! the leader, and the write is applied on every node.
+
+mod net_common;
+
+use fleetmq_broker::Committer;
+use fleetmq_cluster::RaftCommitter;
+use fleetmq_storage::WriteBatch;
+use net_common::{test_config, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_commits_through_the_leader() {
+    let cluster = TestCluster::must_start_initialized(3, test_config()).await;
+    let leader = cluster.must_leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+
+    let mut committer = RaftCommitter::new(cluster.node(follower).raft.clone());
+    for i in 0..5 {
+        let mut batch = WriteBatch::new();
+        batch.put("sessions", format!("from-follower-{i}"), format!("v{i}"));
+        committer.commit(batch).await.expect("forwarded commit");
+    }
+    let mut on_leader = RaftCommitter::new(cluster.node(leader).raft.clone());
+    let mut batch = WriteBatch::new();
+    batch.put("retained", "from-leader", "r");
+    on_leader.commit(batch).await.expect("leader commit");
+
+    let last = cluster
+        .node(leader)
+        .metrics()
+        .last_applied
+        .expect("leader applied")
+        .index;
+    for id in 1..=3 {
+        cluster.must_applied(id, last).await;
+        for i in 0..5 {
+            assert_eq!(
+                cluster
+                    .node(id)
+                    .get("sessions", format!("from-follower-{i}").as_bytes()),
+                Some(format!("v{i}").into_bytes()),
+                "node {id}"
+            );
+        }
+        assert_eq!(
+            cluster.node(id).get("retained", b"from-leader"),
+            Some(b"r".to_vec())
+        );
+    }
+}
