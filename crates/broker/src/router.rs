@@ -1129,10 +1129,35 @@ impl Core {
         if session.inflight[at].phase != expected {
             return;
         }
+        self.finish_inflight(session, at);
+    }
+
+    /// Ends the exchange of the inflight message at `at` and refills the window.
+    fn finish_inflight(&mut self, session: &mut Session, at: usize) {
         if let Some(done) = session.inflight.remove(at) {
             self.forget_delivery(&session.client_id, &done.delivery);
         }
         self.pump(session);
+    }
+
+    /// Acks a packet id the session does not know: 0x92 in MQTT 5, which has a code for it.
+    fn send_unknown_id_ack(&mut self, session: &Session, kind: AckKind, packet_id: u16) {
+        let Some(handle) = &session.connection else {
+            return;
+        };
+        let reason = if session.protocol.is_v5() {
+            ReasonCode::PacketIdentifierNotFound
+        } else {
+            ReasonCode::Success
+        };
+        self.send(
+            handle,
+            Outgoing::Ack {
+                kind,
+                packet_id,
+                reason,
+            },
+        );
     }
 
     fn pubrec(&mut self, session: &mut Session, packet_id: u16, reason: ReasonCode) {
@@ -1140,27 +1165,12 @@ impl Core {
             return;
         };
         let Some(at) = session.inflight_position(packet_id) else {
-            let reason = if session.protocol.is_v5() {
-                ReasonCode::PacketIdentifierNotFound
-            } else {
-                ReasonCode::Success
-            };
-            self.send(
-                &handle,
-                Outgoing::Ack {
-                    kind: AckKind::PubRel,
-                    packet_id,
-                    reason,
-                },
-            );
+            self.send_unknown_id_ack(session, AckKind::PubRel, packet_id);
             return;
         };
         if reason.is_error() {
             // The receiver refused the message: the exchange ends here.
-            if let Some(done) = session.inflight.remove(at) {
-                self.forget_delivery(&session.client_id, &done.delivery);
-            }
-            self.pump(session);
+            self.finish_inflight(session, at);
             return;
         }
         let client = session.client_id.clone();
@@ -1181,21 +1191,12 @@ impl Core {
                 client_key(&session.client_id, &packet_id.to_be_bytes()),
             );
         }
-        let Some(handle) = session.connection.clone() else {
-            return;
-        };
-        let reason = if !known && session.protocol.is_v5() {
-            ReasonCode::PacketIdentifierNotFound
+        if known {
+            if let Some(handle) = session.connection.clone() {
+                self.send(&handle, Outgoing::ack(AckKind::PubComp, packet_id));
+            }
         } else {
-            ReasonCode::Success
-        };
-        self.send(
-            &handle,
-            Outgoing::Ack {
-                kind: AckKind::PubComp,
-                packet_id,
-                reason,
-            },
-        );
+            self.send_unknown_id_ack(session, AckKind::PubComp, packet_id);
+        }
     }
 }
