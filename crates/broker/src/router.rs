@@ -497,36 +497,30 @@ impl Router {
         }
         let generation = session.generation;
         let expiry = session.expiry_interval;
-        let will_delay = session
+        // A will waits for its delay or the end of the session, whichever is first;
+        // with neither in the future it goes now.
+        let delay = session
             .will
             .as_ref()
-            .map(|w| w.properties.will_delay_interval.unwrap_or(0));
+            .map(|w| w.properties.will_delay_interval.unwrap_or(0).min(expiry));
+        let will_now = match delay {
+            Some(0) => session.will.take(),
+            _ => None,
+        };
         if session.is_persistent() {
             self.core.persist_session(session);
         }
-        match will_delay {
-            // A will waits for its delay or the end of the session, whichever is first.
-            Some(delay) if delay > 0 && expiry > 0 => {
-                let delay = delay.min(expiry);
-                self.set_timer(
-                    Instant::now() + Duration::from_secs(u64::from(delay)),
-                    Timer::WillDelay {
-                        client: client.clone(),
-                        generation,
-                    },
-                );
-            }
-            Some(_) => {
-                if let Some(will) = self.sessions.get_mut(&client).and_then(|s| s.will.take()) {
-                    if let Some(session) = self.sessions.get(&client) {
-                        if session.is_persistent() {
-                            self.core.persist_session(session);
-                        }
-                    }
-                    self.publish_will(&client, &will);
-                }
-            }
-            None => {}
+        if let Some(delay) = delay.filter(|d| *d > 0) {
+            self.set_timer(
+                Instant::now() + Duration::from_secs(u64::from(delay)),
+                Timer::WillDelay {
+                    client: client.clone(),
+                    generation,
+                },
+            );
+        }
+        if let Some(will) = will_now {
+            self.publish_will(&client, &will);
         }
         if expiry == 0 {
             self.end_session(&client);
@@ -989,6 +983,21 @@ impl Core {
         subscription_ids: Vec<u32>,
         stored_id: &mut Option<u64>,
     ) {
+        if qos == QoS::AtMostOnce {
+            // QoS 0 is never queued for an absent client, nor tracked: straight out.
+            if let Some(handle) = &session.connection {
+                let publish = OutgoingPublish {
+                    message: message.clone(),
+                    qos,
+                    packet_id: None,
+                    dup: false,
+                    retain,
+                    subscription_ids,
+                };
+                self.send(handle, Outgoing::Publish(publish));
+            }
+            return;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut delivery = Delivery {
@@ -999,13 +1008,6 @@ impl Core {
             retain,
             subscription_ids,
         };
-        if qos == QoS::AtMostOnce {
-            // QoS 0 is never queued for an absent client.
-            if let Some(handle) = session.connection.clone() {
-                self.send_publish(&handle, &delivery, None, false);
-            }
-            return;
-        }
         if session.is_persistent() {
             let id = *stored_id.get_or_insert_with(|| {
                 let id = self.next_seq;
