@@ -8,6 +8,7 @@ pub mod config;
 pub mod connection;
 pub mod message;
 pub mod metrics;
+pub mod peer;
 pub mod persist;
 pub mod router;
 pub mod service;
@@ -17,8 +18,9 @@ pub use config::{BrokerConfig, QueueFullPolicy};
 pub use connection::{AckKind, ConnId, ConnectionEnd, ConnectionHandle, Outgoing, OutgoingPublish};
 pub use message::{now_ms, Message, MessageProperties};
 pub use metrics::{CloseReason, DropReason, Metrics};
-pub use router::{ConnectReply, ConnectRequest, Event};
-pub use service::{BrokerService, CommitError, Committer, LocalCommitter};
+pub use peer::{ForwardTarget, ForwardedPublish, Forwarder, NoForwarder};
+pub use router::{Applied, ConnectReply, ConnectRequest, Event};
+pub use service::{BrokerParts, BrokerService, CommitError, Committer, LocalCommitter};
 
 #[cfg(test)]
 mod router_tests;

@@ -18,14 +18,20 @@ pub enum DropReason {
     PacketTooLarge,
     /// A QoS 0 message for a connection whose outbox was full.
     OutboxFull,
+    /// A message for another node whose forward queue was full or whose link was down.
+    ForwardQueueFull,
+    /// A forwarded message for a session that is no longer on this node.
+    NotLocal,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 4] = [
+    const ALL: [DropReason; 6] = [
         DropReason::QueueFull,
         DropReason::Expired,
         DropReason::PacketTooLarge,
         DropReason::OutboxFull,
+        DropReason::ForwardQueueFull,
+        DropReason::NotLocal,
     ];
 
     fn label(self) -> &'static str {
@@ -34,6 +40,8 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::PacketTooLarge => "packet_too_large",
             DropReason::OutboxFull => "outbox_full",
+            DropReason::ForwardQueueFull => "forward_queue_full",
+            DropReason::NotLocal => "not_local",
         }
     }
 }
@@ -62,7 +70,7 @@ pub struct Metrics {
     pub messages_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
-    dropped: [AtomicU64; 4],
+    dropped: [AtomicU64; 6],
     pub sessions_current: AtomicI64,
     pub subscriptions_current: AtomicI64,
     pub retained_current: AtomicI64,
@@ -70,6 +78,14 @@ pub struct Metrics {
     pub commits_total: AtomicU64,
     pub committed_batches_total: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
+    /// Messages sent to other nodes on the forward stream (one per node, not per session).
+    pub forwarded_out: AtomicU64,
+    /// Messages received from other nodes on the forward stream.
+    pub forwarded_in: AtomicU64,
+    /// Replicated entries whose writes the router looked at (applied on this node).
+    pub applied_entries: AtomicU64,
+    /// Sessions this node took over from another node (reconnects and adoptions).
+    pub sessions_taken_over: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -92,6 +108,10 @@ impl Default for Metrics {
             commits_total: AtomicU64::new(0),
             committed_batches_total: AtomicU64::new(0),
             slow_consumer_disconnects: AtomicU64::new(0),
+            forwarded_out: AtomicU64::new(0),
+            forwarded_in: AtomicU64::new(0),
+            applied_entries: AtomicU64::new(0),
+            sessions_taken_over: AtomicU64::new(0),
         }
     }
 }
@@ -228,6 +248,30 @@ impl Metrics {
             "counter",
             "Connections closed because they did not read their outgoing packets.",
             load(&self.slow_consumer_disconnects).to_string(),
+        );
+        one(
+            "fleetmq_forwarded_out_total",
+            "counter",
+            "Messages sent to other nodes for their sessions (one per node and message).",
+            load(&self.forwarded_out).to_string(),
+        );
+        one(
+            "fleetmq_forwarded_in_total",
+            "counter",
+            "Messages received from other nodes for this node's sessions.",
+            load(&self.forwarded_in).to_string(),
+        );
+        one(
+            "fleetmq_applied_entries_total",
+            "counter",
+            "Replicated entries the router has seen applied on this node.",
+            load(&self.applied_entries).to_string(),
+        );
+        one(
+            "fleetmq_sessions_taken_over_total",
+            "counter",
+            "Sessions this node took from another node (reconnect elsewhere or adoption of a dead node's).",
+            load(&self.sessions_taken_over).to_string(),
         );
 
         let _ = writeln!(

@@ -8,6 +8,12 @@
 //! - `deliveries`: client id, 0, seq (u64 BE) → [`DeliveryRecord`], one per message per session
 //! - `qos2_in`: client id, 0, packet id (u16 BE) → empty: QoS 2 PUBLISHes awaiting PUBREL
 //! - `retained`: topic → [`MessageRecord`]
+//! - `owners`: client id → [`OwnerRecord`]: the client registry, which node holds the
+//!   session; only that node's writes to the client's keys in `sessions`, `deliveries`
+//!   and `qos2_in` are applied (see [`admit`])
+//!
+//! Message ids and delivery seqs come from [`IdGen`]: unique across nodes (the node id
+//! is in the low bits) and ordered by time, so every node writes the same trees.
 
 use std::sync::Arc;
 
@@ -26,8 +32,14 @@ pub const MESSAGES: &str = "messages";
 pub const DELIVERIES: &str = "deliveries";
 pub const QOS2_IN: &str = "qos2_in";
 pub const RETAINED: &str = "retained";
+pub const OWNERS: &str = "owners";
 /// Every tree the broker writes, in the order of the layout above.
-pub const TREES: &[&str] = &[SESSIONS, MESSAGES, DELIVERIES, QOS2_IN, RETAINED];
+pub const TREES: &[&str] = &[SESSIONS, MESSAGES, DELIVERIES, QOS2_IN, RETAINED, OWNERS];
+
+/// Node ids fit in this many low bits of every message id and delivery seq.
+pub const NODE_ID_BITS: u32 = 10;
+/// The largest node id a cluster may use.
+pub const MAX_NODE_ID: u64 = (1 << NODE_ID_BITS) - 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
@@ -203,6 +215,10 @@ pub struct DeliveryRecord {
     pub subscription_ids: Vec<u32>,
     /// Set once the message was sent: its packet id and [`Phase`] as u8.
     pub inflight: Option<(u16, u8)>,
+    /// Written by a node that did not hold the session when it routed the message
+    /// (the session's owner picks it up from the replicated log), as opposed to a
+    /// delivery its owner wrote and already holds in memory.
+    pub for_remote_owner: bool,
 }
 
 impl DeliveryRecord {
@@ -210,6 +226,145 @@ impl DeliveryRecord {
         self.inflight
             .and_then(|(id, phase)| Phase::from_u8(phase).map(|p| (id, p)))
     }
+}
+
+/// Which node holds a client's session, and how many times it has moved.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OwnerRecord {
+    pub node: u64,
+    pub epoch: u64,
+}
+
+/// Makes message ids and delivery seqs that no other node makes: microseconds since
+/// the epoch (strictly increasing per node) in the high bits, the node id in the low
+/// ones. Time order keeps a session's deliveries from several nodes roughly in
+/// arrival order when they are read back in key order.
+#[derive(Debug, Clone)]
+pub struct IdGen {
+    node_id: u64,
+    last: u64,
+}
+
+impl IdGen {
+    pub fn new(node_id: u64) -> Self {
+        IdGen {
+            node_id: node_id & MAX_NODE_ID,
+            last: 0,
+        }
+    }
+
+    /// Never hand out an id at or below `id` again (ids read back from storage).
+    pub fn observe(&mut self, id: u64) {
+        self.last = self.last.max(id >> NODE_ID_BITS);
+    }
+
+    pub fn next_id(&mut self) -> u64 {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.last = (self.last + 1).max(micros);
+        (self.last << NODE_ID_BITS) | self.node_id
+    }
+}
+
+/// Whether a replicated write from `origin` may be applied, given the client registry.
+/// The node that owns a client is the only writer of its session record, its QoS 2
+/// state and its delivery cursors; any node may add a new delivery for it (a message
+/// it routed there). So a node that lost a session to another (takeover, adoption)
+/// cannot overwrite what the new owner wrote, however late its writes arrive; and every
+/// node decides the same, because the registry is replicated state too.
+///
+/// `owner_of` answers the registry as of the writes applied before this one;
+/// `exists` whether a key is present.
+pub fn admit(
+    tree: &str,
+    key: &[u8],
+    is_put: bool,
+    origin: u64,
+    owner_of: &mut dyn FnMut(&str) -> Option<u64>,
+    exists: &mut dyn FnMut(&[u8]) -> bool,
+) -> bool {
+    let client = match tree {
+        SESSIONS => std::str::from_utf8(key).ok(),
+        DELIVERIES | QOS2_IN => split_client_key(key).map(|(client, _)| client),
+        _ => return true,
+    };
+    let Some(client) = client else {
+        return true;
+    };
+    match owner_of(client) {
+        None => true,
+        Some(owner) if owner == origin => true,
+        // A message another node routed to this session: new deliveries only.
+        Some(_) => tree == DELIVERIES && is_put && !exists(key),
+    }
+}
+
+/// Everything stored for one client, read when its session moves to this node.
+#[derive(Debug, Default)]
+pub struct ClientState {
+    pub session: Option<SessionRecord>,
+    /// Seq and record, in seq order.
+    pub deliveries: Vec<(u64, DeliveryRecord)>,
+    /// The messages the deliveries point at.
+    pub messages: Vec<(u64, MessageRecord)>,
+    pub qos2_in: Vec<u16>,
+}
+
+/// Reads one client's session, deliveries, their messages and QoS 2 state.
+pub fn load_client(engine: &dyn KvEngine, client: &str) -> Result<ClientState, PersistError> {
+    let mut state = ClientState {
+        session: engine
+            .get(SESSIONS, client.as_bytes())?
+            .map(|v| decode(SESSIONS, &v))
+            .transpose()?,
+        ..ClientState::default()
+    };
+    let prefix = client_prefix(client);
+    let mut wanted = Vec::new();
+    for (key, value) in engine.scan_prefix(DELIVERIES, &prefix)? {
+        let seq = u64_key(DELIVERIES, &key[prefix.len()..])?;
+        let record: DeliveryRecord = decode(DELIVERIES, &value)?;
+        wanted.push(record.message_id);
+        state.deliveries.push((seq, record));
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    for id in wanted {
+        if let Some(value) = engine.get(MESSAGES, &id.to_be_bytes())? {
+            state.messages.push((id, decode(MESSAGES, &value)?));
+        }
+    }
+    for (key, _) in engine.scan_prefix(QOS2_IN, &prefix)? {
+        let id: [u8; 2] = key[prefix.len()..]
+            .try_into()
+            .map_err(|_| PersistError::Corrupt {
+                tree: QOS2_IN,
+                detail: "packet id is not 2 bytes".into(),
+            })?;
+        state.qos2_in.push(u16::from_be_bytes(id));
+    }
+    Ok(state)
+}
+
+/// Stored messages no delivery points at any more. A message gets its deliveries in
+/// the batch that stores it and only loses them afterwards, so one found here stays
+/// unreferenced: any node may delete it, whichever sessions (on whichever nodes) once
+/// held it.
+pub fn unreferenced_messages(engine: &dyn KvEngine) -> Result<Vec<u64>, PersistError> {
+    let mut referenced = std::collections::HashSet::new();
+    for (_, value) in engine.scan_prefix(DELIVERIES, &[])? {
+        let record: DeliveryRecord = decode(DELIVERIES, &value)?;
+        referenced.insert(record.message_id);
+    }
+    let mut unreferenced = Vec::new();
+    for (key, _) in engine.scan_prefix(MESSAGES, &[])? {
+        let id = u64_key(MESSAGES, &key)?;
+        if !referenced.contains(&id) {
+            unreferenced.push(id);
+        }
+    }
+    Ok(unreferenced)
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -255,6 +410,7 @@ pub struct Snapshot {
     pub deliveries: Vec<(String, u64, DeliveryRecord)>,
     pub qos2_in: Vec<(String, u16)>,
     pub retained: Vec<MessageRecord>,
+    pub owners: Vec<(String, OwnerRecord)>,
 }
 
 pub fn load(engine: &dyn KvEngine) -> Result<Snapshot, PersistError> {
@@ -293,6 +449,13 @@ pub fn load(engine: &dyn KvEngine) -> Result<Snapshot, PersistError> {
     }
     for (_, value) in engine.scan_prefix(RETAINED, &[])? {
         snap.retained.push(decode(RETAINED, &value)?);
+    }
+    for (key, value) in engine.scan_prefix(OWNERS, &[])? {
+        let client = String::from_utf8(key).map_err(|e| PersistError::Corrupt {
+            tree: OWNERS,
+            detail: e.to_string(),
+        })?;
+        snap.owners.push((client, decode(OWNERS, &value)?));
     }
     Ok(snap)
 }
@@ -337,6 +500,66 @@ mod tests {
         let (client, rest) = split_client_key(&key).unwrap();
         assert_eq!(client, "dev-1");
         assert_eq!(rest, 7u64.to_be_bytes());
+    }
+
+    #[test]
+    fn ids_are_unique_per_node_and_increase() {
+        let mut a = IdGen::new(1);
+        let mut b = IdGen::new(2);
+        let (a1, a2, b1) = (a.next_id(), a.next_id(), b.next_id());
+        assert!(a2 > a1);
+        assert_eq!(a1 & MAX_NODE_ID, 1);
+        assert_eq!(b1 & MAX_NODE_ID, 2);
+        assert_ne!(a1, b1);
+        // An id from the future (another node's clock ahead): never reused.
+        let mut c = IdGen::new(1);
+        let future = ((a2 >> NODE_ID_BITS) + 60_000_000) << NODE_ID_BITS | 3;
+        c.observe(future);
+        assert!(c.next_id() > future);
+    }
+
+    #[test]
+    fn only_the_owner_writes_a_clients_state_but_anyone_adds_deliveries() {
+        let mut owner = |c: &str| (c == "dev").then_some(2);
+        let delivery = client_key("dev", &7u64.to_be_bytes());
+        let mut absent = |_: &[u8]| false;
+        let mut present = |_: &[u8]| true;
+        assert!(admit(SESSIONS, b"dev", true, 2, &mut owner, &mut absent));
+        assert!(!admit(SESSIONS, b"dev", true, 1, &mut owner, &mut absent));
+        assert!(!admit(
+            QOS2_IN,
+            &client_key("dev", &[0, 1]),
+            true,
+            1,
+            &mut owner,
+            &mut absent
+        ));
+        assert!(admit(
+            DELIVERIES,
+            &delivery,
+            true,
+            1,
+            &mut owner,
+            &mut absent
+        ));
+        assert!(!admit(
+            DELIVERIES,
+            &delivery,
+            true,
+            1,
+            &mut owner,
+            &mut present
+        ));
+        assert!(!admit(
+            DELIVERIES,
+            &delivery,
+            false,
+            1,
+            &mut owner,
+            &mut present
+        ));
+        assert!(admit(SESSIONS, b"other", true, 1, &mut owner, &mut absent));
+        assert!(admit(RETAINED, b"t", true, 1, &mut owner, &mut absent));
     }
 
     #[test]

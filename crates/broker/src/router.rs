@@ -14,7 +14,7 @@ use fleetmq_codec::{
     AckProperties, LastWill, Packet, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
     SubAck, SubscriptionOptions, UnsubAck,
 };
-use fleetmq_storage::WriteBatch;
+use fleetmq_storage::{WriteBatch, WriteOp};
 use fleetmq_topic::{Match, SubscriptionTrie, TopicFilter};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -23,9 +23,11 @@ use crate::config::{BrokerConfig, QueueFullPolicy};
 use crate::connection::{AckKind, ConnId, ConnectionHandle, Outgoing, OutgoingPublish};
 use crate::message::{now_ms, Message, MessageProperties};
 use crate::metrics::{DropReason, Metrics};
+use crate::peer::{ForwardTarget, ForwardedPublish};
 use crate::persist::{
-    self, client_key, client_prefix, DeliveryRecord, MessageRecord, SessionRecord, Snapshot,
-    SubscriptionRecord, WillRecord, DELIVERIES, MESSAGES, QOS2_IN, RETAINED, SESSIONS,
+    self, client_key, client_prefix, split_client_key, ClientState, DeliveryRecord, IdGen,
+    MessageRecord, OwnerRecord, SessionRecord, Snapshot, SubscriptionRecord, WillRecord,
+    DELIVERIES, MESSAGES, OWNERS, QOS2_IN, RETAINED, SESSIONS,
 };
 use crate::session::{Delivery, Inflight, Phase, Session, SubscriptionEntry};
 
@@ -77,6 +79,24 @@ pub enum Event {
         publish_will: bool,
         session_expiry_interval: Option<u32>,
     },
+    /// A message another node routed to sessions of this node (one hop: delivered to
+    /// local sessions only, never forwarded again).
+    Forwarded(ForwardedPublish),
+    /// Stored messages no delivery points at any more ([`persist::unreferenced_messages`]).
+    Sweep(Vec<u64>),
+}
+
+/// What the replicated store tells the router, in the order it was applied.
+#[derive(Debug)]
+pub enum Applied {
+    /// The writes of one committed entry that this node's store admitted.
+    Entry { origin: u64, ops: Vec<WriteOp> },
+    /// A client whose session is now this node's (it connected here, or the node
+    /// it was on died), with everything stored for it as of the entries sent before.
+    Loaded {
+        client: Arc<str>,
+        state: Box<ClientState>,
+    },
 }
 
 /// A validated CONNECT.
@@ -102,6 +122,8 @@ pub struct ConnectReply {
 pub enum Output {
     Send(ConnectionHandle, Outgoing),
     Reply(oneshot::Sender<ConnectReply>, ConnectReply),
+    /// A message for sessions of another node.
+    Forward(u64, ForwardedPublish),
 }
 
 /// Everything one pass of the router produced.
@@ -129,14 +151,34 @@ struct Core {
     config: BrokerConfig,
     metrics: Arc<Metrics>,
     round: Round,
-    /// Stored message id → number of persistent deliveries still pointing at it.
-    stored_refs: HashMap<u64, u32>,
-    next_seq: u64,
+    ids: IdGen,
+}
+
+/// What this node knows of a session another node holds: enough to route to it.
+#[derive(Debug)]
+struct RemoteSession {
+    persistent: bool,
+    connected: bool,
+    filters: Vec<String>,
+}
+
+/// A CONNECT waiting for its session to arrive from the node that held it.
+struct PendingConnect {
+    conn: ConnectionHandle,
+    request: ConnectRequest,
+    reply: oneshot::Sender<ConnectReply>,
 }
 
 pub struct Router {
     core: Core,
+    node_id: u64,
+    /// Sessions this node holds.
     sessions: HashMap<Arc<str>, Session>,
+    /// The client registry as applied so far: which node holds each session.
+    owners: HashMap<Arc<str>, OwnerRecord>,
+    /// Sessions held by other nodes; their subscriptions are in the trie too.
+    remote: HashMap<Arc<str>, RemoteSession>,
+    pending: HashMap<Arc<str>, PendingConnect>,
     connections: HashMap<ConnId, Arc<str>>,
     trie: SubscriptionTrie<Arc<str>, SubscriptionEntry>,
     retained: HashMap<Arc<str>, Arc<Message>>,
@@ -153,15 +195,19 @@ impl Router {
     /// A router holding what `snapshot` stored.
     pub fn new(config: BrokerConfig, metrics: Arc<Metrics>, snapshot: Snapshot) -> Self {
         let sys_interval = config.sys_interval;
+        let node_id = config.node_id;
         let mut router = Router {
             core: Core {
                 config,
                 metrics,
                 round: Round::default(),
-                stored_refs: HashMap::new(),
-                next_seq: 1,
+                ids: IdGen::new(node_id),
             },
+            node_id,
             sessions: HashMap::new(),
+            owners: HashMap::new(),
+            remote: HashMap::new(),
+            pending: HashMap::new(),
             connections: HashMap::new(),
             trie: SubscriptionTrie::new(),
             retained: HashMap::new(),
@@ -181,78 +227,153 @@ impl Router {
     }
 
     fn restore(&mut self, snap: Snapshot) {
-        let now = now_ms();
-        let instant_now = Instant::now();
         for record in snap.retained {
             let message = Arc::new(record.into_message());
             self.retained.insert(message.topic.clone(), message);
         }
-        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
-        let mut max_seq = 0;
-        for (id, record) in snap.messages {
-            max_seq = max_seq.max(id);
-            messages.insert(id, Arc::new(record.into_message()));
+        for (client, owner) in snap.owners {
+            self.owners.insert(Arc::from(client), owner);
         }
+        let mut messages: HashMap<u64, MessageRecord> = HashMap::new();
+        for (id, record) in snap.messages {
+            self.core.ids.observe(id);
+            messages.insert(id, record);
+        }
+        let mut deliveries: HashMap<String, Vec<(u64, DeliveryRecord)>> = HashMap::new();
+        for (client, seq, record) in snap.deliveries {
+            self.core.ids.observe(seq);
+            deliveries.entry(client).or_default().push((seq, record));
+        }
+        let mut qos2_in: HashMap<String, Vec<u16>> = HashMap::new();
+        for (client, packet_id) in snap.qos2_in {
+            qos2_in.entry(client).or_default().push(packet_id);
+        }
+        let mut with_session = std::collections::HashSet::new();
         for (client, record) in snap.sessions {
             let client: Arc<str> = Arc::from(client);
-            let mut session =
-                Session::new(client.clone(), record.protocol(), record.expiry_interval);
-            for sub in &record.subscriptions {
-                match TopicFilter::parse(&sub.filter) {
-                    Ok(filter) => {
-                        let entry = sub.entry();
-                        self.trie.insert(&filter, client.clone(), entry);
-                        session.subscriptions.insert(sub.filter.clone(), entry);
-                    }
-                    Err(e) => {
-                        warn!(client_id = %client, filter = %sub.filter, error = %e, "dropping stored subscription")
-                    }
-                }
+            with_session.insert(client.clone());
+            if !self.is_mine(&client) {
+                self.set_remote(&client, Some(&record));
+                continue;
             }
-            // A session stored without a disconnect time was connected when the
-            // process died: its connection ended now, abnormally.
-            let ended_at = record.disconnected_at_ms.unwrap_or(now);
-            session.disconnected_at_ms = Some(ended_at);
-            session.will = record.will.map(WillRecord::into_will);
-            let elapsed = Duration::from_millis(now.saturating_sub(ended_at));
-            if let Some(will) = &session.will {
-                let delay = Duration::from_secs(u64::from(
-                    will.properties.will_delay_interval.unwrap_or(0),
-                ));
-                self.set_timer(
-                    instant_now + delay.saturating_sub(elapsed),
-                    Timer::WillDelay {
-                        client: client.clone(),
-                        generation: 0,
-                    },
-                );
+            if self.owners.get(&client).map(|o| o.node) != Some(self.node_id) {
+                // Stored before the registry existed: claim it so other nodes know.
+                self.claim(&client);
             }
-            if session.expiry_interval != u32::MAX {
-                let expiry = Duration::from_secs(u64::from(session.expiry_interval));
-                self.set_timer(
-                    instant_now + expiry.saturating_sub(elapsed),
-                    Timer::SessionExpiry {
-                        client: client.clone(),
-                        generation: 0,
-                    },
-                );
-            }
-            Metrics::gauge_add(&self.core.metrics.sessions_current, 1);
-            Metrics::gauge_add(
-                &self.core.metrics.subscriptions_current,
-                session.subscriptions.len() as i64,
-            );
-            self.sessions.insert(client, session);
+            let state = ClientState {
+                deliveries: deliveries.remove(&*client).unwrap_or_default(),
+                qos2_in: qos2_in.remove(&*client).unwrap_or_default(),
+                session: Some(record),
+                messages: Vec::new(),
+            };
+            self.install_session(client, state, &messages);
         }
-        for (client, seq, record) in snap.deliveries {
-            max_seq = max_seq.max(seq);
-            let Some(session) = self.sessions.get_mut(client.as_str()) else {
+        // Deliveries of a session that is stored nowhere can never be sent.
+        for (client, list) in deliveries {
+            if with_session.contains(client.as_str()) || !self.is_mine(&client) {
+                continue;
+            }
+            for (seq, _) in list {
                 self.core
                     .round
                     .batch
                     .delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
-                continue;
-            };
+            }
+        }
+        let retained_count = self.retained.len() as i64;
+        Metrics::gauge_add(&self.core.metrics.retained_current, retained_count);
+        if !self.sessions.is_empty() || !self.retained.is_empty() || !self.remote.is_empty() {
+            info!(
+                sessions = self.sessions.len(),
+                remote_sessions = self.remote.len(),
+                retained = self.retained.len(),
+                "restored state from storage"
+            );
+        }
+    }
+
+    /// True when this node holds (or may take without asking) the client's session.
+    fn is_mine(&self, client: &str) -> bool {
+        self.owners
+            .get(client)
+            .is_none_or(|owner| owner.node == self.node_id)
+    }
+
+    /// Records in the registry that this node holds the client's session from now on.
+    /// Written before anything else of the client in the same batch, so the
+    /// state machine admits those writes.
+    fn claim(&mut self, client: &Arc<str>) {
+        let epoch = self.owners.get(client).map_or(0, |o| o.epoch) + 1;
+        let record = OwnerRecord {
+            node: self.node_id,
+            epoch,
+        };
+        self.core
+            .round
+            .batch
+            .put(OWNERS, client.as_bytes(), persist::encode(&record));
+    }
+
+    /// Makes a stored session this node's: in memory, in the trie, with its timers.
+    /// A session stored as connected lost its connection now (its node died, or this
+    /// process did).
+    fn install_session(
+        &mut self,
+        client: Arc<str>,
+        state: ClientState,
+        messages: &HashMap<u64, MessageRecord>,
+    ) {
+        let Some(record) = state.session else {
+            return;
+        };
+        self.set_remote(&client, None);
+        let now = now_ms();
+        let instant_now = Instant::now();
+        let mut session = Session::new(client.clone(), record.protocol(), record.expiry_interval);
+        for sub in &record.subscriptions {
+            match TopicFilter::parse(&sub.filter) {
+                Ok(filter) => {
+                    let entry = sub.entry();
+                    self.trie.insert(&filter, client.clone(), entry);
+                    session.subscriptions.insert(sub.filter.clone(), entry);
+                }
+                Err(e) => {
+                    warn!(client_id = %client, filter = %sub.filter, error = %e, "dropping stored subscription")
+                }
+            }
+        }
+        let ended_at = record.disconnected_at_ms.unwrap_or(now);
+        session.disconnected_at_ms = Some(ended_at);
+        session.will = record.will.map(WillRecord::into_will);
+        let elapsed = Duration::from_millis(now.saturating_sub(ended_at));
+        if let Some(will) = &session.will {
+            // As at a disconnect: the will goes at its delay or the session's end.
+            let delay = Duration::from_secs(u64::from(
+                will.properties
+                    .will_delay_interval
+                    .unwrap_or(0)
+                    .min(session.expiry_interval),
+            ));
+            self.set_timer(
+                instant_now + delay.saturating_sub(elapsed),
+                Timer::WillDelay {
+                    client: client.clone(),
+                    generation: 0,
+                },
+            );
+        }
+        if session.expiry_interval != u32::MAX {
+            let expiry = Duration::from_secs(u64::from(session.expiry_interval));
+            self.set_timer(
+                instant_now + expiry.saturating_sub(elapsed),
+                Timer::SessionExpiry {
+                    client: client.clone(),
+                    generation: 0,
+                },
+            );
+        }
+        for (seq, record) in state.deliveries {
+            self.core.ids.observe(seq);
             let Some(message) = messages.get(&record.message_id) else {
                 warn!(client_id = %client, seq, "stored delivery without its message");
                 self.core
@@ -261,10 +382,9 @@ impl Router {
                     .delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
                 continue;
             };
-            *self.core.stored_refs.entry(record.message_id).or_insert(0) += 1;
             let delivery = Delivery {
                 seq,
-                message: message.clone(),
+                message: Arc::new(message.clone().into_message()),
                 stored_id: Some(record.message_id),
                 qos: QoS::from_u8(record.qos).unwrap_or(QoS::AtLeastOnce),
                 retain: record.retain,
@@ -285,26 +405,230 @@ impl Router {
                 }
             }
         }
-        for (client, packet_id) in snap.qos2_in {
-            if let Some(session) = self.sessions.get_mut(client.as_str()) {
-                session.incoming_qos2.insert(packet_id);
+        session.incoming_qos2.extend(state.qos2_in);
+        Metrics::gauge_add(&self.core.metrics.sessions_current, 1);
+        Metrics::gauge_add(
+            &self.core.metrics.subscriptions_current,
+            session.subscriptions.len() as i64,
+        );
+        self.sessions.insert(client, session);
+    }
+
+    /// Replaces what the trie holds for a session of another node (`None`: it has none).
+    fn set_remote(&mut self, client: &Arc<str>, record: Option<&SessionRecord>) {
+        if let Some(old) = self.remote.remove(client) {
+            for filter in &old.filters {
+                if let Ok(parsed) = TopicFilter::parse(filter) {
+                    self.trie.remove(&parsed, client);
+                }
             }
         }
-        for id in messages.keys() {
-            if !self.core.stored_refs.contains_key(id) {
-                self.core.round.batch.delete(MESSAGES, id.to_be_bytes());
+        let Some(record) = record else {
+            return;
+        };
+        let mut filters = Vec::with_capacity(record.subscriptions.len());
+        for sub in &record.subscriptions {
+            if let Ok(parsed) = TopicFilter::parse(&sub.filter) {
+                self.trie.insert(&parsed, client.clone(), sub.entry());
+                filters.push(sub.filter.clone());
             }
         }
-        self.core.next_seq = max_seq + 1;
-        let retained_count = self.retained.len() as i64;
-        Metrics::gauge_add(&self.core.metrics.retained_current, retained_count);
-        if !self.sessions.is_empty() || !self.retained.is_empty() {
-            info!(
-                sessions = self.sessions.len(),
-                retained = self.retained.len(),
-                stored_messages = self.core.stored_refs.len(),
-                "restored state from storage"
-            );
+        self.remote.insert(
+            client.clone(),
+            RemoteSession {
+                persistent: record.expiry_interval > 0,
+                connected: record.disconnected_at_ms.is_none(),
+                filters,
+            },
+        );
+    }
+
+    /// Another node now holds a session this node held: let go of it without touching
+    /// storage (the new owner writes it from now on) and route to it as remote.
+    fn hand_off(&mut self, client: &Arc<str>) {
+        let Some(mut session) = self.sessions.remove(client) else {
+            return;
+        };
+        if let Some(conn) = session.connection.take() {
+            debug!(client_id = %client, "session moved to another node");
+            conn.close(ReasonCode::SessionTakenOver);
+            self.connections.remove(&conn.id);
+        }
+        let metrics = &self.core.metrics;
+        Metrics::gauge_add(&metrics.sessions_current, -1);
+        Metrics::gauge_add(
+            &metrics.subscriptions_current,
+            -(session.subscriptions.len() as i64),
+        );
+        Metrics::gauge_add(
+            &metrics.queued_messages_current,
+            -(session.queue.len() as i64),
+        );
+        // The trie keeps the entries, keyed by client: they now mean the remote session.
+        self.remote.insert(
+            client.clone(),
+            RemoteSession {
+                persistent: session.is_persistent(),
+                connected: true,
+                filters: session.subscriptions.keys().cloned().collect(),
+            },
+        );
+    }
+
+    /// Takes in what the replicated store applied: other nodes' sessions, retained
+    /// messages and deliveries for sessions of this node; sessions moving here or away.
+    pub fn handle_applied(&mut self, applied: Applied) {
+        match applied {
+            Applied::Entry { origin, ops } => {
+                Metrics::add(&self.core.metrics.applied_entries, 1);
+                self.apply_entry(origin, ops);
+            }
+            Applied::Loaded { client, state } => self.loaded(client, *state),
+        }
+    }
+
+    fn apply_entry(&mut self, origin: u64, ops: Vec<WriteOp>) {
+        let own = origin == self.node_id;
+        let mut messages: HashMap<u64, MessageRecord> = HashMap::new();
+        for op in ops {
+            match op {
+                WriteOp::Put { tree, key, value } => match tree {
+                    OWNERS => {
+                        let Ok(client) = std::str::from_utf8(&key) else {
+                            continue;
+                        };
+                        let Ok(owner) = persist::decode::<OwnerRecord>(OWNERS, &value) else {
+                            continue;
+                        };
+                        let client: Arc<str> = Arc::from(client);
+                        self.owners.insert(client.clone(), owner);
+                        if owner.node != self.node_id {
+                            self.hand_off(&client);
+                            if let Some(pending) = self.pending.remove(&client) {
+                                // Another node claimed it after this one: it won.
+                                pending.conn.close(ReasonCode::SessionTakenOver);
+                            }
+                        }
+                    }
+                    SESSIONS if !own => {
+                        let Ok(client) = std::str::from_utf8(&key) else {
+                            continue;
+                        };
+                        let client: Arc<str> = Arc::from(client);
+                        if self.sessions.contains_key(&client) {
+                            continue;
+                        }
+                        if let Ok(record) = persist::decode::<SessionRecord>(SESSIONS, &value) {
+                            self.set_remote(&client, Some(&record));
+                        }
+                    }
+                    RETAINED if !own => {
+                        if let Ok(record) = persist::decode::<MessageRecord>(RETAINED, &value) {
+                            let message = Arc::new(record.into_message());
+                            if self
+                                .retained
+                                .insert(message.topic.clone(), message)
+                                .is_none()
+                            {
+                                Metrics::gauge_add(&self.core.metrics.retained_current, 1);
+                            }
+                        }
+                    }
+                    MESSAGES => {
+                        if let Ok(bytes) = <[u8; 8]>::try_from(key.as_slice()) {
+                            if let Ok(record) = persist::decode::<MessageRecord>(MESSAGES, &value) {
+                                messages.insert(u64::from_be_bytes(bytes), record);
+                            }
+                        }
+                    }
+                    DELIVERIES => self.picked_up_delivery(own, &key, &value, &messages),
+                    _ => {}
+                },
+                WriteOp::Delete { tree, key } => match tree {
+                    OWNERS => {
+                        if let Ok(client) = std::str::from_utf8(&key) {
+                            self.owners.remove(client);
+                        }
+                    }
+                    SESSIONS if !own => {
+                        if let Ok(client) = std::str::from_utf8(&key) {
+                            let client: Arc<str> = Arc::from(client);
+                            if !self.sessions.contains_key(&client) {
+                                self.set_remote(&client, None);
+                            }
+                        }
+                    }
+                    RETAINED if !own => {
+                        if let Ok(topic) = std::str::from_utf8(&key) {
+                            if self.retained.remove(topic).is_some() {
+                                Metrics::gauge_add(&self.core.metrics.retained_current, -1);
+                            }
+                        }
+                    }
+                    _ => {}
+                },
+                WriteOp::DeletePrefix { .. } => {}
+            }
+        }
+    }
+
+    /// A delivery for a session of this node that it did not write itself: another
+    /// node routed a message here (or wrote it just before the session moved).
+    fn picked_up_delivery(
+        &mut self,
+        own: bool,
+        key: &[u8],
+        value: &[u8],
+        messages: &HashMap<u64, MessageRecord>,
+    ) {
+        let Some((client, rest)) = split_client_key(key) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let Ok(record) = persist::decode::<DeliveryRecord>(DELIVERIES, value) else {
+            return;
+        };
+        if own && !record.for_remote_owner {
+            return;
+        }
+        let Ok(seq) = <[u8; 8]>::try_from(rest).map(u64::from_be_bytes) else {
+            return;
+        };
+        let Some(message) = messages.get(&record.message_id) else {
+            warn!(client_id = %client, seq, "replicated delivery without its message");
+            return;
+        };
+        self.core.ids.observe(seq);
+        let delivery = Delivery {
+            seq,
+            message: Arc::new(message.clone().into_message()),
+            stored_id: Some(record.message_id),
+            qos: QoS::from_u8(record.qos).unwrap_or(QoS::AtLeastOnce),
+            retain: record.retain,
+            subscription_ids: record.subscription_ids,
+        };
+        self.core.enqueue(session, delivery, true);
+    }
+
+    fn loaded(&mut self, client: Arc<str>, state: ClientState) {
+        if self.sessions.contains_key(&client) {
+            return;
+        }
+        let had_session = state.session.is_some();
+        let messages: HashMap<u64, MessageRecord> = state.messages.iter().cloned().collect();
+        self.install_session(client.clone(), state, &messages);
+        if had_session {
+            Metrics::add(&self.core.metrics.sessions_taken_over, 1);
+            info!(client_id = %client, "session taken over from another node");
+        }
+        if let Some(pending) = self.pending.remove(&client) {
+            self.connect(pending.conn, pending.request, pending.reply);
+        } else if let Some(session) = self.sessions.get(&client) {
+            // Adopted from a dead node: it is this node's now, offline until its
+            // client comes back; rewrite it so the record says it is disconnected.
+            self.core.persist_session(session);
         }
     }
 
@@ -405,6 +729,35 @@ impl Router {
                 publish_will,
                 session_expiry_interval,
             } => self.disconnect(conn, publish_will, session_expiry_interval),
+            Event::Forwarded(forwarded) => self.forwarded(forwarded),
+            Event::Sweep(ids) => {
+                for id in ids {
+                    self.core.round.batch.delete(MESSAGES, id.to_be_bytes());
+                }
+            }
+        }
+    }
+
+    fn forwarded(&mut self, forwarded: ForwardedPublish) {
+        Metrics::add(&self.core.metrics.forwarded_in, 1);
+        for target in forwarded.targets {
+            let Some(session) = self.sessions.get_mut(&target.client) else {
+                self.core.metrics.dropped(DropReason::NotLocal);
+                continue;
+            };
+            let mut stored_id = None;
+            let mut ids = target.subscription_ids;
+            if !session.protocol.is_v5() {
+                ids.clear();
+            }
+            self.core.deliver(
+                session,
+                &forwarded.message,
+                target.qos,
+                target.retain,
+                ids,
+                &mut stored_id,
+            );
         }
     }
 
@@ -424,6 +777,20 @@ impl Router {
         reply: oneshot::Sender<ConnectReply>,
     ) {
         let client = request.client_id.clone();
+        if !self.sessions.contains_key(&client) && !self.is_mine(&client) {
+            // Another node holds the session: claim it, and finish this CONNECT once
+            // the claim is applied and the session's state has been read here.
+            self.claim(&client);
+            let pending = PendingConnect {
+                conn,
+                request,
+                reply,
+            };
+            if let Some(old) = self.pending.insert(client, pending) {
+                old.conn.close(ReasonCode::SessionTakenOver);
+            }
+            return;
+        }
         let mut session_present = false;
         let mut old_will = None;
         if let Some(existing) = self.sessions.get_mut(&client) {
@@ -441,6 +808,11 @@ impl Router {
         }
         if let Some(will) = old_will {
             self.publish_will(&client, &will);
+        }
+        if self.owners.get(&client).map(|o| o.node) != Some(self.node_id)
+            || !self.sessions.contains_key(&client)
+        {
+            self.claim(&client);
         }
         let core = &mut self.core;
         let session = self.sessions.entry(client.clone()).or_insert_with(|| {
@@ -464,9 +836,9 @@ impl Router {
         if was_persistent && !session.is_persistent() {
             core.forget_stored_state(session);
         }
-        if session.is_persistent() {
-            core.persist_session(session);
-        }
+        // Clean sessions are stored too (until they end): other nodes route to them
+        // from the record, and a dead node's wills are published from it.
+        core.persist_session(session);
         core.round
             .outputs
             .push(Output::Reply(reply, ConnectReply { session_present }));
@@ -475,6 +847,9 @@ impl Router {
 
     fn disconnect(&mut self, conn: ConnId, publish_will: bool, new_expiry: Option<u32>) {
         let Some(client) = self.connections.remove(&conn) else {
+            // Gone before its session arrived from another node: the session stays
+            // offline here once it does.
+            self.pending.retain(|_, p| p.conn.id != conn);
             return;
         };
         let Some(session) = self.sessions.get_mut(&client) else {
@@ -507,7 +882,7 @@ impl Router {
             Some(0) => session.will.take(),
             _ => None,
         };
-        if session.is_persistent() {
+        if expiry > 0 {
             self.core.persist_session(session);
         }
         if let Some(delay) = delay.filter(|d| *d > 0) {
@@ -558,9 +933,8 @@ impl Router {
             &metrics.queued_messages_current,
             -(session.queue.len() as i64),
         );
-        if session.is_persistent() {
-            self.core.forget_stored_state(&mut session);
-        }
+        self.core.forget_stored_state(&mut session);
+        self.core.round.batch.delete(OWNERS, client.as_bytes());
     }
 
     fn client_publish(&mut self, conn: ConnId, publish: Publish) {
@@ -648,11 +1022,12 @@ impl Router {
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
         let sessions = &self.sessions;
+        let remote = &self.remote;
         let counter = &mut self.share_counter;
         self.trie.for_each_match(&message.topic, |m| match m {
             Match::Direct { key, value } => targets.push((key.clone(), *value)),
             Match::Shared { members, .. } => {
-                if let Some((key, value)) = pick_shared_member(members, sessions, counter) {
+                if let Some((key, value)) = pick_shared_member(members, sessions, remote, counter) {
                     targets.push((key.clone(), *value));
                 }
             }
@@ -660,6 +1035,7 @@ impl Router {
         // Overlapping subscriptions of one client give one copy: group by client.
         targets.sort_unstable_by_key(|(client, _)| Arc::as_ptr(client) as *const u8 as usize);
         let mut stored_id = None;
+        let mut forwards: Vec<(u64, Vec<ForwardTarget>)> = Vec::new();
         let mut start = 0;
         while start < targets.len() {
             let client = targets[start].0.clone();
@@ -680,22 +1056,62 @@ impl Router {
                 retain |= entry.options.retain_as_published && message.retain;
                 subscription_ids.extend(entry.subscription_id);
             }
-            if let Some(qos) = qos {
-                if let Some(session) = self.sessions.get_mut(&client) {
-                    if !session.protocol.is_v5() {
-                        subscription_ids.clear();
-                    }
-                    self.core.deliver(
-                        session,
-                        message,
-                        qos,
-                        retain,
-                        subscription_ids,
-                        &mut stored_id,
-                    );
+            start = end;
+            let Some(qos) = qos else {
+                continue;
+            };
+            if let Some(session) = self.sessions.get_mut(&client) {
+                if !session.protocol.is_v5() {
+                    subscription_ids.clear();
+                }
+                self.core.deliver(
+                    session,
+                    message,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    &mut stored_id,
+                );
+                continue;
+            }
+            let (Some(owner), Some(session)) = (self.owners.get(&client), self.remote.get(&client))
+            else {
+                continue;
+            };
+            if session.persistent && qos != QoS::AtMostOnce {
+                // Durable before the publisher's ack, like a local persistent session:
+                // the owner picks the delivery up from the replicated log.
+                self.core.store_remote_delivery(
+                    &client,
+                    message,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    &mut stored_id,
+                );
+            } else {
+                let target = ForwardTarget {
+                    client: client.clone(),
+                    qos,
+                    retain,
+                    subscription_ids,
+                };
+                match forwards.iter_mut().find(|(node, _)| *node == owner.node) {
+                    Some((_, list)) => list.push(target),
+                    None => forwards.push((owner.node, vec![target])),
                 }
             }
-            start = end;
+        }
+        for (node, targets) in forwards {
+            Metrics::add(&self.core.metrics.forwarded_out, 1);
+            self.core.round.outputs.push(Output::Forward(
+                node,
+                ForwardedPublish {
+                    origin_node: self.node_id,
+                    message: message.clone(),
+                    targets,
+                },
+            ));
         }
         targets.clear();
         self.targets = targets;
@@ -749,9 +1165,7 @@ impl Router {
                 Err(code) => codes.push(code),
             }
         }
-        if session.is_persistent() {
-            self.core.persist_session(session);
-        }
+        self.core.persist_session(session);
         if let Some(handle) = session.connection.clone() {
             self.core.send(
                 &handle,
@@ -806,9 +1220,7 @@ impl Router {
                 ReasonCode::NoSubscriptionExisted
             });
         }
-        if session.is_persistent() {
-            self.core.persist_session(session);
-        }
+        self.core.persist_session(session);
         if !session.protocol.is_v5() {
             codes.clear();
         }
@@ -863,10 +1275,12 @@ impl Router {
     }
 }
 
-/// Round robin over a shared group, preferring members that are connected now.
+/// Round robin over a shared group, on whatever node its members are, preferring
+/// members that are connected now.
 fn pick_shared_member<'a>(
     members: &'a [(Arc<str>, SubscriptionEntry)],
     sessions: &HashMap<Arc<str>, Session>,
+    remote: &HashMap<Arc<str>, RemoteSession>,
     counter: &mut usize,
 ) -> Option<&'a (Arc<str>, SubscriptionEntry)> {
     if members.is_empty() {
@@ -876,7 +1290,12 @@ fn pick_shared_member<'a>(
     let start = *counter % members.len();
     let online = (0..members.len())
         .map(|i| &members[(start + i) % members.len()])
-        .find(|(client, _)| sessions.get(client).is_some_and(Session::is_connected));
+        .find(|(client, _)| {
+            sessions.get(client).map_or_else(
+                || remote.get(client).is_some_and(|r| r.connected),
+                Session::is_connected,
+            )
+        });
     online.or_else(|| members.get(start))
 }
 
@@ -920,35 +1339,65 @@ impl Core {
         self.round
             .batch
             .delete_prefix(QOS2_IN, client_prefix(&client));
-        let ids: Vec<u64> = session
+        // The message bodies go with the next sweep, once no node's session points at them.
+        for delivery in session
             .inflight
             .iter_mut()
             .map(|i| &mut i.delivery)
             .chain(session.queue.iter_mut())
-            .filter_map(|d| d.stored_id.take())
-            .collect();
-        for id in ids {
-            self.release_stored(id);
-        }
-    }
-
-    fn release_stored(&mut self, id: u64) {
-        if let Some(count) = self.stored_refs.get_mut(&id) {
-            *count -= 1;
-            if *count == 0 {
-                self.stored_refs.remove(&id);
-                self.round.batch.delete(MESSAGES, id.to_be_bytes());
-            }
+        {
+            delivery.stored_id = None;
         }
     }
 
     fn forget_delivery(&mut self, client: &str, delivery: &Delivery) {
-        if let Some(id) = delivery.stored_id {
+        if delivery.stored_id.is_some() {
             self.round
                 .batch
                 .delete(DELIVERIES, client_key(client, &delivery.seq.to_be_bytes()));
-            self.release_stored(id);
         }
+    }
+
+    /// Stores the message (once per PUBLISH) and returns its id.
+    fn store_message(&mut self, message: &Arc<Message>, stored_id: &mut Option<u64>) -> u64 {
+        if let Some(id) = *stored_id {
+            return id;
+        }
+        let id = self.ids.next_id();
+        self.round.batch.put(
+            MESSAGES,
+            id.to_be_bytes(),
+            persist::encode(&MessageRecord::from_message(message)),
+        );
+        *stored_id = Some(id);
+        id
+    }
+
+    /// A delivery for a persistent session on another node, written for its owner.
+    fn store_remote_delivery(
+        &mut self,
+        client: &str,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        stored_id: &mut Option<u64>,
+    ) {
+        let message_id = self.store_message(message, stored_id);
+        let seq = self.ids.next_id();
+        let record = DeliveryRecord {
+            message_id,
+            qos: qos.as_u8(),
+            retain,
+            subscription_ids,
+            inflight: None,
+            for_remote_owner: true,
+        };
+        self.round.batch.put(
+            DELIVERIES,
+            client_key(client, &seq.to_be_bytes()),
+            persist::encode(&record),
+        );
     }
 
     fn store_delivery(
@@ -964,6 +1413,7 @@ impl Core {
                 retain: delivery.retain,
                 subscription_ids: delivery.subscription_ids.clone(),
                 inflight: inflight.map(|(pid, phase)| (pid, phase.as_u8())),
+                for_remote_owner: false,
             };
             self.round.batch.put(
                 DELIVERIES,
@@ -998,10 +1448,8 @@ impl Core {
             }
             return;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
         let mut delivery = Delivery {
-            seq,
+            seq: self.ids.next_id(),
             message: message.clone(),
             stored_id: None,
             qos,
@@ -1009,19 +1457,15 @@ impl Core {
             subscription_ids,
         };
         if session.is_persistent() {
-            let id = *stored_id.get_or_insert_with(|| {
-                let id = self.next_seq;
-                self.next_seq += 1;
-                self.round.batch.put(
-                    MESSAGES,
-                    id.to_be_bytes(),
-                    persist::encode(&MessageRecord::from_message(message)),
-                );
-                id
-            });
-            *self.stored_refs.entry(id).or_insert(0) += 1;
-            delivery.stored_id = Some(id);
+            delivery.stored_id = Some(self.store_message(message, stored_id));
         }
+        self.enqueue(session, delivery, false);
+    }
+
+    /// Sends a QoS 1/2 delivery now if the window allows, else queues it, or drops
+    /// by policy when the queue is full. `stored`: its record is already in storage
+    /// (another node wrote it).
+    fn enqueue(&mut self, session: &mut Session, delivery: Delivery, stored: bool) {
         if session.queue.is_empty() && session.has_window() {
             self.start_inflight(session, delivery);
             return;
@@ -1030,9 +1474,8 @@ impl Core {
             self.metrics.dropped(DropReason::QueueFull);
             match self.config.queue_full_policy {
                 QueueFullPolicy::DropNew => {
-                    // Nothing was written for it yet but the body; release that.
-                    if let Some(id) = delivery.stored_id {
-                        self.release_stored(id);
+                    if stored {
+                        self.forget_delivery(&session.client_id, &delivery);
                     }
                     return;
                 }
@@ -1044,7 +1487,9 @@ impl Core {
                 }
             }
         }
-        self.store_delivery(&session.client_id, &delivery, None);
+        if !stored {
+            self.store_delivery(&session.client_id, &delivery, None);
+        }
         session.queue.push_back(delivery);
         Metrics::gauge_add(&self.metrics.queued_messages_current, 1);
     }

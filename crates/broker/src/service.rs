@@ -14,13 +14,16 @@ use tracing::{error, info};
 
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
-use crate::persist::{self, PersistError};
-use crate::router::{Event, Output, Round, Router};
+use crate::peer::Forwarder;
+use crate::persist::{self, Snapshot};
+use crate::router::{Applied, Event, Output, Round, Router};
 
 /// Events one router pass takes before it hands its output on.
 const MAX_EVENTS_PER_ROUND: usize = 512;
 /// Router rounds waiting for the writer; beyond this the router waits (backpressure).
 const COMMIT_QUEUE: usize = 64;
+/// How often stored messages that no session points at any more are deleted.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a batch could not be made durable.
 #[derive(Debug, thiserror::Error)]
@@ -77,19 +80,39 @@ pub struct BrokerService {
     metrics: Arc<Metrics>,
     router: JoinHandle<()>,
     committer: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+}
+
+/// What the broker core starts from and talks to.
+pub struct BrokerParts<C: Committer> {
+    pub config: BrokerConfig,
+    /// The stored state, read from `engine` (in a cluster: at the point the `applied`
+    /// feed starts from).
+    pub snapshot: Snapshot,
+    /// The store the committer writes (directly or through Raft); read by the sweeper.
+    pub engine: Arc<dyn KvEngine>,
+    pub committer: C,
+    pub forwarder: Arc<dyn Forwarder>,
+    pub metrics: Arc<Metrics>,
+    pub event_capacity: usize,
+    /// What the replicated store applies, in order; `None` on a node without Raft.
+    pub applied: Option<mpsc::Receiver<Applied>>,
 }
 
 impl BrokerService {
-    /// Loads the stored state from `engine` and starts the router and the committer.
-    /// Must be called inside a tokio runtime.
-    pub fn start(
-        config: BrokerConfig,
-        engine: &dyn KvEngine,
-        committer: impl Committer,
-        metrics: Arc<Metrics>,
-        event_capacity: usize,
-    ) -> Result<BrokerService, PersistError> {
-        let snapshot = persist::load(engine)?;
+    /// Starts the router, the committer and the sweeper. Must be called inside a
+    /// tokio runtime.
+    pub fn start<C: Committer>(parts: BrokerParts<C>) -> BrokerService {
+        let BrokerParts {
+            config,
+            snapshot,
+            engine,
+            committer,
+            forwarder,
+            metrics,
+            event_capacity,
+            applied,
+        } = parts;
         let mut router = Router::new(config, metrics.clone(), snapshot);
         let (events_tx, events_rx) = mpsc::channel(event_capacity.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
@@ -99,25 +122,31 @@ impl BrokerService {
             commit_rx,
             pending.clone(),
             metrics.clone(),
+            forwarder.clone(),
         ));
         // State restored from storage may need cleanup writes (orphans); commit them first.
         let initial = router.take_round();
+        let sink_metrics = router.metrics();
         let router_task = tokio::spawn(async move {
             let mut commits = RoundSink {
                 commit_tx,
                 pending,
-                metrics: router.metrics(),
+                metrics: sink_metrics,
+                forwarder,
             };
-            commits.finish(initial).await;
-            run_router(router, events_rx, commits).await;
+            let mut applied = applied;
+            commits.finish(initial, &mut router, &mut applied).await;
+            run_router(router, events_rx, applied, commits).await;
         });
+        let sweeper = tokio::spawn(run_sweeper(engine, events_tx.clone()));
         info!("broker core started");
-        Ok(BrokerService {
+        BrokerService {
             events: events_tx,
             metrics,
             router: router_task,
             committer,
-        })
+            sweeper,
+        }
     }
 
     /// Where connection tasks send their events.
@@ -131,9 +160,35 @@ impl BrokerService {
 
     /// Stops taking events, lets the router finish and the committer flush, then returns.
     pub async fn shutdown(self) {
+        self.sweeper.abort();
+        let _ = self.sweeper.await;
         drop(self.events);
         let _ = self.router.await;
         let _ = self.committer.await;
+    }
+}
+
+/// Deletes stored messages no delivery points at any more, through the router so the
+/// deletes are committed (replicated) like every other write.
+async fn run_sweeper(engine: Arc<dyn KvEngine>, events: mpsc::Sender<Event>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let engine = engine.clone();
+        let found =
+            tokio::task::spawn_blocking(move || persist::unreferenced_messages(engine.as_ref()))
+                .await;
+        match found {
+            Ok(Ok(ids)) if ids.is_empty() => {}
+            Ok(Ok(ids)) => {
+                if events.send(Event::Sweep(ids)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Err(e)) => error!(error = %e, "sweeping stored messages failed"),
+            Err(e) => error!(error = %e, "sweeper task failed"),
+        }
     }
 }
 
@@ -141,28 +196,66 @@ struct RoundSink {
     commit_tx: mpsc::Sender<Round>,
     pending: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    forwarder: Arc<dyn Forwarder>,
 }
 
 impl RoundSink {
     /// Sends a round's outputs now if nothing is waiting to be written, else
-    /// queues it behind the writes it must not overtake.
-    async fn finish(&mut self, round: Round) {
+    /// queues it behind the writes it must not overtake. While the writer is full it
+    /// keeps taking in what the replicated store applies: the writer may be waiting
+    /// for exactly that (a Raft entry is committed once applied here), so stopping
+    /// would deadlock.
+    async fn finish(
+        &mut self,
+        round: Round,
+        router: &mut Router,
+        applied: &mut Option<mpsc::Receiver<Applied>>,
+    ) {
         if round.is_empty() {
             return;
         }
         if round.batch.is_empty() && self.pending.load(Ordering::Acquire) == 0 {
-            deliver(round.outputs, &self.metrics);
+            deliver(round.outputs, &self.metrics, self.forwarder.as_ref());
             return;
         }
         self.pending.fetch_add(1, Ordering::AcqRel);
-        if self.commit_tx.send(round).await.is_err() {
-            error!("storage writer stopped; outputs dropped");
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+        loop {
+            tokio::select! {
+                permit = self.commit_tx.reserve() => {
+                    match permit {
+                        Ok(permit) => permit.send(round),
+                        Err(_) => {
+                            error!("storage writer stopped; outputs dropped");
+                            self.pending.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    return;
+                }
+                Some(entry) = recv_applied(applied) => router.handle_applied(entry),
+            }
         }
     }
 }
 
-async fn run_router(mut router: Router, mut events: mpsc::Receiver<Event>, mut sink: RoundSink) {
+async fn recv_applied(applied: &mut Option<mpsc::Receiver<Applied>>) -> Option<Applied> {
+    match applied {
+        Some(rx) => match rx.recv().await {
+            Some(entry) => Some(entry),
+            None => {
+                *applied = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn run_router(
+    mut router: Router,
+    mut events: mpsc::Receiver<Event>,
+    mut applied: Option<mpsc::Receiver<Applied>>,
+    mut sink: RoundSink,
+) {
     loop {
         let deadline = router.next_deadline();
         tokio::select! {
@@ -180,15 +273,30 @@ async fn run_router(mut router: Router, mut events: mpsc::Receiver<Event>, mut s
                     }
                 }
             }
+            Some(entry) = recv_applied(&mut applied) => {
+                router.handle_applied(entry);
+                if let Some(rx) = applied.as_mut() {
+                    let mut taken = 1;
+                    while taken < MAX_EVENTS_PER_ROUND {
+                        match rx.try_recv() {
+                            Ok(entry) => {
+                                router.handle_applied(entry);
+                                taken += 1;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
             _ = sleep_until(deadline) => {
                 router.fire_timers(Instant::now());
             }
         }
         let round = router.take_round();
-        sink.finish(round).await;
+        sink.finish(round, &mut router, &mut applied).await;
     }
     let round = router.take_round();
-    sink.finish(round).await;
+    sink.finish(round, &mut router, &mut applied).await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -198,9 +306,10 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics) {
+pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics, forwarder: &dyn Forwarder) {
     for output in outputs {
         match output {
+            Output::Forward(node, publish) => forwarder.forward(node, publish),
             Output::Send(handle, item) => {
                 handle.send(item, metrics);
             }
@@ -216,6 +325,7 @@ async fn run_committer(
     mut rounds: mpsc::Receiver<Round>,
     pending: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    forwarder: Arc<dyn Forwarder>,
 ) {
     let mut queued = Vec::new();
     while let Some(first) = rounds.recv().await {
@@ -247,7 +357,7 @@ async fn run_committer(
             // Without a durable write nothing may be acknowledged: the clients
             // time out and resend, which is safe for QoS 1 and 2.
             if durable {
-                deliver(round.outputs, &metrics);
+                deliver(round.outputs, &metrics, forwarder.as_ref());
             }
         }
         pending.fetch_sub(count, Ordering::AcqRel);

@@ -15,8 +15,10 @@ use tracing::error;
 use crate::network::wire;
 use crate::types::{ClusterOp, ClusterRequest, ClusterResponse, NodeId, TypeConfig};
 
-/// How long a forwarded proposal may take before the round's outputs are withheld.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one attempt to commit may take before it is tried again.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts, so a node without a leader does not spin.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Proposes each batch to the Raft group and waits for it to be committed.
 pub struct RaftCommitter {
@@ -31,8 +33,8 @@ impl RaftCommitter {
     }
 }
 
-/// The replicated form of a broker write batch.
-pub fn to_request(batch: WriteBatch) -> ClusterRequest {
+/// The replicated form of a broker write batch proposed by node `origin`.
+pub fn to_request(origin: NodeId, batch: WriteBatch) -> ClusterRequest {
     let ops = batch
         .into_ops()
         .into_iter()
@@ -52,7 +54,7 @@ pub fn to_request(batch: WriteBatch) -> ClusterRequest {
             },
         })
         .collect();
-    ClusterRequest { ops }
+    ClusterRequest { origin, ops }
 }
 
 fn replication(what: impl std::fmt::Display) -> CommitError {
@@ -122,9 +124,8 @@ impl RaftCommitter {
     }
 }
 
-impl Committer for RaftCommitter {
-    async fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
-        let request = to_request(batch);
+impl RaftCommitter {
+    async fn try_commit(&mut self, request: ClusterRequest) -> Result<(), CommitError> {
         let (me, leader) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
@@ -135,9 +136,43 @@ impl Committer for RaftCommitter {
             // Leader, or no leader known: propose here; openraft refuses with
             // ForwardToLeader if this node is not the leader after all.
             _ => {
-                let response = self.raft.client_write(request).await.map_err(replication)?;
+                let response =
+                    tokio::time::timeout(FORWARD_TIMEOUT, self.raft.client_write(request))
+                        .await
+                        .map_err(|_| replication("no quorum within the commit timeout"))?
+                        .map_err(replication)?;
                 check(&response.data);
                 Ok(())
+            }
+        }
+    }
+}
+
+impl Committer for RaftCommitter {
+    /// Tries until the batch is committed: the router's memory already holds what the
+    /// batch writes, so giving up would let memory and the replicated store disagree.
+    /// Meanwhile nothing behind this batch is acknowledged (a node cut off from the
+    /// majority stalls until it is back; its clients time out and go elsewhere).
+    /// Applying a batch twice (an attempt that timed out but did commit) is harmless:
+    /// its writes are puts and deletes of the same values, and the registry admits a
+    /// replayed delivery only once.
+    async fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
+        let me = self.raft.metrics().borrow().id;
+        let request = to_request(me, batch);
+        let mut attempts = 0u64;
+        loop {
+            match self.try_commit(request.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    attempts += 1;
+                    if attempts == 1 || attempts % 25 == 0 {
+                        tracing::warn!(error = %e, attempts, "commit failed; retrying");
+                    }
+                    if self.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
             }
         }
     }

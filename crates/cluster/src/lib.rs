@@ -2,6 +2,7 @@
 //! sled-backed log store and state machine, and the gRPC network between nodes.
 
 pub mod committer;
+pub mod failover;
 pub mod network;
 pub mod node;
 pub mod store;
@@ -12,6 +13,7 @@ pub use network::{
     Faults, FaultyNetworkFactory, GrpcNetwork, GrpcNetworkConfig, GrpcNetworkFactory, NetworkError,
     PeerGrpcServer, RaftGrpcServer,
 };
+pub use network::{ForwardSink, ForwarderConfig, GrpcForwarder, PeerAddressLookup};
 pub use node::{NodeError, NodeOptions, RaftNode};
 pub use store::{
     open_raft_storage, SledLogReader, SledLogStore, StateMachineSnapshotBuilder, StateMachineStore,

@@ -7,15 +7,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetmq_broker::persist::{self, Snapshot};
+use fleetmq_broker::{Applied, Event, Metrics};
+use fleetmq_rpc::peer::peer_service_client::PeerServiceClient;
 use fleetmq_storage::KvEngine;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::network::{GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer};
-use crate::store::open_raft_storage;
+use crate::failover::run_failover;
+use crate::network::{
+    ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer,
+};
+use crate::store::{open_raft_storage, ApplyFeed, FeedSlot};
 use crate::types::{NodeId, TypeConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,8 @@ pub enum NodeError {
         waited: Duration,
         detail: String,
     },
+    #[error("cannot load the stored state: {0}")]
+    Load(String),
 }
 
 /// What a node needs to join its Raft group.
@@ -50,6 +58,7 @@ pub struct NodeOptions {
     pub grpc_listen: SocketAddr,
     /// Every member's gRPC address, this node's included.
     pub members: BTreeMap<NodeId, String>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The largest gRPC message between nodes; both ends use the same limit.
@@ -59,7 +68,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct RaftNode {
     pub raft: Raft<TypeConfig>,
+    node_id: NodeId,
+    engine: Arc<dyn KvEngine>,
+    feed: FeedSlot,
+    forward_sink: ForwardSink,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    failover: Option<JoinHandle<()>>,
 }
 
 fn raft_config() -> Result<Arc<Config>, NodeError> {
@@ -93,11 +107,14 @@ impl RaftNode {
             trees,
             grpc_listen,
             members,
+            metrics,
         } = options;
+        let store_engine = engine.clone();
         let (log_store, state_machine) =
-            tokio::task::spawn_blocking(move || open_raft_storage(&dir, engine, trees))
+            tokio::task::spawn_blocking(move || open_raft_storage(&dir, store_engine, trees))
                 .await
                 .map_err(|e| NodeError::Raft(format!("storage task failed: {e}")))??;
+        let feed = state_machine.feed_slot();
         let network = GrpcNetworkFactory::new(
             node_id,
             GrpcNetworkConfig {
@@ -118,7 +135,10 @@ impl RaftNode {
                 })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let service = RaftGrpcServer::new(raft.clone()).into_service(MAX_MESSAGE);
-        let peer_service = PeerGrpcServer::new(raft.clone()).into_service(MAX_MESSAGE);
+        let forward_sink = ForwardSink::default();
+        let peer_service =
+            PeerGrpcServer::with_forward_sink(raft.clone(), forward_sink.clone(), metrics)
+                .into_service(MAX_MESSAGE);
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let result = tonic::transport::Server::builder()
@@ -134,7 +154,12 @@ impl RaftNode {
         });
         let node = RaftNode {
             raft,
+            node_id,
+            engine,
+            feed,
+            forward_sink,
             server: Some((stop_tx, server)),
+            failover: None,
         };
 
         let initialized = node
@@ -155,8 +180,106 @@ impl RaftNode {
         }
         if members.len() == 1 {
             node.wait_leader_caught_up(node_id).await?;
+        } else {
+            node.wait_joined_caught_up().await;
         }
         Ok(node)
+    }
+
+    /// Waits until a leader is known and this node has applied what the leader had
+    /// applied when asked: after that its store is no older than the cluster's was when
+    /// it started, so it does not revive sessions that moved while it was away.
+    /// Waits as long as it takes (a cluster forms only once a majority is up).
+    async fn wait_joined_caught_up(&self) {
+        let mut waited = Duration::ZERO;
+        let step = Duration::from_millis(100);
+        loop {
+            let (leader, applied, last_log) = {
+                let m = self.raft.metrics().borrow().clone();
+                (
+                    m.current_leader,
+                    m.last_applied.map_or(0, |l| l.index),
+                    m.last_log_index.unwrap_or(0),
+                )
+            };
+            let target = match leader {
+                Some(leader) if leader == self.node_id => Some(last_log),
+                Some(leader) => self.leader_applied(leader).await,
+                None => None,
+            };
+            if let Some(target) = target {
+                if applied >= target {
+                    info!(
+                        node_id = self.node_id,
+                        ?leader,
+                        applied,
+                        "joined the cluster and caught up"
+                    );
+                    return;
+                }
+            }
+            if waited.as_secs() > 0 && waited.as_millis() % 10_000 < step.as_millis() {
+                info!(
+                    node_id = self.node_id,
+                    ?leader,
+                    applied,
+                    "waiting to join the cluster and catch up"
+                );
+            }
+            tokio::time::sleep(step).await;
+            waited += step;
+        }
+    }
+
+    /// What the leader says it has applied, or `None` if it cannot be asked now.
+    async fn leader_applied(&self, leader: NodeId) -> Option<u64> {
+        let addr = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(1));
+        let mut client = PeerServiceClient::connect(endpoint).await.ok()?;
+        let status = client
+            .cluster_status(fleetmq_rpc::peer::Empty {})
+            .await
+            .ok()?
+            .into_inner();
+        status.last_applied
+    }
+
+    /// Starts feeding applied entries to the broker and returns the stored state the
+    /// feed continues from: no entry is applied between reading it and attaching.
+    pub async fn attach_feed(&self, tx: mpsc::Sender<Applied>) -> Result<Snapshot, NodeError> {
+        let mut slot = self.feed.lock().await;
+        let engine = self.engine.clone();
+        let snapshot = tokio::task::spawn_blocking(move || persist::load(engine.as_ref()))
+            .await
+            .map_err(|e| NodeError::Load(e.to_string()))?
+            .map_err(|e| NodeError::Load(e.to_string()))?;
+        *slot = Some(ApplyFeed {
+            node_id: self.node_id,
+            tx,
+        });
+        Ok(snapshot)
+    }
+
+    /// Where PUBLISHes forwarded by other nodes go from now on; also starts watching
+    /// for dead nodes (when this node leads) now that sessions can move here.
+    pub fn attach_router(&mut self, events: mpsc::Sender<Event>) {
+        let _ = self.forward_sink.set(events);
+        if self.failover.is_none() {
+            self.failover = Some(tokio::spawn(run_failover(
+                self.raft.clone(),
+                self.engine.clone(),
+            )));
+        }
     }
 
     async fn wait_leader_caught_up(&self, node_id: NodeId) -> Result<(), NodeError> {
@@ -180,6 +303,9 @@ impl RaftNode {
 
     /// Stops Raft and the gRPC server.
     pub async fn shutdown(mut self) {
+        if let Some(failover) = self.failover.take() {
+            failover.abort();
+        }
         if let Err(error) = self.raft.shutdown().await {
             warn!(%error, "raft shutdown");
         }

@@ -35,12 +35,20 @@ pub enum ClusterOp {
 /// The payload of one Raft entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRequest {
+    /// The node that proposed the batch: the state machine admits writes to a
+    /// client's session state only from the node the client registry names.
+    pub origin: NodeId,
     pub ops: Vec<ClusterOp>,
 }
 
 impl fmt::Display for ClusterRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClusterRequest({} ops)", self.ops.len())
+        write!(
+            f,
+            "ClusterRequest({} ops from node {})",
+            self.ops.len(),
+            self.origin
+        )
     }
 }
 
@@ -49,6 +57,8 @@ impl fmt::Display for ClusterRequest {
 pub struct ClusterResponse {
     /// Ops that named a tree this node does not know and were skipped.
     pub skipped_ops: usize,
+    /// Ops skipped because their origin no longer holds the client's session.
+    pub fenced_ops: usize,
 }
 
 openraft::declare_raft_types!(

@@ -47,7 +47,7 @@ fn put(tree: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Cluste
 fn normal(index: u64, ops: Vec<ClusterOp>) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(1, 1, index),
-        payload: EntryPayload::Normal(ClusterRequest { ops }),
+        payload: EntryPayload::Normal(ClusterRequest { origin: 1, ops }),
     }
 }
 
@@ -262,8 +262,14 @@ fn unknown_tree_is_skipped_and_counted() {
         assert_eq!(
             responses,
             vec![
-                ClusterResponse { skipped_ops: 3 },
-                ClusterResponse { skipped_ops: 0 }
+                ClusterResponse {
+                    skipped_ops: 3,
+                    fenced_ops: 0
+                },
+                ClusterResponse {
+                    skipped_ops: 0,
+                    fenced_ops: 0
+                }
             ]
         );
         assert!(engine.scan_prefix("bogus", b"").unwrap().is_empty());

@@ -28,6 +28,7 @@ async fn must_start(
         trees: TREES,
         grpc_listen: addr,
         members: BTreeMap::from([(1, addr.to_string())]),
+        metrics: Arc::new(fleetmq_broker::Metrics::default()),
     })
     .await
     .expect("single node starts, elects itself and catches up")

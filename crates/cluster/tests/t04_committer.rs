@@ -25,12 +25,29 @@ async fn a_follower_commits_through_the_leader() {
     batch.put("retained", "from-leader", "r");
     on_leader.commit(batch).await.expect("leader commit");
 
-    let last = cluster
+    // The metrics watch may lag the commit it reports, so wait for the leader to show
+    // its own last write before using its applied index as the mark for the others.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cluster
         .node(leader)
-        .metrics()
-        .last_applied
-        .expect("leader applied")
-        .index;
+        .get("retained", b"from-leader")
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leader never applied its write"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let last = loop {
+        let m = cluster.node(leader).metrics();
+        let applied = m.last_applied.expect("leader applied").index;
+        if applied >= m.last_log_index.unwrap_or(0) {
+            break applied;
+        }
+        assert!(std::time::Instant::now() < deadline, "leader metrics lag");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     for id in 1..=3 {
         cluster.must_applied(id, last).await;
         for i in 0..5 {
@@ -44,7 +61,8 @@ async fn a_follower_commits_through_the_leader() {
         }
         assert_eq!(
             cluster.node(id).get("retained", b"from-leader"),
-            Some(b"r".to_vec())
+            Some(b"r".to_vec()),
+            "node {id} (leader {leader}, applied {last})"
         );
     }
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fleetmq_broker::persist;
 use fleetmq_broker::{BrokerConfig, QueueFullPolicy};
 use serde::Deserialize;
 
@@ -194,8 +195,15 @@ impl Config {
                 ),
             ));
         }
-        if self.node_id == 0 {
-            return Err(invalid("node_id", "must be 1 or more"));
+        if self.node_id == 0 || self.node_id > persist::MAX_NODE_ID {
+            return Err(invalid(
+                "node_id",
+                format!(
+                    "must be 1 to {}, not {}",
+                    persist::MAX_NODE_ID,
+                    self.node_id
+                ),
+            ));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
@@ -255,14 +263,22 @@ impl Config {
             }
         };
         let peers = parse_peers("cluster.peers", &self.cluster.peers)?;
-        if let Some(other) = peers.keys().find(|id| **id != self.node_id) {
+        if !peers.is_empty() && !peers.contains_key(&self.node_id) {
             return Err(invalid(
                 "cluster.peers",
                 format!(
-                    "lists node {other}, but this build runs single-node clusters only \
-                     (multi-node replication is not implemented yet); list only node {} or none",
+                    "must list this node too (node_id {}, at the address the others reach it on)",
                     self.node_id
                 ),
+            ));
+        }
+        if let Some(big) = peers
+            .keys()
+            .find(|id| **id == 0 || **id > persist::MAX_NODE_ID)
+        {
+            return Err(invalid(
+                "cluster.peers",
+                format!("node ids must be 1 to {}, not {big}", persist::MAX_NODE_ID),
             ));
         }
         Ok(ValidConfig {
@@ -292,6 +308,12 @@ impl Config {
             },
         })
     }
+}
+
+/// A Kubernetes StatefulSet names its pods `<name>-<ordinal>`; node ids start at 1.
+pub fn node_id_from_hostname(hostname: &str) -> Option<u64> {
+    let (_, ordinal) = hostname.trim().rsplit_once('-')?;
+    ordinal.parse::<u64>().ok().map(|n| n + 1)
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -396,10 +418,26 @@ mod tests {
     }
 
     #[test]
-    fn other_peers_are_refused_until_clustering_exists() {
+    fn peers_must_list_this_node() {
         let mut c = Config::default();
         c.cluster.peers = vec!["1=127.0.0.1:7070".into(), "2=127.0.0.1:7071".into()];
+        let valid = c.validate().unwrap();
+        assert_eq!(valid.peers.len(), 2);
+        c.node_id = 3;
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("cluster.peers"), "{err}");
+        assert!(
+            err.contains("cluster.peers") && err.contains("node_id 3"),
+            "{err}"
+        );
+        c.node_id = 5000;
+        assert!(c.validate().unwrap_err().to_string().contains("`node_id`"));
+    }
+
+    #[test]
+    fn node_id_from_a_statefulset_hostname() {
+        assert_eq!(node_id_from_hostname("fleetmq-0"), Some(1));
+        assert_eq!(node_id_from_hostname("my-broker-12"), Some(13));
+        assert_eq!(node_id_from_hostname("fleetmq"), None);
+        assert_eq!(node_id_from_hostname("fleetmq-x"), None);
     }
 }

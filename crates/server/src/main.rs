@@ -1,4 +1,5 @@
-//! The `fleetmq` command: `serve` runs a node, `config check` validates a file.
+//! The `fleetmq` command: `serve` runs a node, `config check` validates a file, `ctl`
+//! asks a running node about its cluster and changes its membership.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,31 @@ enum Command {
 enum CtlCommand {
     /// This node's Raft state, the leader, and every member with its role.
     Status,
+    /// List, add or remove the members of the Raft group.
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembersCommand {
+    /// Every member with its address and role, and which is the leader.
+    List,
+    /// Add a node as a voter: it first catches up with the log as a learner. The node
+    /// must already run, started with its own --node-id and --peers naming a member
+    /// with a lower id, so that it waits to be added instead of starting a group.
+    Add {
+        /// The new member's node id.
+        id: u64,
+        /// Its gRPC address as the other members reach it, host:port.
+        address: String,
+    },
+    /// Remove a member, voter or learner.
+    Remove {
+        /// The member's node id.
+        id: u64,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,9 +108,13 @@ struct ServeArgs {
     /// TOML configuration file (see fleetmq.example.toml).
     #[arg(long, env = "FLEETMQ_CONFIG")]
     config: Option<PathBuf>,
-    /// This node's id, 1 or more.
+    /// This node's id, 1 to 1023.
     #[arg(long, env = "FLEETMQ_NODE_ID")]
     node_id: Option<u64>,
+    /// Take the node id from the hostname's trailing ordinal plus one, as a
+    /// Kubernetes StatefulSet names its pods (fleetmq-0 is node 1).
+    #[arg(long, env = "FLEETMQ_NODE_ID_FROM_HOSTNAME")]
+    node_id_from_hostname: bool,
     /// Where sessions and retained messages are stored.
     #[arg(long, env = "FLEETMQ_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -122,6 +152,15 @@ impl ServeArgs {
         };
         if let Some(v) = self.node_id {
             config.node_id = v;
+        }
+        if self.node_id_from_hostname {
+            let hostname = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .unwrap_or_default();
+            config.node_id = config::node_id_from_hostname(&hostname).with_context(|| {
+                format!("--node-id-from-hostname: hostname {hostname:?} does not end in -<ordinal>")
+            })?;
         }
         if let Some(v) = &self.data_dir {
             config.data_dir = v.clone();
@@ -196,8 +235,18 @@ fn ctl(grpc: &str, output: OutputFormat, command: CtlCommand) -> anyhow::Result<
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    let json = output == OutputFormat::Json;
     let text = match command {
-        CtlCommand::Status => runtime.block_on(ctl::status(grpc, output == OutputFormat::Json))?,
+        CtlCommand::Status => runtime.block_on(ctl::status(grpc, json))?,
+        CtlCommand::Members { command } => match command {
+            MembersCommand::List => runtime.block_on(ctl::members_list(grpc, json))?,
+            MembersCommand::Add { id, address } => {
+                runtime.block_on(ctl::members_add(grpc, id, &address, json))?
+            }
+            MembersCommand::Remove { id } => {
+                runtime.block_on(ctl::members_remove(grpc, id, json))?
+            }
+        },
     };
     use std::io::Write as _;
     std::io::stdout()

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fleetmq_broker::{persist, BrokerService, LocalCommitter, Metrics};
-use fleetmq_cluster::{NodeOptions, RaftCommitter, RaftNode};
+use fleetmq_broker::{
+    persist, BrokerParts, BrokerService, Forwarder, LocalCommitter, Metrics, NoForwarder,
+};
+use fleetmq_cluster::{GrpcForwarder, NodeOptions, RaftCommitter, RaftNode};
 use fleetmq_storage::{KvEngine, MemoryEngine, SledEngine};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -19,6 +21,8 @@ use crate::connection::{serve_connection, ConnectionContext};
 
 /// Capacity of the channel from connection tasks to the router.
 const ROUTER_EVENTS: usize = 16 * 1024;
+/// Applied Raft entries waiting for the router; apply waits beyond this.
+const APPLIED_QUEUE: usize = 1024;
 
 pub async fn run(
     config: ValidConfig,
@@ -43,36 +47,52 @@ pub async fn run(
             members
                 .entry(config.node_id)
                 .or_insert_with(|| config.grpc_listen.to_string());
-            let node = RaftNode::start(NodeOptions {
+            let mut node = RaftNode::start(NodeOptions {
                 node_id: config.node_id,
                 dir: config.data_dir.join("raft"),
                 engine: engine.clone(),
                 trees: persist::TREES,
                 grpc_listen: config.grpc_listen,
                 members,
+                metrics: metrics.clone(),
             })
             .await
             .context("cannot start the raft group (cluster.grpc_listen, data_dir)")?;
-            let broker = BrokerService::start(
-                config.broker.clone(),
-                engine.as_ref(),
-                RaftCommitter::new(node.raft.clone()),
+            let (applied_tx, applied_rx) = tokio::sync::mpsc::channel(APPLIED_QUEUE);
+            let snapshot = node
+                .attach_feed(applied_tx)
+                .await
+                .context("cannot load the stored state")?;
+            let forwarder: Arc<dyn Forwarder> = Arc::new(GrpcForwarder::new(
+                config.node_id,
+                node.raft.clone(),
                 metrics.clone(),
-                ROUTER_EVENTS,
-            )
-            .context("cannot load the stored state")?;
+            ));
+            let broker = BrokerService::start(BrokerParts {
+                config: config.broker.clone(),
+                snapshot,
+                engine,
+                committer: RaftCommitter::new(node.raft.clone()),
+                forwarder,
+                metrics: metrics.clone(),
+                event_capacity: ROUTER_EVENTS,
+                applied: Some(applied_rx),
+            });
+            node.attach_router(broker.events());
             (broker, Some(node))
         }
         StorageEngineKind::Memory => {
             let engine: Arc<dyn KvEngine> = Arc::new(MemoryEngine::new());
-            let broker = BrokerService::start(
-                config.broker.clone(),
-                engine.as_ref(),
-                LocalCommitter::new(engine.clone()),
-                metrics.clone(),
-                ROUTER_EVENTS,
-            )
-            .context("cannot load the stored state")?;
+            let broker = BrokerService::start(BrokerParts {
+                config: config.broker.clone(),
+                snapshot: persist::Snapshot::default(),
+                engine: engine.clone(),
+                committer: LocalCommitter::new(engine),
+                forwarder: Arc::new(NoForwarder),
+                metrics: metrics.clone(),
+                event_capacity: ROUTER_EVENTS,
+                applied: None,
+            });
             (broker, None)
         }
     };
@@ -104,7 +124,8 @@ pub async fn run(
     info!(
         grpc = %config.grpc_listen,
         raft = raft_node.is_some(),
-        "single-node raft group; joining other nodes is not implemented yet"
+        members = config.peers.len().max(1),
+        "cluster links ready"
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -53,6 +53,11 @@ impl WriteBatch {
         Self::default()
     }
 
+    /// Adds an op built elsewhere.
+    pub fn push(&mut self, op: WriteOp) {
+        self.ops.push(op);
+    }
+
     /// Adds a [`WriteOp::Put`].
     pub fn put(&mut self, tree: &'static str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.ops.push(WriteOp::Put {

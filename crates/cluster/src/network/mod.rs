@@ -4,7 +4,11 @@
 //!   tonic channel per target node;
 //! - [`RaftGrpcServer`]: the server side, handing each RPC to the local `openraft::Raft`;
 //! - [`admin`]: the Raft half of `PeerService` (cluster status, client writes forwarded to
-//!   the leader), for the service implementation that also owns forwarding and takeover;
+//!   the leader, membership changes), for the service implementation that also owns
+//!   forwarding and takeover;
+//! - [`GrpcForwarder`]: the broker's `Forwarder`, one ordered `PeerService::Forward`
+//!   stream per destination node; [`PeerGrpcServer`] is the receiving end, handing
+//!   forwarded PUBLISHes to the router through its [`ForwardSink`];
 //! - [`FaultyNetworkFactory`] and [`Faults`]: partition, drop and delay filters around any
 //!   factory, for cluster tests.
 //!
@@ -15,6 +19,8 @@ pub mod admin;
 mod client;
 mod errors;
 mod faults;
+mod forward;
+mod forward_wire;
 mod peer;
 mod server;
 pub(crate) mod wire;
@@ -22,5 +28,7 @@ pub(crate) mod wire;
 pub use client::{GrpcNetwork, GrpcNetworkConfig, GrpcNetworkFactory};
 pub use errors::NetworkError;
 pub use faults::{Faults, FaultyNetwork, FaultyNetworkFactory};
-pub use peer::PeerGrpcServer;
+pub use forward::{ForwarderConfig, GrpcForwarder, PeerAddressLookup};
+pub use forward_wire::{decode_forwarded, encode_forwarded, ForwardDecodeError};
+pub use peer::{ForwardSink, PeerGrpcServer};
 pub use server::RaftGrpcServer;

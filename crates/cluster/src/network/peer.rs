@@ -1,25 +1,74 @@
-//! The node's `PeerService`: cluster status and proposals forwarded to the leader
-//! today; PUBLISH forwarding and cross-node takeover arrive with the routing work
-//! (docs/cluster-design.md) and answer UNIMPLEMENTED until then.
+//! The node's `PeerService`: PUBLISHes forwarded by other nodes, cluster status,
+//! proposals forwarded to the leader and membership changes. Cross-node takeover
+//! arrives with the routing work (docs/cluster-design.md) and answers UNIMPLEMENTED
+//! until then.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
+use fleetmq_broker::{DropReason, Event, Metrics};
 use fleetmq_rpc::peer as pb;
 use fleetmq_rpc::peer::peer_service_server::{PeerService, PeerServiceServer};
 use openraft::Raft;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
 
+use super::forward_wire::decode_forwarded;
 use crate::network::admin;
 use crate::types::TypeConfig;
+
+/// Where forwarded PUBLISHes go: the router's event channel, set once the router
+/// runs. The gRPC server starts before the router exists (Raft needs it to replay the
+/// log the router is built from), so the sender is filled in later.
+pub type ForwardSink = Arc<OnceLock<mpsc::Sender<Event>>>;
+
+/// Acknowledgements buffered per stream; the sender reads them continuously.
+const ACK_BUFFER: usize = 16;
+
+/// What the server needs to take forwarded PUBLISHes.
+struct ForwardInbox {
+    sink: ForwardSink,
+    metrics: Arc<Metrics>,
+}
 
 /// Serves `PeerService` for one node.
 pub struct PeerGrpcServer {
     raft: Raft<TypeConfig>,
+    /// `None` for a node that takes no forwarded messages (`Forward` is UNIMPLEMENTED).
+    forward: Option<ForwardInbox>,
+}
+
+impl std::fmt::Debug for PeerGrpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerGrpcServer")
+            .field("forwarding", &self.forward.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PeerGrpcServer {
+    /// A server without forwarding: `Forward` answers UNIMPLEMENTED.
     pub fn new(raft: Raft<TypeConfig>) -> Self {
-        PeerGrpcServer { raft }
+        PeerGrpcServer {
+            raft,
+            forward: None,
+        }
+    }
+
+    /// A server that hands forwarded PUBLISHes to the router whose sender is set in
+    /// `sink`; until it is set, `Forward` answers UNAVAILABLE and the sending node
+    /// retries. `metrics` counts forwarded messages the router could not take.
+    pub fn with_forward_sink(
+        raft: Raft<TypeConfig>,
+        sink: ForwardSink,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        PeerGrpcServer {
+            raft,
+            forward: Some(ForwardInbox { sink, metrics }),
+        }
     }
 
     pub fn into_service(self, max_message_size: usize) -> PeerServiceServer<Self> {
@@ -31,17 +80,94 @@ impl PeerGrpcServer {
 
 type AckStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ForwardAck, Status>> + Send>>;
 
+/// Hands each batch of one `Forward` stream to the router, in order, and acknowledges
+/// it once every message of it is in the router's channel.
+///
+/// Sending into the router waits when its channel is full: the wait reaches the sending
+/// node through HTTP/2 flow control, whose queue then fills and drops. `forwarded_in`
+/// is counted by the router as it takes each message.
+async fn receive_forwarded(
+    mut inbound: Streaming<pb::ForwardBatch>,
+    router: mpsc::Sender<Event>,
+    acks: mpsc::Sender<Result<pb::ForwardAck, Status>>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let batch = tokio::select! {
+            // The sender went away: nobody will read the acknowledgements.
+            () = acks.closed() => return,
+            // This node is shutting down: tell the sender now rather than at its next
+            // message, so that it stops sending here.
+            () = router.closed() => {
+                let _ = acks.send(Err(Status::unavailable("the router has stopped"))).await;
+                return;
+            }
+            next = inbound.message() => match next {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return,
+                Err(status) => {
+                    debug!(%status, "forward stream from a peer ended");
+                    return;
+                }
+            },
+        };
+        let origin_node = batch.origin_node;
+        let mut messages = batch.messages.into_iter();
+        while let Some(message) = messages.next() {
+            let publish = match decode_forwarded(origin_node, message) {
+                Ok(publish) => publish,
+                Err(error) => {
+                    // Another version's encoding: one bad message must not stop the
+                    // stream, whose other messages are fine.
+                    warn!(origin_node, %error, "dropping a forwarded message that does not decode");
+                    continue;
+                }
+            };
+            if router.send(Event::Forwarded(publish)).await.is_err() {
+                // The router stopped (this node is shutting down): none of the
+                // sessions the rest of the batch is for is here any more.
+                for _ in 0..=messages.len() {
+                    metrics.dropped(DropReason::NotLocal);
+                }
+                let _ = acks
+                    .send(Err(Status::unavailable("the router has stopped")))
+                    .await;
+                return;
+            }
+        }
+        let ack = pb::ForwardAck {
+            batch_sequence: batch.batch_sequence,
+        };
+        if acks.send(Ok(ack)).await.is_err() {
+            return;
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl PeerService for PeerGrpcServer {
     type ForwardStream = AckStream;
 
     async fn forward(
         &self,
-        _request: Request<Streaming<pb::ForwardBatch>>,
+        request: Request<Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<AckStream>, Status> {
-        Err(Status::unimplemented(
-            "forwarding PUBLISH between nodes is not implemented yet",
-        ))
+        let Some(inbox) = &self.forward else {
+            return Err(Status::unimplemented(
+                "this node does not take forwarded messages",
+            ));
+        };
+        let Some(router) = inbox.sink.get().cloned() else {
+            return Err(Status::unavailable("the router is not running yet"));
+        };
+        let (acks, ack_stream) = mpsc::channel(ACK_BUFFER);
+        tokio::spawn(receive_forwarded(
+            request.into_inner(),
+            router,
+            acks,
+            Arc::clone(&inbox.metrics),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(ack_stream))))
     }
 
     async fn takeover(
@@ -65,6 +191,24 @@ impl PeerService for PeerGrpcServer {
         request: Request<pb::ClientWriteRequest>,
     ) -> Result<Response<pb::ClientWriteReply>, Status> {
         admin::client_write(&self.raft, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        admin::add_member(&self.raft, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        admin::remove_member(&self.raft, request.into_inner())
             .await
             .map(Response::new)
     }

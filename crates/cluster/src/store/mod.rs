@@ -16,7 +16,9 @@ use fleetmq_storage::KvEngine;
 
 pub use error::StoreError;
 pub use log_store::{SledLogReader, SledLogStore};
-pub use state_machine::{StateMachineSnapshotBuilder, StateMachineStore, META_TREE};
+pub use state_machine::{
+    ApplyFeed, FeedSlot, StateMachineSnapshotBuilder, StateMachineStore, META_TREE,
+};
 
 /// The log store's directory under a node's Raft directory.
 pub const LOG_DIR: &str = "raft-log";

@@ -12,12 +12,21 @@
 //! snapshot right after it and the entries would no longer be there to re-apply.
 //!
 //! Applying does no IO besides the engine, and has no transport code.
+//!
+//! Each write is first checked against the client registry ([`persist::admit`]): a node
+//! that no longer holds a session cannot overwrite it. Once the broker runs, an
+//! [`ApplyFeed`] receives every applied entry's admitted writes, then the stored state of
+//! each client whose session became this node's, in apply order (see
+//! docs/cluster-design.md).
 
+use std::collections::{BTreeSet, HashMap};
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fleetmq_storage::{KvEngine, KvPair, WriteBatch};
+use fleetmq_broker::persist::{self, OwnerRecord, OWNERS};
+use fleetmq_broker::Applied;
+use fleetmq_storage::{KvEngine, KvPair, WriteBatch, WriteOp};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
@@ -72,6 +81,69 @@ impl StoredSnapshot {
         Snapshot {
             meta: self.meta.clone(),
             snapshot: Box::new(Cursor::new(self.data.clone())),
+        }
+    }
+}
+
+/// Where applied entries go once the broker runs on this node.
+#[derive(Debug)]
+pub struct ApplyFeed {
+    pub node_id: NodeId,
+    pub tx: tokio::sync::mpsc::Sender<Applied>,
+}
+
+/// The feed slot, shared between the state machine (which openraft owns) and the node
+/// (which attaches the broker). Apply holds it for its whole run, so whoever attaches a
+/// feed under it sees no apply half done.
+pub type FeedSlot = Arc<tokio::sync::Mutex<Option<ApplyFeed>>>;
+
+/// What one apply call produced.
+struct AppliedBatch {
+    responses: Vec<ClusterResponse>,
+    applied: AppliedState,
+    feed: Vec<Applied>,
+}
+
+/// The writes of this apply call not yet in the engine, so admission sees them.
+#[derive(Default)]
+struct Overlay {
+    values: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+    deleted_prefixes: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Overlay {
+    fn get(
+        &self,
+        engine: &dyn KvEngine,
+        tree: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(value) = self.values.get(&(tree, key.to_vec())) {
+            return Ok(value.clone());
+        }
+        if self
+            .deleted_prefixes
+            .iter()
+            .any(|(t, prefix)| *t == tree && key.starts_with(prefix))
+        {
+            return Ok(None);
+        }
+        Ok(engine.get(tree, key)?)
+    }
+
+    fn record(&mut self, op: &WriteOp) {
+        match op {
+            WriteOp::Put { tree, key, value } => {
+                self.values.insert((tree, key.clone()), Some(value.clone()));
+            }
+            WriteOp::Delete { tree, key } => {
+                self.values.insert((tree, key.clone()), None);
+            }
+            WriteOp::DeletePrefix { tree, prefix } => {
+                self.values
+                    .retain(|(t, k), _| !(t == tree && k.starts_with(prefix)));
+                self.deleted_prefixes.push((tree, prefix.clone()));
+            }
         }
     }
 }
@@ -137,6 +209,7 @@ pub struct StateMachineStore {
     trees: &'static [&'static str],
     applied: AppliedState,
     current: CurrentSnapshot,
+    feed: FeedSlot,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -174,7 +247,13 @@ impl StateMachineStore {
             trees,
             applied,
             current: Arc::new(Mutex::new(current)),
+            feed: FeedSlot::default(),
         })
+    }
+
+    /// Where the node attaches the broker's [`ApplyFeed`].
+    pub fn feed_slot(&self) -> FeedSlot {
+        Arc::clone(&self.feed)
     }
 
     /// The engine the state machine writes, for readers such as the broker.
@@ -192,25 +271,157 @@ impl StateMachineStore {
         self.trees.iter().copied().find(|t| *t == name)
     }
 
-    /// Adds `ops` to `batch` and returns how many were skipped for naming an unknown tree.
-    fn push_ops(&self, batch: &mut WriteBatch, ops: Vec<ClusterOp>) -> usize {
-        let mut skipped = 0;
-        for op in ops {
-            let (ClusterOp::Put { tree, .. }
-            | ClusterOp::Delete { tree, .. }
-            | ClusterOp::DeletePrefix { tree, .. }) = &op;
-            let Some(known) = self.resolve(tree) else {
-                tracing::warn!(tree = %tree, "replicated op names an unknown tree; skipped");
-                skipped += 1;
+    /// Applies `entries` to the engine in one atomic write, admitting each op against
+    /// the client registry; with `feed_node`, also returns what the feed gets. Blocking.
+    fn apply_blocking(
+        engine: &dyn KvEngine,
+        trees: &'static [&'static str],
+        mut applied: AppliedState,
+        entries: Vec<Entry<TypeConfig>>,
+        feed_node: Option<NodeId>,
+    ) -> Result<AppliedBatch, StoreError> {
+        let resolve = |name: &str| trees.iter().copied().find(|t| *t == name);
+        let mut batch = WriteBatch::new();
+        let mut overlay = Overlay::default();
+        let mut responses = Vec::new();
+        let mut feed = Vec::new();
+        let mut claimed: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let start = applied.clone();
+        for entry in entries {
+            // Re-running an old entry after newer ones could put back a value they replaced.
+            // openraft never does this; the guard makes apply idempotent if it ever did.
+            if applied
+                .last_applied
+                .is_some_and(|last| entry.log_id.index <= last.index)
+            {
+                tracing::warn!(log_id = %entry.log_id, "entry already applied; skipped");
+                responses.push(ClusterResponse::default());
                 continue;
-            };
-            match op {
-                ClusterOp::Put { key, value, .. } => batch.put(known, key, value),
-                ClusterOp::Delete { key, .. } => batch.delete(known, key),
-                ClusterOp::DeletePrefix { prefix, .. } => batch.delete_prefix(known, prefix),
+            }
+            applied.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => responses.push(ClusterResponse::default()),
+                EntryPayload::Normal(request) => {
+                    let mut response = ClusterResponse::default();
+                    let mut admitted = Vec::new();
+                    for op in request.ops {
+                        let op = match op {
+                            ClusterOp::Put { tree, key, value } => {
+                                resolve(&tree).map(|tree| WriteOp::Put { tree, key, value })
+                            }
+                            ClusterOp::Delete { tree, key } => {
+                                resolve(&tree).map(|tree| WriteOp::Delete { tree, key })
+                            }
+                            ClusterOp::DeletePrefix { tree, prefix } => {
+                                resolve(&tree).map(|tree| WriteOp::DeletePrefix { tree, prefix })
+                            }
+                        };
+                        let Some(op) = op else {
+                            tracing::warn!("replicated op names an unknown tree; skipped");
+                            response.skipped_ops += 1;
+                            continue;
+                        };
+                        let (tree, key, is_put) = match &op {
+                            WriteOp::Put { tree, key, .. } => (*tree, key.as_slice(), true),
+                            WriteOp::Delete { tree, key } => (*tree, key.as_slice(), false),
+                            WriteOp::DeletePrefix { tree, prefix } => {
+                                (*tree, prefix.as_slice(), false)
+                            }
+                        };
+                        let mut failure = None;
+                        let mut owner_of =
+                            |client: &str| match overlay.get(engine, OWNERS, client.as_bytes()) {
+                                Ok(Some(bytes)) => persist::decode::<OwnerRecord>(OWNERS, &bytes)
+                                    .ok()
+                                    .map(|o| o.node),
+                                Ok(None) => None,
+                                Err(e) => {
+                                    failure = Some(e);
+                                    None
+                                }
+                            };
+                        let mut exists_failure = None;
+                        let mut exists = |key: &[u8]| match overlay.get(engine, tree, key) {
+                            Ok(value) => value.is_some(),
+                            Err(e) => {
+                                exists_failure = Some(e);
+                                true
+                            }
+                        };
+                        let admit = persist::admit(
+                            tree,
+                            key,
+                            is_put,
+                            request.origin,
+                            &mut owner_of,
+                            &mut exists,
+                        );
+                        if let Some(e) = failure.or(exists_failure) {
+                            return Err(e);
+                        }
+                        if !admit {
+                            response.fenced_ops += 1;
+                            continue;
+                        }
+                        if tree == OWNERS && is_put {
+                            claimed.insert(key.to_vec());
+                        }
+                        overlay.record(&op);
+                        batch.push(op.clone());
+                        if feed_node.is_some() {
+                            admitted.push(op);
+                        }
+                    }
+                    if feed_node.is_some() {
+                        feed.push(Applied::Entry {
+                            origin: request.origin,
+                            ops: admitted,
+                        });
+                    }
+                    responses.push(response);
+                }
+                EntryPayload::Membership(membership) => {
+                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    responses.push(ClusterResponse::default());
+                }
             }
         }
-        skipped
+        if applied == start {
+            return Ok(AppliedBatch {
+                responses,
+                applied,
+                feed,
+            });
+        }
+        batch.put(META_TREE, APPLIED_KEY, encode(&applied)?);
+        engine.write(batch)?;
+        if let Some(node) = feed_node {
+            // Sessions that became this node's: read after the write, so each load holds
+            // everything the entries sent before it did.
+            for key in claimed {
+                let Some(bytes) = engine.get(OWNERS, &key)? else {
+                    continue;
+                };
+                let owner: Option<OwnerRecord> = persist::decode(OWNERS, &bytes).ok();
+                if owner.map(|o| o.node) != Some(node) {
+                    continue;
+                }
+                let Ok(client) = String::from_utf8(key) else {
+                    continue;
+                };
+                let state = persist::load_client(engine, &client)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                feed.push(Applied::Loaded {
+                    client: Arc::from(client),
+                    state: Box::new(state),
+                });
+            }
+        }
+        Ok(AppliedBatch {
+            responses,
+            applied,
+            feed,
+        })
     }
 }
 
@@ -231,48 +442,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::new();
-        let mut applied = self.applied.clone();
-        let mut responses = Vec::new();
-        for entry in entries {
-            // Re-running an old entry after newer ones could put back a value they replaced.
-            // openraft never does this; the guard makes apply idempotent if it ever did.
-            if applied
-                .last_applied
-                .is_some_and(|last| entry.log_id.index <= last.index)
-            {
-                tracing::warn!(log_id = %entry.log_id, "entry already applied; skipped");
-                responses.push(ClusterResponse::default());
-                continue;
-            }
-            applied.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => responses.push(ClusterResponse::default()),
-                EntryPayload::Normal(request) => {
-                    let skipped_ops = self.push_ops(&mut batch, request.ops);
-                    responses.push(ClusterResponse { skipped_ops });
-                }
-                EntryPayload::Membership(membership) => {
-                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                    responses.push(ClusterResponse::default());
-                }
-            }
-        }
-        if applied == self.applied {
-            return Ok(responses);
-        }
-        let subject = || match applied.last_applied {
-            Some(log_id) => ErrorSubject::Apply(log_id),
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let subject = match entries.last() {
+            Some(entry) => ErrorSubject::Apply(entry.log_id),
             None => ErrorSubject::StateMachine,
         };
-        let meta = encode(&applied).raft(subject(), ErrorVerb::Write)?;
-        batch.put(META_TREE, APPLIED_KEY, meta);
+        let feed = Arc::clone(&self.feed);
+        let feed = feed.lock().await;
+        let feed_node = feed.as_ref().map(|f| f.node_id);
         let engine = Arc::clone(&self.engine);
-        blocking(move || Ok(engine.write(batch)?))
-            .await
-            .raft(subject(), ErrorVerb::Write)?;
-        self.applied = applied;
-        Ok(responses)
+        let trees = self.trees;
+        let applied = self.applied.clone();
+        let result = blocking(move || {
+            Self::apply_blocking(engine.as_ref(), trees, applied, entries, feed_node)
+        })
+        .await
+        .raft(subject, ErrorVerb::Write)?;
+        self.applied = result.applied;
+        if let Some(feed) = feed.as_ref() {
+            for item in result.feed {
+                // Waits when the broker is busy: apply backpressure, never a dropped entry.
+                if feed.tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(result.responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -357,6 +552,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .raft(subject(), ErrorVerb::Write)?;
         if installed {
             self.applied = applied;
+            if self.feed.lock().await.is_some() {
+                // The broker's view was built from entries; a snapshot replaces the store
+                // wholesale. Until the router can reload, say so loudly.
+                tracing::error!(snapshot = %meta, "snapshot installed under a running broker; restart this node to reload its sessions");
+            }
         } else {
             // openraft only installs a snapshot newer than what it has; skipping is safe but
             // worth hearing about.

@@ -1,23 +1,20 @@
 //! An in-process cluster of FleetMQ Raft nodes talking real gRPC on 127.0.0.1, each with
-//! the sled log store and a `MemoryEngine` state machine, and the fault filters between
-//! them. Helpers named `must_*` panic with a message when the cluster does not get there
-//! within [`WAIT`].
+//! the sled log store, a `MemoryEngine` state machine and the real `PeerService`, and the
+//! fault filters between them. Helpers named `must_*` panic with a message when the
+//! cluster does not get there within [`WAIT`].
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetmq_cluster::network::admin;
+use fleetmq_broker::Metrics;
 use fleetmq_cluster::{
-    open_raft_storage, ClusterOp, ClusterRequest, Faults, FaultyNetworkFactory, GrpcNetworkConfig,
-    GrpcNetworkFactory, NodeId, RaftGrpcServer, TypeConfig,
+    open_raft_storage, ClusterOp, ClusterRequest, Faults, FaultyNetworkFactory, ForwardSink,
+    GrpcNetworkConfig, GrpcNetworkFactory, NodeId, PeerGrpcServer, RaftGrpcServer, TypeConfig,
 };
-use fleetmq_rpc::peer as peer_pb;
-use fleetmq_rpc::peer::peer_service_server::{PeerService, PeerServiceServer};
 use fleetmq_storage::{KvEngine, MemoryEngine};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState};
@@ -25,7 +22,6 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status, Streaming};
 
 /// The trees replicated commands may write.
 pub const TREES: &[&str] = &["sessions", "retained"];
@@ -49,50 +45,6 @@ pub fn test_config() -> Config {
     }
 }
 
-/// A `PeerService` that serves only the Raft half (status, client writes), as the real
-/// service does through the same `admin` functions.
-struct AdminOnlyPeer {
-    raft: Raft<TypeConfig>,
-}
-
-type AckStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<peer_pb::ForwardAck, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl PeerService for AdminOnlyPeer {
-    type ForwardStream = AckStream;
-
-    async fn forward(
-        &self,
-        _request: Request<Streaming<peer_pb::ForwardBatch>>,
-    ) -> Result<Response<AckStream>, Status> {
-        Err(Status::unimplemented("not in the network tests"))
-    }
-
-    async fn takeover(
-        &self,
-        _request: Request<peer_pb::TakeoverRequest>,
-    ) -> Result<Response<peer_pb::TakeoverReply>, Status> {
-        Err(Status::unimplemented("not in the network tests"))
-    }
-
-    async fn cluster_status(
-        &self,
-        _request: Request<peer_pb::Empty>,
-    ) -> Result<Response<peer_pb::ClusterStatusReply>, Status> {
-        Ok(Response::new(admin::cluster_status(&self.raft)))
-    }
-
-    async fn client_write(
-        &self,
-        request: Request<peer_pb::ClientWriteRequest>,
-    ) -> Result<Response<peer_pb::ClientWriteReply>, Status> {
-        admin::client_write(&self.raft, request.into_inner())
-            .await
-            .map(Response::new)
-    }
-}
-
 type ServerHandle = JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// One running node: its Raft, its gRPC server, and the engine its state machine writes.
@@ -101,6 +53,10 @@ pub struct TestNode {
     pub addr: SocketAddr,
     pub raft: Raft<TypeConfig>,
     pub engine: Arc<MemoryEngine>,
+    /// Where its `PeerService` hands forwarded PUBLISHes; unset (Forward answers
+    /// UNAVAILABLE) until a test sets it.
+    pub forward_sink: ForwardSink,
+    pub metrics: Arc<Metrics>,
     server: Option<(oneshot::Sender<()>, ServerHandle)>,
     _dir: TempDir,
 }
@@ -248,6 +204,8 @@ impl TestCluster {
 /// A one-op write of `value` under `key` in the `sessions` tree.
 pub fn put(key: &str, value: &str) -> ClusterRequest {
     ClusterRequest {
+        // No client registry entry exists for these keys, so any origin is admitted.
+        origin: 0,
         ops: vec![ClusterOp::Put {
             tree: "sessions".to_owned(),
             key: key.as_bytes().to_vec(),
@@ -285,10 +243,17 @@ pub async fn must_start_node(id: NodeId, config: Arc<Config>, faults: Faults) ->
         .await
         .expect("start raft");
 
+    let forward_sink = ForwardSink::default();
+    let metrics = Arc::new(Metrics::default());
+    let peer_service = PeerGrpcServer::with_forward_sink(
+        raft.clone(),
+        Arc::clone(&forward_sink),
+        Arc::clone(&metrics),
+    );
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .add_service(RaftGrpcServer::new(raft.clone()).into_service(MAX_MESSAGE))
-        .add_service(PeerServiceServer::new(AdminOnlyPeer { raft: raft.clone() }));
+        .add_service(peer_service.into_service(MAX_MESSAGE));
     let handle = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async move {
@@ -302,6 +267,8 @@ pub async fn must_start_node(id: NodeId, config: Arc<Config>, faults: Faults) ->
         addr,
         raft,
         engine,
+        forward_sink,
+        metrics,
         server: Some((shutdown_tx, handle)),
         _dir: dir,
     }
