@@ -300,9 +300,22 @@ impl Connection {
         if self.ctx.events.send(event).await.is_err() {
             return self.refuse(ReasonCode::ServerUnavailable).await;
         }
-        let reply = match reply_rx.await {
-            Ok(reply) => reply,
-            Err(_) => return self.refuse(ReasonCode::ServerUnavailable).await,
+        // A session held by another node arrives once the cluster commits the move; a
+        // node cut off from the majority cannot, so the client hears 0x88 and can try
+        // another node instead of waiting forever.
+        let reply = match tokio::time::timeout(self.ctx.config.connect_timeout, reply_rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => return self.refuse(ReasonCode::ServerUnavailable).await,
+            Err(_) => {
+                let gone = Event::Disconnect {
+                    conn: self.conn_id,
+                    publish_will: false,
+                    session_expiry_interval: None,
+                };
+                let _ = self.ctx.events.send(gone).await;
+                warn!("the session could not be made ready in time (no quorum?)");
+                return self.refuse(ReasonCode::ServerUnavailable).await;
+            }
         };
         let properties = if v5 {
             ConnAckProperties {
