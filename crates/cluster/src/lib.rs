@@ -16,7 +16,7 @@ pub use network::{
 pub use network::{ForwardSink, ForwarderConfig, GrpcForwarder, PeerAddressLookup};
 pub use node::{NodeError, NodeOptions, RaftNode};
 pub use store::{
-    open_raft_storage, SledLogReader, SledLogStore, StateMachineSnapshotBuilder, StateMachineStore,
-    StoreError, META_TREE,
+    open_raft_storage, ApplyFeed, FeedSlot, SledLogReader, SledLogStore,
+    StateMachineSnapshotBuilder, StateMachineStore, StoreError, META_TREE,
 };
 pub use types::{ClusterOp, ClusterRequest, ClusterResponse, NodeId, TypeConfig};

@@ -1,0 +1,161 @@
+//! The client registry in the state machine: writes to a client's session state are
+//! admitted only from the node that holds it, any node may add a new delivery, and the
+//! apply feed tells the broker what was applied and which sessions became its own.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use fleetmq_broker::persist::{self, OwnerRecord, SessionRecord, DELIVERIES, OWNERS, SESSIONS};
+use fleetmq_broker::Applied;
+use fleetmq_cluster::{
+    ApplyFeed, ClusterOp, ClusterRequest, NodeId, StateMachineStore, TypeConfig,
+};
+use fleetmq_storage::{KvEngine, MemoryEngine, WriteOp};
+use openraft::storage::RaftStateMachine;
+use openraft::testing::log_id;
+use openraft::{Entry, EntryPayload};
+
+fn put(tree: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> ClusterOp {
+    ClusterOp::Put {
+        tree: tree.into(),
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn entry(index: u64, origin: NodeId, ops: Vec<ClusterOp>) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(1, 1, index),
+        payload: EntryPayload::Normal(ClusterRequest { origin, ops }),
+    }
+}
+
+fn owner(node: NodeId, epoch: u64) -> Vec<u8> {
+    persist::encode(&OwnerRecord { node, epoch })
+}
+
+fn session(expiry: u32) -> Vec<u8> {
+    persist::encode(&SessionRecord {
+        protocol_level: 4,
+        expiry_interval: expiry,
+        subscriptions: vec![],
+        will: None,
+        disconnected_at_ms: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_owner_cannot_overwrite_but_anyone_adds_deliveries() {
+    let engine: Arc<dyn KvEngine> = Arc::new(MemoryEngine::new());
+    let mut sm = StateMachineStore::new(Arc::clone(&engine), persist::TREES).unwrap();
+    let delivery_key = persist::client_key("dev", &7u64.to_be_bytes());
+    let responses = sm
+        .apply([
+            // Node 1 creates the session.
+            entry(
+                1,
+                1,
+                vec![
+                    put(OWNERS, "dev", owner(1, 1)),
+                    put(SESSIONS, "dev", session(60)),
+                ],
+            ),
+            // Node 2 claims it.
+            entry(2, 2, vec![put(OWNERS, "dev", owner(2, 2))]),
+            // Node 1, not yet aware, rewrites the session and a delivery cursor; node 3
+            // routes a new message to it.
+            entry(
+                3,
+                1,
+                vec![
+                    put(SESSIONS, "dev", session(1)),
+                    put(
+                        DELIVERIES,
+                        persist::client_key("dev", &1u64.to_be_bytes()),
+                        "x",
+                    ),
+                ],
+            ),
+            entry(4, 3, vec![put(DELIVERIES, delivery_key.clone(), "d")]),
+            // A replay of node 3's write is not a second delivery.
+            entry(5, 3, vec![put(DELIVERIES, delivery_key.clone(), "d2")]),
+        ])
+        .await
+        .unwrap();
+    let fenced: Vec<usize> = responses.iter().map(|r| r.fenced_ops).collect();
+    assert_eq!(fenced, vec![0, 0, 1, 0, 1]);
+    // Node 1's writes after the claim: its new delivery key is admitted (a message it
+    // routed there), its session rewrite is not.
+    let stored: SessionRecord =
+        persist::decode(SESSIONS, &engine.get(SESSIONS, b"dev").unwrap().unwrap()).unwrap();
+    assert_eq!(
+        stored.expiry_interval, 60,
+        "the deposed owner's rewrite was fenced"
+    );
+    assert_eq!(
+        engine.get(DELIVERIES, &delivery_key).unwrap(),
+        Some(b"d".to_vec())
+    );
+
+    let responses = sm
+        .apply([entry(
+            6,
+            1,
+            vec![
+                ClusterOp::Delete {
+                    tree: DELIVERIES.into(),
+                    key: delivery_key.clone(),
+                },
+                ClusterOp::DeletePrefix {
+                    tree: DELIVERIES.into(),
+                    prefix: persist::client_prefix("dev"),
+                },
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(responses[0].fenced_ops, 2, "only the owner deletes");
+    assert!(engine.get(DELIVERIES, &delivery_key).unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_gets_each_entry_then_the_sessions_that_became_this_nodes() {
+    let engine: Arc<dyn KvEngine> = Arc::new(MemoryEngine::new());
+    let mut sm = StateMachineStore::new(Arc::clone(&engine), persist::TREES).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    *sm.feed_slot().lock().await = Some(ApplyFeed { node_id: 2, tx });
+    sm.apply([
+        entry(
+            1,
+            1,
+            vec![
+                put(OWNERS, "a", owner(1, 1)),
+                put(SESSIONS, "a", session(60)),
+            ],
+        ),
+        entry(2, 2, vec![put(OWNERS, "a", owner(2, 2))]),
+        // Claimed by 2 and then by 3 in the same apply: 2 gets no load for it.
+        entry(3, 2, vec![put(OWNERS, "b", owner(2, 1))]),
+        entry(4, 3, vec![put(OWNERS, "b", owner(3, 2))]),
+    ])
+    .await
+    .unwrap();
+    let mut entries = 0;
+    let mut loaded = Vec::new();
+    while let Ok(item) = rx.try_recv() {
+        match item {
+            Applied::Entry { origin, ops } => {
+                assert!(loaded.is_empty(), "every entry comes before the loads");
+                entries += 1;
+                assert!((1..=3).contains(&origin));
+                assert!(ops.iter().all(|op| matches!(op, WriteOp::Put { .. })));
+            }
+            Applied::Loaded { client, state } => {
+                loaded.push((client.to_string(), state.session.is_some()));
+            }
+        }
+    }
+    assert_eq!(entries, 4);
+    assert_eq!(loaded, vec![("a".to_string(), true)]);
+}
