@@ -23,4 +23,6 @@ pub use router::{Applied, ConnectReply, ConnectRequest, Event};
 pub use service::{BrokerParts, BrokerService, CommitError, Committer, LocalCommitter};
 
 #[cfg(test)]
+mod router_cluster_tests;
+#[cfg(test)]
 mod router_tests;
