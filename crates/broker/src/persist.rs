@@ -219,6 +219,9 @@ pub struct DeliveryRecord {
     /// (the session's owner picks it up from the replicated log), as opposed to a
     /// delivery its owner wrote and already holds in memory.
     pub for_remote_owner: bool,
+    /// The first write of this delivery (as opposed to a phase change): the only kind
+    /// a node that does not hold the session may make.
+    pub first_write: bool,
 }
 
 impl DeliveryRecord {
@@ -274,12 +277,12 @@ impl IdGen {
 /// cannot overwrite what the new owner wrote, however late its writes arrive; and every
 /// node decides the same, because the registry is replicated state too.
 ///
-/// `owner_of` answers the registry as of the writes applied before this one;
-/// `exists` whether a key is present.
+/// `value` is the put's value (`None` for deletes); `owner_of` answers the registry as
+/// of the writes applied before this one; `exists` whether a key is present.
 pub fn admit(
     tree: &str,
     key: &[u8],
-    is_put: bool,
+    value: Option<&[u8]>,
     origin: u64,
     owner_of: &mut dyn FnMut(&str) -> Option<u64>,
     exists: &mut dyn FnMut(&[u8]) -> bool,
@@ -295,8 +298,16 @@ pub fn admit(
     match owner_of(client) {
         None => true,
         Some(owner) if owner == origin => true,
-        // A message another node routed to this session: new deliveries only.
-        Some(_) => tree == DELIVERIES && is_put && !exists(key),
+        // A message another node routed to this session: the first write of a delivery
+        // not stored yet. A late phase change from a deposed owner is not one, even if
+        // the new owner has meanwhile completed and deleted the delivery.
+        Some(_) => {
+            tree == DELIVERIES
+                && value
+                    .and_then(|v| decode::<DeliveryRecord>(DELIVERIES, v).ok())
+                    .is_some_and(|d| d.first_write)
+                && !exists(key)
+        }
     }
 }
 
@@ -522,44 +533,36 @@ mod tests {
     fn only_the_owner_writes_a_clients_state_but_anyone_adds_deliveries() {
         let mut owner = |c: &str| (c == "dev").then_some(2);
         let delivery = client_key("dev", &7u64.to_be_bytes());
+        let qos2 = client_key("dev", &[0, 1]);
+        let record = |first_write| {
+            encode(&DeliveryRecord {
+                message_id: 1,
+                qos: 1,
+                retain: false,
+                subscription_ids: vec![],
+                inflight: Some((3, 1)),
+                for_remote_owner: false,
+                first_write,
+            })
+        };
+        let (first, update) = (record(true), record(false));
+        let (first, update) = (Some(first.as_slice()), Some(update.as_slice()));
+        let some = Some(&b"x"[..]);
         let mut absent = |_: &[u8]| false;
         let mut present = |_: &[u8]| true;
-        assert!(admit(SESSIONS, b"dev", true, 2, &mut owner, &mut absent));
-        assert!(!admit(SESSIONS, b"dev", true, 1, &mut owner, &mut absent));
-        assert!(!admit(
-            QOS2_IN,
-            &client_key("dev", &[0, 1]),
-            true,
-            1,
-            &mut owner,
-            &mut absent
-        ));
-        assert!(admit(
-            DELIVERIES,
-            &delivery,
-            true,
-            1,
-            &mut owner,
-            &mut absent
-        ));
-        assert!(!admit(
-            DELIVERIES,
-            &delivery,
-            true,
-            1,
-            &mut owner,
-            &mut present
-        ));
-        assert!(!admit(
-            DELIVERIES,
-            &delivery,
-            false,
-            1,
-            &mut owner,
-            &mut present
-        ));
-        assert!(admit(SESSIONS, b"other", true, 1, &mut owner, &mut absent));
-        assert!(admit(RETAINED, b"t", true, 1, &mut owner, &mut absent));
+        let mut check = |tree, key: &[u8], value, origin, exists: &mut dyn FnMut(&[u8]) -> bool| {
+            admit(tree, key, value, origin, &mut owner, exists)
+        };
+        assert!(check(SESSIONS, b"dev", some, 2, &mut absent));
+        assert!(!check(SESSIONS, b"dev", some, 1, &mut absent));
+        assert!(!check(QOS2_IN, &qos2, some, 1, &mut absent));
+        assert!(check(DELIVERIES, &delivery, first, 1, &mut absent));
+        assert!(!check(DELIVERIES, &delivery, first, 1, &mut present));
+        assert!(!check(DELIVERIES, &delivery, update, 1, &mut absent));
+        assert!(check(DELIVERIES, &delivery, update, 2, &mut present));
+        assert!(!check(DELIVERIES, &delivery, None, 1, &mut present));
+        assert!(check(SESSIONS, b"other", some, 1, &mut absent));
+        assert!(check(RETAINED, b"t", some, 1, &mut absent));
     }
 
     #[test]

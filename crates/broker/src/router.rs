@@ -389,6 +389,7 @@ impl Router {
                 qos: QoS::from_u8(record.qos).unwrap_or(QoS::AtLeastOnce),
                 retain: record.retain,
                 subscription_ids: record.subscription_ids.clone(),
+                persisted: true,
             };
             match record.phase() {
                 Some((packet_id, phase)) => {
@@ -608,6 +609,7 @@ impl Router {
             qos: QoS::from_u8(record.qos).unwrap_or(QoS::AtLeastOnce),
             retain: record.retain,
             subscription_ids: record.subscription_ids,
+            persisted: true,
         };
         self.core.enqueue(session, delivery, true);
     }
@@ -1392,6 +1394,7 @@ impl Core {
             subscription_ids,
             inflight: None,
             for_remote_owner: true,
+            first_write: true,
         };
         self.round.batch.put(
             DELIVERIES,
@@ -1403,7 +1406,7 @@ impl Core {
     fn store_delivery(
         &mut self,
         client: &str,
-        delivery: &Delivery,
+        delivery: &mut Delivery,
         inflight: Option<(u16, Phase)>,
     ) {
         if let Some(id) = delivery.stored_id {
@@ -1414,7 +1417,9 @@ impl Core {
                 subscription_ids: delivery.subscription_ids.clone(),
                 inflight: inflight.map(|(pid, phase)| (pid, phase.as_u8())),
                 for_remote_owner: false,
+                first_write: !delivery.persisted,
             };
+            delivery.persisted = true;
             self.round.batch.put(
                 DELIVERIES,
                 client_key(client, &delivery.seq.to_be_bytes()),
@@ -1455,6 +1460,7 @@ impl Core {
             qos,
             retain,
             subscription_ids,
+            persisted: false,
         };
         if session.is_persistent() {
             delivery.stored_id = Some(self.store_message(message, stored_id));
@@ -1465,7 +1471,7 @@ impl Core {
     /// Sends a QoS 1/2 delivery now if the window allows, else queues it, or drops
     /// by policy when the queue is full. `stored`: its record is already in storage
     /// (another node wrote it).
-    fn enqueue(&mut self, session: &mut Session, delivery: Delivery, stored: bool) {
+    fn enqueue(&mut self, session: &mut Session, mut delivery: Delivery, stored: bool) {
         if session.queue.is_empty() && session.has_window() {
             self.start_inflight(session, delivery);
             return;
@@ -1488,13 +1494,13 @@ impl Core {
             }
         }
         if !stored {
-            self.store_delivery(&session.client_id, &delivery, None);
+            self.store_delivery(&session.client_id, &mut delivery, None);
         }
         session.queue.push_back(delivery);
         Metrics::gauge_add(&self.metrics.queued_messages_current, 1);
     }
 
-    fn start_inflight(&mut self, session: &mut Session, delivery: Delivery) {
+    fn start_inflight(&mut self, session: &mut Session, mut delivery: Delivery) {
         let Some(handle) = session.connection.clone() else {
             return;
         };
@@ -1504,7 +1510,7 @@ impl Core {
         } else {
             Phase::AwaitPubAck
         };
-        self.store_delivery(&session.client_id, &delivery, Some((packet_id, phase)));
+        self.store_delivery(&session.client_id, &mut delivery, Some((packet_id, phase)));
         self.send_publish(&handle, &delivery, Some(packet_id), false);
         session.inflight.push_back(Inflight {
             packet_id,
@@ -1624,8 +1630,12 @@ impl Core {
         let entry = &mut session.inflight[at];
         if entry.phase == Phase::AwaitPubRec {
             entry.phase = Phase::AwaitPubComp;
-            let delivery = entry.delivery.clone();
-            self.store_delivery(&client, &delivery, Some((packet_id, Phase::AwaitPubComp)));
+            let mut delivery = entry.delivery.clone();
+            self.store_delivery(
+                &client,
+                &mut delivery,
+                Some((packet_id, Phase::AwaitPubComp)),
+            );
         }
         self.send(&handle, Outgoing::ack(AckKind::PubRel, packet_id));
     }

@@ -27,6 +27,8 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// Its record is in storage (written once before, here or by another node).
+    pub persisted: bool,
 }
 
 /// Where an outgoing QoS 1/2 message stands.
@@ -168,6 +170,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             subscription_ids: vec![],
+            persisted: false,
         }
     }
 

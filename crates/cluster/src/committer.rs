@@ -23,18 +23,28 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Proposes each batch to the Raft group and waits for it to be committed.
 pub struct RaftCommitter {
     raft: Raft<TypeConfig>,
+    /// The `request_seq` of the next batch: starts at the clock so it keeps growing
+    /// across restarts of this node.
+    next_request: u64,
     /// The leader last forwarded to, and a channel to it.
     leader: Option<(NodeId, PeerServiceClient<Channel>)>,
 }
 
 impl RaftCommitter {
     pub fn new(raft: Raft<TypeConfig>) -> Self {
-        RaftCommitter { raft, leader: None }
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        RaftCommitter {
+            raft,
+            next_request: micros,
+            leader: None,
+        }
     }
 }
 
 /// The replicated form of a broker write batch proposed by node `origin`.
-pub fn to_request(origin: NodeId, batch: WriteBatch) -> ClusterRequest {
+pub fn to_request(origin: NodeId, request_seq: u64, batch: WriteBatch) -> ClusterRequest {
     let ops = batch
         .into_ops()
         .into_iter()
@@ -54,7 +64,11 @@ pub fn to_request(origin: NodeId, batch: WriteBatch) -> ClusterRequest {
             },
         })
         .collect();
-    ClusterRequest { origin, ops }
+    ClusterRequest {
+        origin,
+        request_seq,
+        ops,
+    }
 }
 
 fn replication(what: impl std::fmt::Display) -> CommitError {
@@ -158,7 +172,8 @@ impl Committer for RaftCommitter {
     /// replayed delivery only once.
     async fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
         let me = self.raft.metrics().borrow().id;
-        let request = to_request(me, batch);
+        self.next_request += 1;
+        let request = to_request(me, self.next_request, batch);
         let mut attempts = 0u64;
         loop {
             match self.try_commit(request.clone()).await {

@@ -174,7 +174,11 @@ async fn adopt(
     let moved = ops.len();
     while !ops.is_empty() {
         let rest = ops.split_off(ops.len().min(MOVES_PER_ENTRY));
-        let request = ClusterRequest { origin: me, ops };
+        let request = ClusterRequest {
+            origin: me,
+            request_seq: 0,
+            ops,
+        };
         raft.client_write(request)
             .await
             .map_err(|e| e.to_string())?;

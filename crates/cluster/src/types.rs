@@ -38,6 +38,9 @@ pub struct ClusterRequest {
     /// The node that proposed the batch: the state machine admits writes to a
     /// client's session state only from the node the client registry names.
     pub origin: NodeId,
+    /// Increases with every batch `origin` proposes (a retry keeps it), so the state
+    /// machine applies a batch that landed twice only once. 0: not deduplicated.
+    pub request_seq: u64,
     pub ops: Vec<ClusterOp>,
 }
 
@@ -59,6 +62,8 @@ pub struct ClusterResponse {
     pub skipped_ops: usize,
     /// Ops skipped because their origin no longer holds the client's session.
     pub fenced_ops: usize,
+    /// The whole request was skipped: the same request was applied before.
+    pub duplicate: bool,
 }
 
 openraft::declare_raft_types!(

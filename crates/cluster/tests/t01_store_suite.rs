@@ -47,7 +47,11 @@ fn put(tree: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Cluste
 fn normal(index: u64, ops: Vec<ClusterOp>) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(1, 1, index),
-        payload: EntryPayload::Normal(ClusterRequest { origin: 1, ops }),
+        payload: EntryPayload::Normal(ClusterRequest {
+            origin: 1,
+            request_seq: 0,
+            ops,
+        }),
     }
 }
 
@@ -264,11 +268,13 @@ fn unknown_tree_is_skipped_and_counted() {
             vec![
                 ClusterResponse {
                     skipped_ops: 3,
-                    fenced_ops: 0
+                    fenced_ops: 0,
+                    duplicate: false,
                 },
                 ClusterResponse {
                     skipped_ops: 0,
-                    fenced_ops: 0
+                    fenced_ops: 0,
+                    duplicate: false,
                 }
             ]
         );

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use fleetmq_broker::persist::{self, OwnerRecord, SessionRecord, DELIVERIES, OWNERS, SESSIONS};
+use fleetmq_broker::persist::{
+    self, DeliveryRecord, OwnerRecord, SessionRecord, DELIVERIES, OWNERS, SESSIONS,
+};
 use fleetmq_broker::Applied;
 use fleetmq_cluster::{
     ApplyFeed, ClusterOp, ClusterRequest, NodeId, StateMachineStore, TypeConfig,
@@ -25,10 +27,30 @@ fn put(tree: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Cluste
 }
 
 fn entry(index: u64, origin: NodeId, ops: Vec<ClusterOp>) -> Entry<TypeConfig> {
+    request(index, origin, 0, ops)
+}
+
+fn request(index: u64, origin: NodeId, seq: u64, ops: Vec<ClusterOp>) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(1, 1, index),
-        payload: EntryPayload::Normal(ClusterRequest { origin, ops }),
+        payload: EntryPayload::Normal(ClusterRequest {
+            origin,
+            request_seq: seq,
+            ops,
+        }),
     }
+}
+
+fn delivery(first_write: bool, phase: Option<(u16, u8)>) -> Vec<u8> {
+    persist::encode(&DeliveryRecord {
+        message_id: 1,
+        qos: 2,
+        retain: false,
+        subscription_ids: vec![],
+        inflight: phase,
+        for_remote_owner: false,
+        first_write,
+    })
 }
 
 fn owner(node: NodeId, epoch: u64) -> Vec<u8> {
@@ -63,8 +85,9 @@ async fn a_deposed_owner_cannot_overwrite_but_anyone_adds_deliveries() {
             ),
             // Node 2 claims it.
             entry(2, 2, vec![put(OWNERS, "dev", owner(2, 2))]),
-            // Node 1, not yet aware, rewrites the session and a delivery cursor; node 3
-            // routes a new message to it.
+            // Node 1, not yet aware, rewrites the session, moves a delivery to its next
+            // phase (a key node 2 may have completed and deleted meanwhile) and stores a
+            // message it routed there; node 3 routes a new message to it.
             entry(
                 3,
                 1,
@@ -73,20 +96,44 @@ async fn a_deposed_owner_cannot_overwrite_but_anyone_adds_deliveries() {
                     put(
                         DELIVERIES,
                         persist::client_key("dev", &1u64.to_be_bytes()),
-                        "x",
+                        delivery(false, Some((5, 3))),
+                    ),
+                    put(
+                        DELIVERIES,
+                        persist::client_key("dev", &2u64.to_be_bytes()),
+                        delivery(true, Some((6, 2))),
                     ),
                 ],
             ),
-            entry(4, 3, vec![put(DELIVERIES, delivery_key.clone(), "d")]),
-            // A replay of node 3's write is not a second delivery.
-            entry(5, 3, vec![put(DELIVERIES, delivery_key.clone(), "d2")]),
+            entry(
+                4,
+                3,
+                vec![put(DELIVERIES, delivery_key.clone(), delivery(true, None))],
+            ),
+            // Another first write of the same key is not a second delivery.
+            entry(
+                5,
+                3,
+                vec![put(
+                    DELIVERIES,
+                    delivery_key.clone(),
+                    delivery(true, Some((1, 1))),
+                )],
+            ),
         ])
         .await
         .unwrap();
     let fenced: Vec<usize> = responses.iter().map(|r| r.fenced_ops).collect();
-    assert_eq!(fenced, vec![0, 0, 1, 0, 1]);
-    // Node 1's writes after the claim: its new delivery key is admitted (a message it
-    // routed there), its session rewrite is not.
+    assert_eq!(fenced, vec![0, 0, 2, 0, 1]);
+    assert!(engine
+        .get(DELIVERIES, &persist::client_key("dev", &1u64.to_be_bytes()))
+        .unwrap()
+        .is_none());
+    assert!(engine
+        .get(DELIVERIES, &persist::client_key("dev", &2u64.to_be_bytes()))
+        .unwrap()
+        .is_some());
+    // Node 1's session rewrite after the claim was not applied.
     let stored: SessionRecord =
         persist::decode(SESSIONS, &engine.get(SESSIONS, b"dev").unwrap().unwrap()).unwrap();
     assert_eq!(
@@ -95,7 +142,7 @@ async fn a_deposed_owner_cannot_overwrite_but_anyone_adds_deliveries() {
     );
     assert_eq!(
         engine.get(DELIVERIES, &delivery_key).unwrap(),
-        Some(b"d".to_vec())
+        Some(delivery(true, None))
     );
 
     let responses = sm
@@ -117,6 +164,33 @@ async fn a_deposed_owner_cannot_overwrite_but_anyone_adds_deliveries() {
         .unwrap();
     assert_eq!(responses[0].fenced_ops, 2, "only the owner deletes");
     assert!(engine.get(DELIVERIES, &delivery_key).unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_landed_twice_is_applied_once() {
+    let engine: Arc<dyn KvEngine> = Arc::new(MemoryEngine::new());
+    let mut sm = StateMachineStore::new(Arc::clone(&engine), persist::TREES).unwrap();
+    let key = persist::client_key("dev", &9u64.to_be_bytes());
+    let create = vec![put(DELIVERIES, key.clone(), delivery(true, None))];
+    let delete = vec![ClusterOp::Delete {
+        tree: DELIVERIES.into(),
+        key: key.clone(),
+    }];
+    let responses = sm
+        .apply([
+            request(1, 3, 100, create.clone()),
+            request(2, 3, 101, delete),
+            // Node 3's first attempt timed out although it had committed: it retried.
+            request(3, 3, 100, create),
+        ])
+        .await
+        .unwrap();
+    let duplicate: Vec<bool> = responses.iter().map(|r| r.duplicate).collect();
+    assert_eq!(duplicate, vec![false, false, true]);
+    assert!(
+        engine.get(DELIVERIES, &key).unwrap().is_none(),
+        "the completed delivery did not come back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,13 +45,15 @@ pub const META_TREE: &str = "raft_meta";
 const APPLIED_KEY: &[u8] = b"applied";
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
 /// Bump when [`SnapshotBlob`] changes shape, so a node refuses a snapshot it would misread.
-const SNAPSHOT_FORMAT: u8 = 1;
+const SNAPSHOT_FORMAT: u8 = 2;
 
 /// How far the state machine has got.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct AppliedState {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, BasicNode>,
+    /// Per proposing node, the highest `request_seq` applied.
+    last_request: std::collections::BTreeMap<NodeId, u64>,
 }
 
 /// One tree's contents in a snapshot.
@@ -303,6 +305,17 @@ impl StateMachineStore {
                 EntryPayload::Blank => responses.push(ClusterResponse::default()),
                 EntryPayload::Normal(request) => {
                     let mut response = ClusterResponse::default();
+                    // A proposal retried after a timeout may be in the log twice; the
+                    // second copy must not re-create what was deleted in between.
+                    if request.request_seq != 0 {
+                        let last = applied.last_request.entry(request.origin).or_insert(0);
+                        if request.request_seq <= *last {
+                            response.duplicate = true;
+                            responses.push(response);
+                            continue;
+                        }
+                        *last = request.request_seq;
+                    }
                     let mut admitted = Vec::new();
                     for op in request.ops {
                         let op = match op {
@@ -321,11 +334,13 @@ impl StateMachineStore {
                             response.skipped_ops += 1;
                             continue;
                         };
-                        let (tree, key, is_put) = match &op {
-                            WriteOp::Put { tree, key, .. } => (*tree, key.as_slice(), true),
-                            WriteOp::Delete { tree, key } => (*tree, key.as_slice(), false),
+                        let (tree, key, value) = match &op {
+                            WriteOp::Put { tree, key, value } => {
+                                (*tree, key.as_slice(), Some(value.as_slice()))
+                            }
+                            WriteOp::Delete { tree, key } => (*tree, key.as_slice(), None),
                             WriteOp::DeletePrefix { tree, prefix } => {
-                                (*tree, prefix.as_slice(), false)
+                                (*tree, prefix.as_slice(), None)
                             }
                         };
                         let mut failure = None;
@@ -351,7 +366,7 @@ impl StateMachineStore {
                         let admit = persist::admit(
                             tree,
                             key,
-                            is_put,
+                            value,
                             request.origin,
                             &mut owner_of,
                             &mut exists,
@@ -363,7 +378,7 @@ impl StateMachineStore {
                             response.fenced_ops += 1;
                             continue;
                         }
-                        if tree == OWNERS && is_put {
+                        if tree == OWNERS && value.is_some() {
                             claimed.insert(key.to_vec());
                         }
                         overlay.record(&op);
@@ -511,6 +526,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let applied = AppliedState {
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
+            last_request: blob.applied.last_request.clone(),
         };
         if blob.format != SNAPSHOT_FORMAT || blob.applied != applied {
             return Err(StoreError::Corrupt(format!(

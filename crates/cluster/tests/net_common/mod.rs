@@ -206,6 +206,7 @@ pub fn put(key: &str, value: &str) -> ClusterRequest {
     ClusterRequest {
         // No client registry entry exists for these keys, so any origin is admitted.
         origin: 0,
+        request_seq: 0,
         ops: vec![ClusterOp::Put {
             tree: "sessions".to_owned(),
             key: key.as_bytes().to_vec(),
