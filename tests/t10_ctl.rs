@@ -1,9 +1,11 @@
-//! `fleetmq ctl status` against a running node: members, leader and state, for people
-//! and as JSON.
+//! `fleetmq ctl` against running nodes: `status` (members, leader and state) and
+//! `members list|add|remove`, for people and as JSON.
 
+use std::net::SocketAddr;
 use std::process::Command;
 
-use fleetmq_tests::{broker_binary, BrokerProcess};
+use fleetmq_tests::broker::free_port;
+use fleetmq_tests::{broker_binary, BrokerOptions, BrokerProcess};
 
 fn ctl(args: &[&str]) -> std::process::Output {
     Command::new(broker_binary())
@@ -52,4 +54,142 @@ fn status_of_an_unreachable_node_fails_and_says_where() {
         err.contains("127.0.0.1:1") && err.contains("--grpc"),
         "{err}"
     );
+}
+
+/// Runs `fleetmq ctl` and returns its stdout, panicking with its stderr when it fails.
+fn must_ctl(args: &[&str]) -> String {
+    let out = ctl(args);
+    assert!(
+        out.status.success(),
+        "fleetmq ctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn must_ctl_json(args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.extend(["--output", "json"]);
+    serde_json::from_str(&must_ctl(&args)).expect("JSON output")
+}
+
+/// `(id, role)` of every member in a `members` JSON array, by id.
+fn roles(value: &serde_json::Value) -> Vec<(u64, String)> {
+    let mut roles: Vec<(u64, String)> = value["members"]
+        .as_array()
+        .expect("members array")
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().expect("member id"),
+                m["role"].as_str().expect("member role").to_owned(),
+            )
+        })
+        .collect();
+    roles.sort();
+    roles
+}
+
+#[test]
+fn members_list_shows_the_single_node_as_leader() {
+    let broker = BrokerProcess::start_default();
+    let grpc = broker.grpc_addr.to_string();
+
+    let list = must_ctl_json(&["members", "list", "--grpc", &grpc]);
+    assert_eq!(list["leader_id"], 1);
+    assert_eq!(roles(&list), vec![(1, "leader".to_owned())]);
+    assert_eq!(list["members"][0]["address"], grpc.as_str());
+
+    let text = must_ctl(&["--grpc", &grpc, "members", "list"]);
+    assert!(text.contains("leader: 1"), "{text}");
+    assert!(text.contains(&grpc) && text.contains("leader"), "{text}");
+}
+
+#[test]
+fn members_changes_that_cannot_be_made_fail_with_the_reason() {
+    let broker = BrokerProcess::start_default();
+    let grpc = broker.grpc_addr.to_string();
+
+    let out = ctl(&["members", "remove", "1", "--grpc", &grpc]);
+    assert!(!out.status.success(), "removing the only voter must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("removing node 1") && err.contains(&grpc),
+        "{err}"
+    );
+
+    let out = ctl(&["members", "remove", "7", "--grpc", &grpc]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node 7 is not a member"), "{err}");
+
+    let out = ctl(&["members", "add", "2", "no-port", "--grpc", &grpc]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a host:port address"), "{err}");
+
+    // Nothing changed.
+    let list = must_ctl_json(&["members", "list", "--grpc", &grpc]);
+    assert_eq!(roles(&list), vec![(1, "leader".to_owned())]);
+}
+
+#[test]
+fn members_add_and_remove_a_second_node_through_either_node() {
+    let first = BrokerProcess::start_default();
+    let first_grpc = first.grpc_addr.to_string();
+    // A node that knows the cluster but is not in it yet: it is not the lowest id, so
+    // it waits to be added instead of starting a group of its own.
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let second_grpc_addr = loopback(free_port());
+    let second_grpc = second_grpc_addr.to_string();
+    let mut second = BrokerProcess::launch(
+        BrokerOptions::new()
+            .node_id(2)
+            .args([
+                "--peers".to_owned(),
+                format!("1={first_grpc},2={second_grpc}"),
+            ])
+            .addrs(
+                loopback(free_port()),
+                loopback(free_port()),
+                second_grpc_addr,
+            ),
+    )
+    .expect("launch node 2");
+    assert_eq!(second.grpc_addr.to_string(), second_grpc);
+
+    // The leader waits until node 2 has caught up, however long node 2 takes to start.
+    let added = must_ctl_json(&["members", "add", "2", &second_grpc, "--grpc", &first_grpc]);
+    assert_eq!(
+        roles(&added),
+        vec![(1, "leader".to_owned()), (2, "voter".to_owned())]
+    );
+    assert_eq!(added["leader_id"], 1);
+
+    // Node 2 serves MQTT once it has joined and caught up.
+    second
+        .wait_listening(fleetmq_tests::WAIT)
+        .expect("node 2 listens after joining");
+
+    // The new member knows the membership and the leader.
+    let deadline = std::time::Instant::now() + fleetmq_tests::WAIT;
+    loop {
+        let list = must_ctl_json(&["members", "list", "--grpc", &second_grpc]);
+        if list["leader_id"] == 1
+            && roles(&list) == vec![(1, "leader".to_owned()), (2, "voter".to_owned())]
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 does not see the new membership: {list:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // Asked through the follower, `remove` follows its answer to the leader.
+    let text = must_ctl(&["members", "remove", "2", "--grpc", &second_grpc]);
+    assert!(text.contains("node 2 removed"), "{text}");
+    let list = must_ctl_json(&["members", "list", "--grpc", &first_grpc]);
+    assert_eq!(roles(&list), vec![(1, "leader".to_owned())]);
 }

@@ -576,3 +576,159 @@ class Client:
             self.stop_loop()
         except Exception:  # noqa: BLE001
             pass
+
+
+# ---------------------------------------------------------------------------------------
+# Clusters: three `fleetmq serve` processes forming one Raft group.
+class ClusterNode(Broker):
+    """One node of a cluster: its id, ports chosen by the cluster (every node's
+    `--peers` names every node's gRPC port, so they never move) and `--peers`."""
+
+    def __init__(self, binary: Path, workdir: Path, node_id: int, ports: list[int],
+                 peers: str, config: dict | str | None = None):
+        super().__init__(binary, workdir, config=config, name=f"node{node_id}")
+        self.node_id = node_id
+        self.port, self.admin_port, self.grpc_port = ports
+        self.peers = peers
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        cmd[cmd.index("--node-id") + 1] = str(self.node_id)
+        return cmd + ["--peers", self.peers]
+
+    def spawn(self) -> None:
+        """Starts the process on its ports without waiting for it."""
+        if not self.binary.exists():
+            raise BrokerError(
+                f"fleetmq binary not found at {self.binary}. Build it first with "
+                f"`cargo build -p fleetmq` (or set FLEETMQ_BIN to the binary to test).")
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start #{self.starts}: {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self._env(), cwd=self.workdir, start_new_session=True)
+
+    def ready(self) -> bool:
+        """Accepts MQTT connections and answers GET /readyz with 200."""
+        if not port_open(self.host, self.port):
+            return False
+        try:
+            status, _ = self.http_get("/readyz", timeout=2.0)
+        except OSError:
+            return False
+        return status == 200
+
+    def start(self, timeout: float = 30.0) -> "ClusterNode":
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BrokerError(f"{self.name} exited with {self.proc.returncode}\n"
+                                  f"--- log ---\n{self.log_tail(20_000)}")
+            if self.ready():
+                return self
+            time.sleep(0.1)
+        raise BrokerError(f"{self.name} not ready within {timeout:.0f}s\n"
+                          f"--- log ---\n{self.log_tail(20_000)}")
+
+    def status(self, timeout: float = 10.0) -> dict:
+        """`fleetmq ctl status --output json` of this node."""
+        out = subprocess.run(
+            [str(self.binary), "ctl", "status", "--grpc", f"{self.host}:{self.grpc_port}",
+             "--output", "json"],
+            capture_output=True, timeout=timeout, env=self._env(), check=False)
+        if out.returncode != 0:
+            raise BrokerError(f"ctl status of {self.name} failed: "
+                              f"{out.stderr.decode('utf-8', 'replace').strip()}")
+        import json
+        return json.loads(out.stdout)
+
+
+class Cluster:
+    """Three nodes on loopback ports chosen together, started together (the lowest id
+    initializes the Raft group and waits for a quorum)."""
+
+    def __init__(self, binary: Path, workdir: Path, size: int = 3,
+                 config: dict | str | None = None):
+        ports = free_ports(3 * size)
+        peers = ",".join(f"{i + 1}=127.0.0.1:{ports[3 * i + 2]}" for i in range(size))
+        self.nodes = [ClusterNode(binary, workdir / f"node{i + 1}", i + 1,
+                                  ports[3 * i:3 * i + 3], peers, config=config)
+                      for i in range(size)]
+
+    def node(self, node_id: int) -> ClusterNode:
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout: float = 30.0) -> "Cluster":
+        for n in self.nodes:
+            n.spawn()
+        deadline = time.monotonic() + timeout
+        pending = list(self.nodes)
+        while pending:
+            for n in list(pending):
+                if n.proc is not None and n.proc.poll() is not None:
+                    raise BrokerError(f"{n.name} exited with {n.proc.returncode} while the "
+                                      f"cluster started\n{self.log_tails()}")
+                if n.ready():
+                    pending.remove(n)
+            if pending and time.monotonic() > deadline:
+                raise BrokerError(f"{[n.name for n in pending]} not ready (GET /readyz) within "
+                                  f"{timeout:.0f}s\n{self.log_tails()}")
+            time.sleep(0.1)
+        self.leader()
+        return self
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node."""
+        self.node(node_id).kill()
+
+    def restart(self, node_id: int, timeout: float = 30.0) -> ClusterNode:
+        """Starts a node again on the same ports and data, waits until it is ready."""
+        n = self.node(node_id)
+        n.kill()
+        return n.start(timeout)
+
+    def leader(self, among: list[int] | None = None, timeout: float = 30.0) -> int:
+        """The leader every node of `among` (default: the running ones) names, once they
+        agree and it is one of them."""
+        ids = among or [n.node_id for n in self.nodes if n.running]
+        deadline = time.monotonic() + timeout
+        last: dict[int, Any] = {}
+        while True:
+            for i in ids:
+                try:
+                    last[i] = self.node(i).status()
+                except (BrokerError, subprocess.TimeoutExpired, ValueError) as e:
+                    last[i] = str(e)
+            leaders = {s.get("leader_id") if isinstance(s, dict) else None
+                       for s in last.values()}
+            if len(leaders) == 1:
+                leader = leaders.pop()
+                if leader in ids and isinstance(last[leader], dict) \
+                        and last[leader].get("state") == "leader":
+                    return leader
+            if time.monotonic() > deadline:
+                raise BrokerError(f"nodes {ids} did not agree on a leader within {timeout:.0f}s: "
+                                  f"{last}\n{self.log_tails()}")
+            time.sleep(0.2)
+
+    def log_tails(self, max_chars: int = 6_000) -> str:
+        return "\n".join(f"--- {n.name} log ---\n{n.log_tail(max_chars)}" for n in self.nodes)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.kill()
+
+
+def publish_within(client: Client, topic: str, payload: bytes | str, qos: int,
+                   timeout: float) -> bool:
+    """PUBLISH and wait up to `timeout` for it to complete (PUBACK / PUBCOMP); whether
+    it did. Unlike `Client.publish`, a slow acknowledgement is not a failure here."""
+    info = client.paho.publish(topic, payload, qos=qos)
+    try:
+        info.wait_for_publish(timeout=timeout)
+    except (RuntimeError, ValueError):  # not connected, or the queue refused it
+        return False
+    return info.is_published()

@@ -25,6 +25,16 @@ pub struct BrokerOptions {
     pub storage: Option<String>,
     /// More arguments after `serve`.
     pub extra_args: Vec<String>,
+    /// `--node-id`; 1 when `None`.
+    pub node_id: Option<u64>,
+    /// The MQTT listener; a free loopback port when `None`. A node whose ports were
+    /// all chosen by the caller (e.g. a cluster node named in the others' `--peers`)
+    /// is never moved to other ports.
+    pub mqtt_addr: Option<SocketAddr>,
+    /// The admin HTTP listener; a free loopback port when `None`.
+    pub admin_addr: Option<SocketAddr>,
+    /// The gRPC listener; a free loopback port when `None`.
+    pub grpc_addr: Option<SocketAddr>,
 }
 
 impl BrokerOptions {
@@ -51,6 +61,34 @@ impl BrokerOptions {
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
         self
+    }
+
+    /// `--node-id id` instead of 1.
+    pub fn node_id(mut self, id: u64) -> Self {
+        self.node_id = Some(id);
+        self
+    }
+
+    /// Listen on these addresses instead of free ports chosen at start.
+    pub fn addrs(mut self, mqtt: SocketAddr, admin: SocketAddr, grpc: SocketAddr) -> Self {
+        self.mqtt_addr = Some(mqtt);
+        self.admin_addr = Some(admin);
+        self.grpc_addr = Some(grpc);
+        self
+    }
+
+    /// Appends arguments after `serve`, e.g. `.args(["--peers", "1=127.0.0.1:7000"])`.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    fn has_fixed_addrs(&self) -> bool {
+        self.mqtt_addr.is_some() || self.admin_addr.is_some() || self.grpc_addr.is_some()
     }
 }
 
@@ -114,42 +152,17 @@ impl BrokerProcess {
     /// Starts a node and waits until its MQTT and admin ports accept TCP. Panics with
     /// the node's log when it does not come up.
     pub fn start(opts: BrokerOptions) -> BrokerProcess {
-        let dir = tempfile::Builder::new()
-            .prefix("fleetmq-test-")
-            .tempdir()
-            .expect("create a temporary directory");
-        let dir_path = dir.path().to_path_buf();
-        let data_dir = opts
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| dir_path.join("data"));
-        let log_path = dir_path.join("fleetmq.log");
-        let config_path = opts.config.as_ref().map(|text| {
-            let path = dir_path.join("fleetmq.toml");
-            fs::write(&path, text).expect("write the config file");
-            path
-        });
-        let mut broker = BrokerProcess {
-            child: None,
-            dir: Some(dir),
-            dir_path,
-            data_dir,
-            log_path,
-            config_path,
-            opts,
-            mqtt_addr: free_addr(),
-            admin_addr: free_addr(),
-            grpc_addr: free_addr(),
-        };
+        let mut broker = BrokerProcess::prepare(opts).unwrap_or_else(|e| panic!("{e}"));
         // Another test may grab a port between our probe and the node's bind: retry
-        // with fresh ports when that is why the node stopped.
+        // with fresh ports when that is why the node stopped (unless the caller chose
+        // the ports).
         for attempt in 0.. {
             match broker.spawn_and_wait() {
                 Ok(()) => return broker,
                 Err(e) => {
                     let log = broker.log_tail(60);
                     let port_clash = log.contains("in use") || log.contains("AddrInUse");
-                    if port_clash && attempt < 4 {
+                    if port_clash && attempt < 4 && !broker.opts.has_fixed_addrs() {
                         broker.kill9();
                         broker.mqtt_addr = free_addr();
                         broker.admin_addr = free_addr();
@@ -166,6 +179,56 @@ impl BrokerProcess {
         unreachable!()
     }
 
+    /// Spawns a node without waiting for it: for nodes that must start together
+    /// (a cluster's first node waits for a quorum). Wait with
+    /// [`wait_listening`](Self::wait_listening). Never retries on other ports.
+    pub fn launch(opts: BrokerOptions) -> Result<BrokerProcess, String> {
+        let mut broker = BrokerProcess::prepare(opts)?;
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// A fresh directory, the config file and the addresses; nothing runs yet.
+    fn prepare(opts: BrokerOptions) -> Result<BrokerProcess, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("fleetmq-test-")
+            .tempdir()
+            .map_err(|e| format!("create a temporary directory: {e}"))?;
+        let dir_path = dir.path().to_path_buf();
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir_path.join("data"));
+        let log_path = dir_path.join("fleetmq.log");
+        let config_path = match opts.config.as_ref() {
+            Some(text) => {
+                let path = dir_path.join("fleetmq.toml");
+                fs::write(&path, text).map_err(|e| format!("write the config file: {e}"))?;
+                Some(path)
+            }
+            None => None,
+        };
+        Ok(BrokerProcess {
+            child: None,
+            dir: Some(dir),
+            dir_path,
+            data_dir,
+            log_path,
+            config_path,
+            mqtt_addr: opts.mqtt_addr.unwrap_or_else(free_addr),
+            admin_addr: opts.admin_addr.unwrap_or_else(free_addr),
+            grpc_addr: opts.grpc_addr.unwrap_or_else(free_addr),
+            opts,
+        })
+    }
+
+    /// Spawns the process again (same data directory, ports and configuration)
+    /// without waiting; kills it first if it runs.
+    pub fn respawn(&mut self) -> Result<(), String> {
+        self.kill9();
+        self.spawn()
+    }
+
     /// Starts a node with the binary's defaults.
     pub fn start_default() -> BrokerProcess {
         Self::start(BrokerOptions::default())
@@ -178,7 +241,7 @@ impl BrokerProcess {
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         self.spawn()?;
-        self.wait_ready()
+        self.wait_listening(START_TIMEOUT)
     }
 
     fn spawn(&mut self) -> Result<(), String> {
@@ -190,9 +253,10 @@ impl BrokerProcess {
             .map_err(|e| format!("open log {}: {e}", self.log_path.display()))?;
         let log_out = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&bin);
+        let node_id = self.opts.node_id.unwrap_or(1).to_string();
         cmd.arg("serve")
             .arg("--node-id")
-            .arg("1")
+            .arg(node_id)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--mqtt-listen")
@@ -227,8 +291,10 @@ impl BrokerProcess {
         Ok(())
     }
 
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + START_TIMEOUT;
+    /// Waits (up to `timeout`) until the MQTT and admin ports accept TCP; `Err` when
+    /// the process exits or the time is up.
+    pub fn wait_listening(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
         let mut mqtt_up = false;
         let mut admin_up = false;
         loop {
@@ -251,7 +317,7 @@ impl BrokerProcess {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "not ready after {START_TIMEOUT:?} (mqtt {} up: {mqtt_up}, admin {} up: {admin_up})",
+                    "not ready after {timeout:?} (mqtt {} up: {mqtt_up}, admin {} up: {admin_up})",
                     self.mqtt_addr, self.admin_addr
                 ));
             }
@@ -298,6 +364,42 @@ impl BrokerProcess {
                 self.log_tail(80)
             );
         }
+    }
+
+    /// `--node-id` of this node.
+    pub fn node_id(&self) -> u64 {
+        self.opts.node_id.unwrap_or(1)
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM (a graceful shutdown), then waits up to `timeout` for the exit;
+    /// SIGKILL after that. Returns whether the process exited on its own.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + timeout;
+        while sent && Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     /// SIGKILL, then reap the process. No graceful shutdown, no flush.

@@ -7,10 +7,17 @@
 //! encodes valid packets with our codec and sends malformed ones as hand-written
 //! bytes ([`raw::wire`]).
 //!
+//! Cluster tests start three processes as one [`Cluster`] (`--peers`, `/readyz`,
+//! `fleetmq ctl status`), optionally behind fault-injecting [`Proxy`]s that cut a node
+//! off, and drive them with reconnecting raw clients ([`cluster::Publisher`],
+//! [`cluster::DurableSubscriber`]) whose records [`cluster::check_delivery`] judges.
+//!
 //! Helpers named `must_*` panic with a useful message instead of returning an error.
 
 pub mod broker;
+pub mod cluster;
 pub mod metrics;
+pub mod proxy;
 pub mod raw;
 pub mod v4;
 pub mod v5;
@@ -18,7 +25,9 @@ pub mod v5;
 use std::time::Duration;
 
 pub use broker::{broker_binary, BrokerOptions, BrokerProcess};
+pub use cluster::{Cluster, ClusterOptions, NodeStatus};
 pub use metrics::Metrics;
+pub use proxy::Proxy;
 pub use raw::{RawClient, Recv};
 pub use v4::{v4_options, V4Client};
 pub use v5::{v5_options, V5Client};

@@ -121,7 +121,8 @@ pub struct ConnectReply {
 #[derive(Debug)]
 pub enum Output {
     Send(ConnectionHandle, Outgoing),
-    Reply(oneshot::Sender<ConnectReply>, ConnectReply),
+    /// The CONNACK decision for connection `ConnId`.
+    Reply(ConnId, oneshot::Sender<ConnectReply>, ConnectReply),
     /// A message for sessions of another node.
     Forward(u64, ForwardedPublish),
 }
@@ -167,6 +168,20 @@ struct PendingConnect {
     conn: ConnectionHandle,
     request: ConnectRequest,
     reply: oneshot::Sender<ConnectReply>,
+    /// Messages routed here for the session meanwhile, in order. A durable one (with
+    /// its seq) was also written for the session's owner: its write is applied after
+    /// the session arrives, and delivering it only then would put it behind messages
+    /// routed after the session arrived.
+    held: Vec<HeldDelivery>,
+}
+
+struct HeldDelivery {
+    seq: Option<u64>,
+    stored_id: Option<u64>,
+    message: Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    subscription_ids: Vec<u32>,
 }
 
 pub struct Router {
@@ -597,6 +612,9 @@ impl Router {
         let Ok(seq) = <[u8; 8]>::try_from(rest).map(u64::from_be_bytes) else {
             return;
         };
+        if own && session.held_before_pickup.remove(&seq) {
+            return;
+        }
         let Some(message) = messages.get(&record.message_id) else {
             warn!(client_id = %client, seq, "replicated delivery without its message");
             return;
@@ -619,6 +637,8 @@ impl Router {
             return;
         }
         let had_session = state.session.is_some();
+        let loaded_seqs: std::collections::HashSet<u64> =
+            state.deliveries.iter().map(|(seq, _)| *seq).collect();
         let messages: HashMap<u64, MessageRecord> = state.messages.iter().cloned().collect();
         self.install_session(client.clone(), state, &messages);
         if had_session {
@@ -627,6 +647,39 @@ impl Router {
         }
         if let Some(pending) = self.pending.remove(&client) {
             self.connect(pending.conn, pending.request, pending.reply);
+            let Some(session) = self.sessions.get_mut(&client) else {
+                return;
+            };
+            for held in pending.held {
+                match held.seq {
+                    // Written in the batch that claimed the session: already loaded.
+                    Some(seq) if loaded_seqs.contains(&seq) => {}
+                    Some(seq) => {
+                        session.held_before_pickup.insert(seq);
+                        let delivery = Delivery {
+                            seq,
+                            message: held.message,
+                            stored_id: held.stored_id,
+                            qos: held.qos,
+                            retain: held.retain,
+                            subscription_ids: held.subscription_ids,
+                            persisted: true,
+                        };
+                        self.core.enqueue(session, delivery, true);
+                    }
+                    None => {
+                        let mut stored_id = None;
+                        self.core.deliver(
+                            session,
+                            &held.message,
+                            held.qos,
+                            held.retain,
+                            held.subscription_ids,
+                            &mut stored_id,
+                        );
+                    }
+                }
+            }
         } else if let Some(session) = self.sessions.get(&client) {
             // Adopted from a dead node: it is this node's now, offline until its
             // client comes back; rewrite it so the record says it is disconnected.
@@ -787,6 +840,7 @@ impl Router {
                 conn,
                 request,
                 reply,
+                held: Vec::new(),
             };
             if let Some(old) = self.pending.insert(client, pending) {
                 old.conn.close(ReasonCode::SessionTakenOver);
@@ -841,9 +895,11 @@ impl Router {
         // Clean sessions are stored too (until they end): other nodes route to them
         // from the record, and a dead node's wills are published from it.
         core.persist_session(session);
-        core.round
-            .outputs
-            .push(Output::Reply(reply, ConnectReply { session_present }));
+        core.round.outputs.push(Output::Reply(
+            conn.id,
+            reply,
+            ConnectReply { session_present },
+        ));
         core.resume(session);
     }
 
@@ -1080,10 +1136,34 @@ impl Router {
             else {
                 continue;
             };
+            if let Some(pending) = self.pending.get_mut(&client) {
+                // On its way here: hold it for the session (durably written too when it
+                // must be), instead of sending it to the node it is leaving.
+                let durable = session.persistent && qos != QoS::AtMostOnce;
+                let seq = durable.then(|| {
+                    self.core.store_remote_delivery(
+                        &client,
+                        message,
+                        qos,
+                        retain,
+                        subscription_ids.clone(),
+                        &mut stored_id,
+                    )
+                });
+                pending.held.push(HeldDelivery {
+                    seq,
+                    stored_id: if durable { stored_id } else { None },
+                    message: message.clone(),
+                    qos,
+                    retain,
+                    subscription_ids,
+                });
+                continue;
+            }
             if session.persistent && qos != QoS::AtMostOnce {
                 // Durable before the publisher's ack, like a local persistent session:
                 // the owner picks the delivery up from the replicated log.
-                self.core.store_remote_delivery(
+                let _ = self.core.store_remote_delivery(
                     &client,
                     message,
                     qos,
@@ -1384,7 +1464,7 @@ impl Core {
         retain: bool,
         subscription_ids: Vec<u32>,
         stored_id: &mut Option<u64>,
-    ) {
+    ) -> u64 {
         let message_id = self.store_message(message, stored_id);
         let seq = self.ids.next_id();
         let record = DeliveryRecord {
@@ -1401,6 +1481,7 @@ impl Core {
             client_key(client, &seq.to_be_bytes()),
             persist::encode(&record),
         );
+        seq
     }
 
     fn store_delivery(

@@ -2,6 +2,7 @@
 //! committer group-commits every round that queued while it was busy, so one fsync
 //! (or one Raft entry, in a cluster) acknowledges many messages.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -77,6 +78,10 @@ impl Committer for LocalCommitter {
 /// The running broker core.
 pub struct BrokerService {
     events: mpsc::Sender<Event>,
+    /// Ends the router loop: other holders of `events` (the peer service that hands
+    /// over forwarded PUBLISHes, the sweeper) outlive a shutdown, so the channel
+    /// closing cannot be the signal.
+    stop: tokio::sync::watch::Sender<bool>,
     metrics: Arc<Metrics>,
     router: JoinHandle<()>,
     committer: JoinHandle<()>,
@@ -116,11 +121,14 @@ impl BrokerService {
         let mut router = Router::new(config, metrics.clone(), snapshot);
         let (events_tx, events_rx) = mpsc::channel(event_capacity.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let pending = Arc::new(AtomicUsize::new(0));
+        let gates = Arc::new(Gates::default());
         let committer = tokio::spawn(run_committer(
             committer,
             commit_rx,
             pending.clone(),
+            gates.clone(),
             metrics.clone(),
             forwarder.clone(),
         ));
@@ -131,17 +139,19 @@ impl BrokerService {
             let mut commits = RoundSink {
                 commit_tx,
                 pending,
+                gates,
                 metrics: sink_metrics,
                 forwarder,
             };
             let mut applied = applied;
             commits.finish(initial, &mut router, &mut applied).await;
-            run_router(router, events_rx, applied, commits).await;
+            run_router(router, events_rx, applied, commits, stop_rx).await;
         });
         let sweeper = tokio::spawn(run_sweeper(engine, events_tx.clone()));
         info!("broker core started");
         BrokerService {
             events: events_tx,
+            stop: stop_tx,
             metrics,
             router: router_task,
             committer,
@@ -162,6 +172,7 @@ impl BrokerService {
     pub async fn shutdown(self) {
         self.sweeper.abort();
         let _ = self.sweeper.await;
+        let _ = self.stop.send(true);
         drop(self.events);
         let _ = self.router.await;
         let _ = self.committer.await;
@@ -192,9 +203,66 @@ async fn run_sweeper(engine: Arc<dyn KvEngine>, events: mpsc::Sender<Event>) {
     }
 }
 
+/// Which connections (and peer nodes) have outputs in rounds still waiting to be
+/// written. A round that writes nothing may go out at once when none of its outputs'
+/// destinations has anything waiting: order per connection is all MQTT asks (acks in
+/// order, messages per topic in order), and it keeps clean-session traffic flowing
+/// while a durable write cannot commit (a node cut off from the majority).
+#[derive(Default)]
+struct Gates {
+    waiting: std::sync::Mutex<HashMap<u64, usize>>,
+}
+
+/// Where an output goes; peer nodes are kept apart from connection ids.
+fn destination(output: &Output) -> u64 {
+    match output {
+        Output::Send(handle, _) => handle.id,
+        Output::Forward(node, _) => u64::MAX - node,
+        Output::Reply(conn, ..) => *conn,
+    }
+}
+
+impl Gates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// True when every destination of `outputs` has nothing waiting.
+    fn clear(&self, outputs: &[Output]) -> bool {
+        let waiting = self.lock();
+        outputs
+            .iter()
+            .all(|o| !waiting.contains_key(&destination(o)))
+    }
+
+    fn hold(&self, outputs: &[Output]) {
+        let mut waiting = self.lock();
+        for d in outputs.iter().map(destination) {
+            *waiting.entry(d).or_insert(0) += 1;
+        }
+    }
+
+    /// After the outputs went out (not before: a round let through in between would
+    /// overtake them).
+    fn release(&self, destinations: Vec<u64>) {
+        let mut waiting = self.lock();
+        for d in destinations {
+            if let Some(n) = waiting.get_mut(&d) {
+                *n -= 1;
+                if *n == 0 {
+                    waiting.remove(&d);
+                }
+            }
+        }
+    }
+}
+
 struct RoundSink {
     commit_tx: mpsc::Sender<Round>,
     pending: Arc<AtomicUsize>,
+    gates: Arc<Gates>,
     metrics: Arc<Metrics>,
     forwarder: Arc<dyn Forwarder>,
 }
@@ -214,17 +282,20 @@ impl RoundSink {
         if round.is_empty() {
             return;
         }
-        if round.batch.is_empty() && self.pending.load(Ordering::Acquire) == 0 {
+        if round.batch.is_empty()
+            && (self.pending.load(Ordering::Acquire) == 0 || self.gates.clear(&round.outputs))
+        {
             deliver(round.outputs, &self.metrics, self.forwarder.as_ref());
             return;
         }
         self.pending.fetch_add(1, Ordering::AcqRel);
+        self.gates.hold(&round.outputs);
         loop {
             tokio::select! {
                 permit = self.commit_tx.reserve() => {
                     match permit {
                         Ok(permit) => permit.send(round),
-                        Err(_) => {
+                        Err(mpsc::error::SendError(())) => {
                             error!("storage writer stopped; outputs dropped");
                             self.pending.fetch_sub(1, Ordering::AcqRel);
                         }
@@ -255,10 +326,12 @@ async fn run_router(
     mut events: mpsc::Receiver<Event>,
     mut applied: Option<mpsc::Receiver<Applied>>,
     mut sink: RoundSink,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let deadline = router.next_deadline();
         tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break,
             event = events.recv() => {
                 let Some(event) = event else { break };
                 router.handle(event);
@@ -313,7 +386,7 @@ pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics, forwarder: &dyn F
             Output::Send(handle, item) => {
                 handle.send(item, metrics);
             }
-            Output::Reply(reply, value) => {
+            Output::Reply(_, reply, value) => {
                 let _ = reply.send(value);
             }
         }
@@ -324,6 +397,7 @@ async fn run_committer(
     mut committer: impl Committer,
     mut rounds: mpsc::Receiver<Round>,
     pending: Arc<AtomicUsize>,
+    gates: Arc<Gates>,
     metrics: Arc<Metrics>,
     forwarder: Arc<dyn Forwarder>,
 ) {
@@ -356,9 +430,11 @@ async fn run_committer(
         for round in queued.drain(..) {
             // Without a durable write nothing may be acknowledged: the clients
             // time out and resend, which is safe for QoS 1 and 2.
+            let destinations: Vec<u64> = round.outputs.iter().map(destination).collect();
             if durable {
                 deliver(round.outputs, &metrics, forwarder.as_ref());
             }
+            gates.release(destinations);
         }
         pending.fetch_sub(count, Ordering::AcqRel);
     }

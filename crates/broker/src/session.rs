@@ -89,6 +89,9 @@ pub struct Session {
     pub incoming_qos2: HashSet<u16>,
     /// Unix ms when the last connection ended, `None` while connected.
     pub disconnected_at_ms: Option<u64>,
+    /// Seqs of deliveries this node wrote for the session while it was on its way here
+    /// and already holds: their replicated writes, applied later, are not new.
+    pub held_before_pickup: HashSet<u64>,
 }
 
 impl Session {
@@ -107,6 +110,7 @@ impl Session {
             next_packet_id: 1,
             incoming_qos2: HashSet::new(),
             disconnected_at_ms: None,
+            held_before_pickup: HashSet::new(),
         }
     }
 

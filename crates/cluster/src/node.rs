@@ -309,9 +309,16 @@ impl RaftNode {
         if let Err(error) = self.raft.shutdown().await {
             warn!(%error, "raft shutdown");
         }
-        if let Some((stop, server)) = self.server.take() {
+        if let Some((stop, mut server)) = self.server.take() {
             let _ = stop.send(());
-            let _ = server.await;
+            // Peers keep long-lived streams open (forwarding); a graceful stop would
+            // wait for them to hang up.
+            if tokio::time::timeout(Duration::from_secs(2), &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
         }
     }
 }

@@ -172,7 +172,13 @@ pub async fn run(
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
     drop(ctx);
-    broker.shutdown().await;
+    // A node without quorum cannot commit its last rounds; do not hang on them.
+    if tokio::time::timeout(Duration::from_secs(5), broker.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("the broker core did not finish its last writes within 5 s; stopping anyway");
+    }
     if let Some(node) = raft_node {
         node.shutdown().await;
     }
