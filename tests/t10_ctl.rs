@@ -99,6 +99,10 @@ fn members_list_shows_the_single_node_as_leader() {
     assert_eq!(list["leader_id"], 1);
     assert_eq!(roles(&list), vec![(1, "leader".to_owned())]);
     assert_eq!(list["members"][0]["address"], grpc.as_str());
+    // Each member's own view, asked at its address.
+    assert_eq!(list["members"][0]["reachable"], true);
+    assert_eq!(list["members"][0]["state"], "leader");
+    assert!(list["members"][0]["last_applied"].as_u64().is_some());
 
     let text = must_ctl(&["--grpc", &grpc, "members", "list"]);
     assert!(text.contains("leader: 1"), "{text}");

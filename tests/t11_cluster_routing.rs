@@ -564,3 +564,58 @@ async fn a_v311_session_taken_over_on_another_node_keeps_its_subscription() {
     assert_eq!(text(&p.payload), "to the new owner");
     second.must_not_recv_publish(QUIET).await;
 }
+
+/// `fleetmq ctl members list` asked at any node shows every member with its role and
+/// the state each reports itself; a killed member shows as unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_members_list_shows_every_nodes_state() {
+    let mut cluster = Cluster::start();
+    let leader = cluster.leader();
+    let asked = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let list = |cluster: &Cluster| -> serde_json::Value {
+        let out = std::process::Command::new(fleetmq_tests::broker_binary())
+            .args(["ctl", "members", "list", "--output", "json", "--grpc"])
+            .arg(cluster.node(asked).grpc_addr.to_string())
+            .output()
+            .expect("run fleetmq ctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let json = list(&cluster);
+    assert_eq!(json["leader_id"], leader);
+    let members = json["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{json:#}");
+    for m in members {
+        let id = m["id"].as_u64().expect("id");
+        let (role, state) = if id == leader {
+            ("leader", "leader")
+        } else {
+            ("voter", "follower")
+        };
+        assert_eq!(m["role"], role, "{json:#}");
+        assert_eq!(m["state"], state, "{json:#}");
+        assert_eq!(m["reachable"], true, "{json:#}");
+    }
+    let victim = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader && *id != asked)
+        .expect("a third node");
+    cluster.kill9(victim);
+    let json = list(&cluster);
+    let dead = json["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["id"] == victim)
+        .expect("the killed member is still a member");
+    assert_eq!(dead["reachable"], false, "{json:#}");
+}

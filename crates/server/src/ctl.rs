@@ -160,21 +160,86 @@ pub async fn status(grpc: &str, json: bool) -> anyhow::Result<String> {
     })
 }
 
-/// `ctl members list`: the members as the node at `grpc` sees them.
+/// What a member says about itself, or why it could not be asked.
+async fn member_view(member: &Member) -> Result<ClusterStatusReply, String> {
+    match tokio::time::timeout(Duration::from_secs(2), fetch_status(&member.address)).await {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("no answer within 2 s".to_string()),
+    }
+}
+
+/// `ctl members list`: the members as the node at `grpc` sees them, each with its own
+/// state as it reports it (asked directly, at the address the cluster knows it by).
 pub async fn members_list(grpc: &str, json: bool) -> anyhow::Result<String> {
     let status = fetch_status(grpc).await?;
+    let mut views = Vec::with_capacity(status.members.len());
+    for member in &status.members {
+        views.push(member_view(member).await);
+    }
     Ok(if json {
+        let members: Vec<serde_json::Value> = status
+            .members
+            .iter()
+            .zip(&views)
+            .map(|(m, view)| {
+                let mut value = json!({
+                    "id": m.id,
+                    "address": m.address,
+                    "role": role_name(m.role),
+                });
+                match view {
+                    Ok(v) => {
+                        value["reachable"] = json!(true);
+                        value["state"] = json!(state_name(v.state));
+                        value["term"] = json!(v.term);
+                        value["last_log_index"] = json!(v.last_log_index);
+                        value["last_applied"] = json!(v.last_applied);
+                    }
+                    Err(e) => {
+                        value["reachable"] = json!(false);
+                        value["error"] = json!(e);
+                    }
+                }
+                value
+            })
+            .collect();
         let value = json!({
             "leader_id": status.leader_id,
-            "members": members_json(&status.members),
+            "members": members,
         });
         format!("{value:#}\n")
     } else {
-        format!(
-            "leader: {}\nmembers:\n{}",
+        let mut out = format!(
+            "leader: {}\nmembers:\n  {:<4} {:<24} {:<8} {:<10} {:>6} {:>10}\n",
             or_none(status.leader_id),
-            members_text(&status.members)
-        )
+            "id",
+            "address",
+            "role",
+            "state",
+            "term",
+            "applied"
+        );
+        for (m, view) in status.members.iter().zip(&views) {
+            let (state, term, applied) = match view {
+                Ok(v) => (
+                    state_name(v.state).to_string(),
+                    v.term.to_string(),
+                    or_none(v.last_applied),
+                ),
+                Err(_) => ("unreachable".to_string(), "-".into(), "-".into()),
+            };
+            out.push_str(&format!(
+                "  {:<4} {:<24} {:<8} {:<10} {:>6} {:>10}\n",
+                m.id,
+                m.address,
+                role_name(m.role),
+                state,
+                term,
+                applied
+            ));
+        }
+        out
     })
 }
 
