@@ -79,9 +79,16 @@ pub struct RaftNode {
 fn raft_config() -> Result<Arc<Config>, NodeError> {
     let config = Config {
         cluster_name: "fleetmq".to_owned(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        // openraft uses the heartbeat interval as the AppendEntries timeout too: at
+        // 100 ms, followers fsyncing big batches on a busy 2-core machine missed it and
+        // the leader kept backing off (BENCHMARKS.md). 150 ms, elections after 450-700
+        // ms of silence: writes resume about 1.5 s after the leader dies (tests/t12).
+        heartbeat_interval: 150,
+        election_timeout_min: 450,
+        election_timeout_max: 700,
+        // Entries are batches of many writes: keep one AppendEntries small enough to
+        // be written and answered well within the heartbeat interval.
+        max_payload_entries: 64,
         // Every entry is a batch of broker writes; a snapshot copies every tree, so
         // take one rarely and keep a tail of log for followers that lag a little.
         snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
