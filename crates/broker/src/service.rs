@@ -25,6 +25,11 @@ const MAX_EVENTS_PER_ROUND: usize = 512;
 const COMMIT_QUEUE: usize = 64;
 /// How often stored messages that no session points at any more are deleted.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// At most this many message bodies deleted per sweep event (one router round).
+const SWEEP_CHUNK: usize = 1024;
+/// Writes merged into one commit (one Raft entry in a cluster) at most; a round is
+/// never split, so one big round may go over.
+const MAX_OPS_PER_COMMIT: usize = 4096;
 
 /// Why a batch could not be made durable.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,9 @@ pub struct BrokerParts<C: Committer> {
     pub event_capacity: usize,
     /// What the replicated store applies, in order; `None` on a node without Raft.
     pub applied: Option<mpsc::Receiver<Applied>>,
+    /// Whether this node sweeps unreferenced messages now: in a cluster only the
+    /// leader does (any node could; one is enough).
+    pub sweeps: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl BrokerService {
@@ -117,6 +125,7 @@ impl BrokerService {
             metrics,
             event_capacity,
             applied,
+            sweeps,
         } = parts;
         let mut router = Router::new(config, metrics.clone(), snapshot);
         let (events_tx, events_rx) = mpsc::channel(event_capacity.max(1));
@@ -147,7 +156,7 @@ impl BrokerService {
             commits.finish(initial, &mut router, &mut applied).await;
             run_router(router, events_rx, applied, commits, stop_rx).await;
         });
-        let sweeper = tokio::spawn(run_sweeper(engine, events_tx.clone()));
+        let sweeper = tokio::spawn(run_sweeper(engine, events_tx.clone(), sweeps));
         info!("broker core started");
         BrokerService {
             events: events_tx,
@@ -181,11 +190,18 @@ impl BrokerService {
 
 /// Deletes stored messages no delivery points at any more, through the router so the
 /// deletes are committed (replicated) like every other write.
-async fn run_sweeper(engine: Arc<dyn KvEngine>, events: mpsc::Sender<Event>) {
+async fn run_sweeper(
+    engine: Arc<dyn KvEngine>,
+    events: mpsc::Sender<Event>,
+    sweeps: Arc<dyn Fn() -> bool + Send + Sync>,
+) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.tick().await;
     loop {
         tick.tick().await;
+        if !sweeps() {
+            continue;
+        }
         let engine = engine.clone();
         let found =
             tokio::task::spawn_blocking(move || persist::unreferenced_messages(engine.as_ref()))
@@ -193,8 +209,10 @@ async fn run_sweeper(engine: Arc<dyn KvEngine>, events: mpsc::Sender<Event>) {
         match found {
             Ok(Ok(ids)) if ids.is_empty() => {}
             Ok(Ok(ids)) => {
-                if events.send(Event::Sweep(ids)).await.is_err() {
-                    return;
+                for chunk in ids.chunks(SWEEP_CHUNK) {
+                    if events.send(Event::Sweep(chunk.to_vec())).await.is_err() {
+                        return;
+                    }
                 }
             }
             Ok(Err(e)) => error!(error = %e, "sweeping stored messages failed"),
@@ -403,8 +421,13 @@ async fn run_committer(
 ) {
     let mut queued = Vec::new();
     while let Some(first) = rounds.recv().await {
+        let mut ops = first.batch.len();
         queued.push(first);
-        while let Ok(more) = rounds.try_recv() {
+        // Group-commit what queued meanwhile, up to a bound: one Raft entry must stay
+        // small enough to replicate within the heartbeat interval.
+        while ops < MAX_OPS_PER_COMMIT {
+            let Ok(more) = rounds.try_recv() else { break };
+            ops += more.batch.len();
             queued.push(more);
         }
         let mut batch = WriteBatch::new();

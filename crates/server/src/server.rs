@@ -77,6 +77,11 @@ pub async fn run(
                 metrics: metrics.clone(),
                 event_capacity: ROUTER_EVENTS,
                 applied: Some(applied_rx),
+                sweeps: {
+                    let raft = node.raft.clone();
+                    let me = config.node_id;
+                    Arc::new(move || raft.metrics().borrow().current_leader == Some(me))
+                },
             });
             node.attach_router(broker.events());
             (broker, Some(node))
@@ -92,6 +97,7 @@ pub async fn run(
                 metrics: metrics.clone(),
                 event_capacity: ROUTER_EVENTS,
                 applied: None,
+                sweeps: Arc::new(|| true),
             });
             (broker, None)
         }
