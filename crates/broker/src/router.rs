@@ -163,6 +163,28 @@ struct RemoteSession {
     filters: Vec<String>,
 }
 
+/// The message bodies one applied entry stored, decoded only when a delivery for a
+/// session of this node needs one (most are for other nodes' sessions), and then once
+/// however many of this node's sessions it is for.
+#[derive(Default)]
+struct EntryMessages {
+    raw: HashMap<u64, Vec<u8>>,
+    decoded: HashMap<u64, Arc<Message>>,
+}
+
+impl EntryMessages {
+    fn get(&mut self, id: u64) -> Option<Arc<Message>> {
+        if let Some(message) = self.decoded.get(&id) {
+            return Some(message.clone());
+        }
+        let raw = self.raw.remove(&id)?;
+        let record = persist::decode::<MessageRecord>(MESSAGES, &raw).ok()?;
+        let message = Arc::new(record.into_message());
+        self.decoded.insert(id, message.clone());
+        Some(message)
+    }
+}
+
 /// A CONNECT waiting for its session to arrive from the node that held it.
 struct PendingConnect {
     conn: ConnectionHandle,
@@ -249,10 +271,10 @@ impl Router {
         for (client, owner) in snap.owners {
             self.owners.insert(Arc::from(client), owner);
         }
-        let mut messages: HashMap<u64, MessageRecord> = HashMap::new();
+        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
         for (id, record) in snap.messages {
             self.core.ids.observe(id);
-            messages.insert(id, record);
+            messages.insert(id, Arc::new(record.into_message()));
         }
         let mut deliveries: HashMap<String, Vec<(u64, DeliveryRecord)>> = HashMap::new();
         for (client, seq, record) in snap.deliveries {
@@ -336,7 +358,7 @@ impl Router {
         &mut self,
         client: Arc<str>,
         state: ClientState,
-        messages: &HashMap<u64, MessageRecord>,
+        messages: &HashMap<u64, Arc<Message>>,
     ) {
         let Some(record) = state.session else {
             return;
@@ -399,7 +421,7 @@ impl Router {
             };
             let delivery = Delivery {
                 seq,
-                message: Arc::new(message.clone().into_message()),
+                message: message.clone(),
                 stored_id: Some(record.message_id),
                 qos: QoS::from_u8(record.qos).unwrap_or(QoS::AtLeastOnce),
                 retain: record.retain,
@@ -462,12 +484,30 @@ impl Router {
     /// Another node now holds a session this node held: let go of it without touching
     /// storage (the new owner writes it from now on) and route to it as remote.
     fn hand_off(&mut self, client: &Arc<str>) {
-        let Some(mut session) = self.sessions.remove(client) else {
+        let Some((session, conn)) = self.remove_session(client) else {
             return;
         };
-        if let Some(conn) = session.connection.take() {
+        if let Some(conn) = conn {
             debug!(client_id = %client, "session moved to another node");
             conn.close(ReasonCode::SessionTakenOver);
+        }
+        // The trie keeps the entries, keyed by client: they now mean the remote session.
+        self.remote.insert(
+            client.clone(),
+            RemoteSession {
+                persistent: session.is_persistent(),
+                connected: true,
+                filters: session.subscriptions.keys().cloned().collect(),
+            },
+        );
+    }
+
+    /// Drops a session from memory (not from the trie, not from storage) with its
+    /// connection's entry and its gauges; returns it and the connection it had.
+    fn remove_session(&mut self, client: &Arc<str>) -> Option<(Session, Option<ConnectionHandle>)> {
+        let mut session = self.sessions.remove(client)?;
+        let conn = session.connection.take();
+        if let Some(conn) = &conn {
             self.connections.remove(&conn.id);
         }
         let metrics = &self.core.metrics;
@@ -480,15 +520,7 @@ impl Router {
             &metrics.queued_messages_current,
             -(session.queue.len() as i64),
         );
-        // The trie keeps the entries, keyed by client: they now mean the remote session.
-        self.remote.insert(
-            client.clone(),
-            RemoteSession {
-                persistent: session.is_persistent(),
-                connected: true,
-                filters: session.subscriptions.keys().cloned().collect(),
-            },
-        );
+        Some((session, conn))
     }
 
     /// Takes in what the replicated store applied: other nodes' sessions, retained
@@ -505,7 +537,7 @@ impl Router {
 
     fn apply_entry(&mut self, origin: u64, ops: Vec<WriteOp>) {
         let own = origin == self.node_id;
-        let mut messages: HashMap<u64, MessageRecord> = HashMap::new();
+        let mut messages = EntryMessages::default();
         for op in ops {
             match op {
                 WriteOp::Put { tree, key, value } => match tree {
@@ -552,12 +584,10 @@ impl Router {
                     }
                     MESSAGES => {
                         if let Ok(bytes) = <[u8; 8]>::try_from(key.as_slice()) {
-                            if let Ok(record) = persist::decode::<MessageRecord>(MESSAGES, &value) {
-                                messages.insert(u64::from_be_bytes(bytes), record);
-                            }
+                            messages.raw.insert(u64::from_be_bytes(bytes), value);
                         }
                     }
-                    DELIVERIES => self.picked_up_delivery(own, &key, &value, &messages),
+                    DELIVERIES => self.picked_up_delivery(own, &key, &value, &mut messages),
                     _ => {}
                 },
                 WriteOp::Delete { tree, key } => match tree {
@@ -595,7 +625,7 @@ impl Router {
         own: bool,
         key: &[u8],
         value: &[u8],
-        messages: &HashMap<u64, MessageRecord>,
+        messages: &mut EntryMessages,
     ) {
         let Some((client, rest)) = split_client_key(key) else {
             return;
@@ -615,14 +645,14 @@ impl Router {
         if own && session.held_before_pickup.remove(&seq) {
             return;
         }
-        let Some(message) = messages.get(&record.message_id) else {
+        let Some(message) = messages.get(record.message_id) else {
             warn!(client_id = %client, seq, "replicated delivery without its message");
             return;
         };
         self.core.ids.observe(seq);
         let delivery = Delivery {
             seq,
-            message: Arc::new(message.clone().into_message()),
+            message,
             stored_id: Some(record.message_id),
             qos: QoS::from_u8(record.qos).unwrap_or(QoS::AtLeastOnce),
             retain: record.retain,
@@ -632,14 +662,17 @@ impl Router {
         self.core.enqueue(session, delivery, true);
     }
 
-    fn loaded(&mut self, client: Arc<str>, state: ClientState) {
+    fn loaded(&mut self, client: Arc<str>, mut state: ClientState) {
         if self.sessions.contains_key(&client) {
             return;
         }
         let had_session = state.session.is_some();
         let loaded_seqs: std::collections::HashSet<u64> =
             state.deliveries.iter().map(|(seq, _)| *seq).collect();
-        let messages: HashMap<u64, MessageRecord> = state.messages.iter().cloned().collect();
+        let messages: HashMap<u64, Arc<Message>> = std::mem::take(&mut state.messages)
+            .into_iter()
+            .map(|(id, record)| (id, Arc::new(record.into_message())))
+            .collect();
         self.install_session(client.clone(), state, &messages);
         if had_session {
             Metrics::add(&self.core.metrics.sessions_taken_over, 1);
@@ -970,27 +1003,14 @@ impl Router {
 
     /// Removes a session and everything it holds, in memory and in storage.
     fn end_session(&mut self, client: &Arc<str>) {
-        let Some(mut session) = self.sessions.remove(client) else {
+        let Some((mut session, _)) = self.remove_session(client) else {
             return;
         };
-        if let Some(conn) = session.connection.take() {
-            self.connections.remove(&conn.id);
-        }
         for filter in session.subscriptions.keys() {
             if let Ok(parsed) = TopicFilter::parse(filter) {
                 self.trie.remove(&parsed, client);
             }
         }
-        let metrics = &self.core.metrics;
-        Metrics::gauge_add(&metrics.sessions_current, -1);
-        Metrics::gauge_add(
-            &metrics.subscriptions_current,
-            -(session.subscriptions.len() as i64),
-        );
-        Metrics::gauge_add(
-            &metrics.queued_messages_current,
-            -(session.queue.len() as i64),
-        );
         self.core.forget_stored_state(&mut session);
         self.core.round.batch.delete(OWNERS, client.as_bytes());
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -131,12 +131,10 @@ impl BrokerService {
         let (events_tx, events_rx) = mpsc::channel(event_capacity.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let pending = Arc::new(AtomicUsize::new(0));
         let gates = Arc::new(Gates::default());
         let committer = tokio::spawn(run_committer(
             committer,
             commit_rx,
-            pending.clone(),
             gates.clone(),
             metrics.clone(),
             forwarder.clone(),
@@ -147,7 +145,6 @@ impl BrokerService {
         let router_task = tokio::spawn(async move {
             let mut commits = RoundSink {
                 commit_tx,
-                pending,
                 gates,
                 metrics: sink_metrics,
                 forwarder,
@@ -279,15 +276,14 @@ impl Gates {
 
 struct RoundSink {
     commit_tx: mpsc::Sender<Round>,
-    pending: Arc<AtomicUsize>,
     gates: Arc<Gates>,
     metrics: Arc<Metrics>,
     forwarder: Arc<dyn Forwarder>,
 }
 
 impl RoundSink {
-    /// Sends a round's outputs now if nothing is waiting to be written, else
-    /// queues it behind the writes it must not overtake. While the writer is full it
+    /// Sends a round's outputs now if it writes nothing and none of its destinations
+    /// waits for an earlier round (see [`Gates`]), else queues it behind the writes. While the writer is full it
     /// keeps taking in what the replicated store applies: the writer may be waiting
     /// for exactly that (a Raft entry is committed once applied here), so stopping
     /// would deadlock.
@@ -300,13 +296,10 @@ impl RoundSink {
         if round.is_empty() {
             return;
         }
-        if round.batch.is_empty()
-            && (self.pending.load(Ordering::Acquire) == 0 || self.gates.clear(&round.outputs))
-        {
+        if round.batch.is_empty() && self.gates.clear(&round.outputs) {
             deliver(round.outputs, &self.metrics, self.forwarder.as_ref());
             return;
         }
-        self.pending.fetch_add(1, Ordering::AcqRel);
         self.gates.hold(&round.outputs);
         loop {
             tokio::select! {
@@ -315,7 +308,8 @@ impl RoundSink {
                         Ok(permit) => permit.send(round),
                         Err(mpsc::error::SendError(())) => {
                             error!("storage writer stopped; outputs dropped");
-                            self.pending.fetch_sub(1, Ordering::AcqRel);
+                            self.gates
+                                .release(round.outputs.iter().map(destination).collect());
                         }
                     }
                     return;
@@ -414,7 +408,6 @@ pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics, forwarder: &dyn F
 async fn run_committer(
     mut committer: impl Committer,
     mut rounds: mpsc::Receiver<Round>,
-    pending: Arc<AtomicUsize>,
     gates: Arc<Gates>,
     metrics: Arc<Metrics>,
     forwarder: Arc<dyn Forwarder>,
@@ -449,7 +442,6 @@ async fn run_committer(
         metrics
             .committed_batches_total
             .fetch_add(queued.len() as u64, Ordering::Relaxed);
-        let count = queued.len();
         for round in queued.drain(..) {
             // Without a durable write nothing may be acknowledged: the clients
             // time out and resend, which is safe for QoS 1 and 2.
@@ -459,6 +451,5 @@ async fn run_committer(
             }
             gates.release(destinations);
         }
-        pending.fetch_sub(count, Ordering::AcqRel);
     }
 }

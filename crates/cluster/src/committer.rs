@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::error;
 
 use crate::network::wire;
-use crate::types::{ClusterOp, ClusterRequest, ClusterResponse, NodeId, TypeConfig};
+use crate::types::{member_addr, ClusterOp, ClusterRequest, ClusterResponse, NodeId, TypeConfig};
 
 /// How long one attempt to commit may take before it is tried again.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,14 +91,7 @@ impl RaftCommitter {
         leader: NodeId,
     ) -> Result<&mut PeerServiceClient<Channel>, CommitError> {
         if self.leader.as_ref().map(|(id, _)| *id) != Some(leader) {
-            let addr = self
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|node| node.addr.clone())
+            let addr = member_addr(&self.raft, leader)
                 .ok_or_else(|| replication(format!("leader {leader} has no address")))?;
             let channel = Endpoint::from_shared(format!("http://{addr}"))
                 .map_err(replication)?

@@ -22,7 +22,7 @@ use crate::network::{
     ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer,
 };
 use crate::store::{open_raft_storage, ApplyFeed, FeedSlot};
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{member_addr, NodeId, TypeConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -240,14 +240,7 @@ impl RaftNode {
 
     /// What the leader says it has applied, or `None` if it cannot be asked now.
     async fn leader_applied(&self, leader: NodeId) -> Option<u64> {
-        let addr = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())?;
+        let addr = member_addr(&self.raft, leader)?;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .ok()?
             .connect_timeout(Duration::from_millis(500))

@@ -77,3 +77,13 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// The gRPC address member `id` is known by in the Raft membership this node has.
+pub fn member_addr(raft: &openraft::Raft<TypeConfig>, id: NodeId) -> Option<String> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|node| node.addr.clone())
+}

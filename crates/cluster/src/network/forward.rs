@@ -25,6 +25,7 @@ use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use super::forward_wire::encode_forwarded;
+use crate::types::member_addr;
 use crate::{NodeId, TypeConfig};
 
 /// Tunables of the forward streams. The defaults suit a LAN cluster.
@@ -135,14 +136,7 @@ impl GrpcForwarder {
     /// # Panics
     /// Outside a tokio runtime, whose handle it keeps to spawn link tasks.
     pub fn new(node_id: NodeId, raft: Raft<TypeConfig>, metrics: Arc<Metrics>) -> GrpcForwarder {
-        let lookup: PeerAddressLookup = Arc::new(move |peer| {
-            raft.metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .get_node(&peer)
-                .map(|node| node.addr.clone())
-        });
+        let lookup: PeerAddressLookup = Arc::new(move |peer| member_addr(&raft, peer));
         GrpcForwarder::with_address_lookup(node_id, lookup, metrics, ForwarderConfig::default())
     }
 

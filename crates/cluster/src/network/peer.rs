@@ -36,27 +36,18 @@ struct ForwardInbox {
 /// Serves `PeerService` for one node.
 pub struct PeerGrpcServer {
     raft: Raft<TypeConfig>,
-    /// `None` for a node that takes no forwarded messages (`Forward` is UNIMPLEMENTED).
-    forward: Option<ForwardInbox>,
+    forward: ForwardInbox,
 }
 
 impl std::fmt::Debug for PeerGrpcServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerGrpcServer")
-            .field("forwarding", &self.forward.is_some())
+            .field("router_attached", &self.forward.sink.get().is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl PeerGrpcServer {
-    /// A server without forwarding: `Forward` answers UNIMPLEMENTED.
-    pub fn new(raft: Raft<TypeConfig>) -> Self {
-        PeerGrpcServer {
-            raft,
-            forward: None,
-        }
-    }
-
     /// A server that hands forwarded PUBLISHes to the router whose sender is set in
     /// `sink`; until it is set, `Forward` answers UNAVAILABLE and the sending node
     /// retries. `metrics` counts forwarded messages the router could not take.
@@ -67,7 +58,7 @@ impl PeerGrpcServer {
     ) -> Self {
         PeerGrpcServer {
             raft,
-            forward: Some(ForwardInbox { sink, metrics }),
+            forward: ForwardInbox { sink, metrics },
         }
     }
 
@@ -152,11 +143,7 @@ impl PeerService for PeerGrpcServer {
         &self,
         request: Request<Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<AckStream>, Status> {
-        let Some(inbox) = &self.forward else {
-            return Err(Status::unimplemented(
-                "this node does not take forwarded messages",
-            ));
-        };
+        let inbox = &self.forward;
         let Some(router) = inbox.sink.get().cloned() else {
             return Err(Status::unavailable("the router is not running yet"));
         };
