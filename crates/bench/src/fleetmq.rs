@@ -297,7 +297,9 @@ impl Cluster {
             .join("\n")
     }
 
-    /// Warnings, errors and panics in every node's log.
+    /// Panics in every node's log, and warnings and errors once it was serving: while a
+    /// cluster forms, a node that starts first logs its peers as unreachable (openraft
+    /// logs that as an error), which is not what a benchmark measures.
     pub fn log_issues(&self) -> Vec<LogIssues> {
         self.nodes
             .iter()
@@ -373,6 +375,9 @@ pub struct RaftState {
     pub error: Option<String>,
 }
 
+/// What a node logs once it has joined its cluster and its MQTT listener is up.
+const SERVING_LINE: &str = "fleetmq listening";
+
 /// What one node's log says that a benchmark should report.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogIssues {
@@ -393,9 +398,14 @@ impl LogIssues {
             panic: 0,
             samples: Vec::new(),
         };
+        // Panics count wherever they are; warnings and errors once the node serves.
+        let mut serving = false;
         for line in text.lines() {
+            serving |= line.contains(SERVING_LINE);
             let kind = if line.contains("panicked") {
                 &mut issues.panic
+            } else if !serving {
+                continue;
             } else if line.contains(" ERROR ") {
                 &mut issues.error
             } else if line.contains(" WARN ") {
@@ -573,4 +583,22 @@ pub fn find_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
                  `cargo build --release -p fleetmq` or pass --fleetmq-bin / FLEETMQ_BIN"
             )
         })
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn startup_noise_is_not_an_issue_but_later_errors_and_any_panic_are() {
+        let log = "t ERROR openraft: while requesting vote: unreachable\n\
+                   t INFO fleetmq: fleetmq listening node_id=1\n\
+                   t WARN fleetmq: slow\n\
+                   t ERROR fleetmq: broken\n";
+        let issues = LogIssues::scan(1, log);
+        assert_eq!((issues.warn, issues.error, issues.panic), (1, 1, 0));
+        let early_panic = "thread 'main' panicked at x\nt ERROR y\n";
+        let issues = LogIssues::scan(1, early_panic);
+        assert_eq!((issues.warn, issues.error, issues.panic), (0, 0, 1));
+    }
 }
