@@ -86,6 +86,8 @@ pub struct Metrics {
     pub applied_entries: AtomicU64,
     /// Sessions this node took over from another node (reconnects and adoptions).
     pub sessions_taken_over: AtomicU64,
+    /// Elections this node called because its leader's address refused connections.
+    pub elections_called: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -112,6 +114,7 @@ impl Default for Metrics {
             forwarded_in: AtomicU64::new(0),
             applied_entries: AtomicU64::new(0),
             sessions_taken_over: AtomicU64::new(0),
+            elections_called: AtomicU64::new(0),
         }
     }
 }
@@ -272,6 +275,12 @@ impl Metrics {
             "counter",
             "Sessions this node took from another node (reconnect elsewhere or adoption of a dead node's).",
             load(&self.sessions_taken_over).to_string(),
+        );
+        one(
+            "fleetmq_raft_elections_called_total",
+            "counter",
+            "Elections this node called early because its leader's address refused connections (the leader's process is gone).",
+            load(&self.elections_called).to_string(),
         );
 
         let _ = writeln!(

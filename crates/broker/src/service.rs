@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fleetmq_storage::{KvEngine, StorageError, WriteBatch};
 use tokio::sync::mpsc;
@@ -23,8 +23,14 @@ use crate::router::{Applied, Event, Output, Round, Router};
 const MAX_EVENTS_PER_ROUND: usize = 512;
 /// Router rounds waiting for the writer; beyond this the router waits (backpressure).
 const COMMIT_QUEUE: usize = 64;
-/// How often stored messages that no session points at any more are deleted.
-const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// The shortest pause between two sweeps of stored messages no session points at any
+/// more. Sweeping often keeps each sweep's deletes few: at 10 s, a sweep under 5,000
+/// QoS 1 msg/s deleted 50,000 bodies at once and held up every commit for 2 s.
+const SWEEP_INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// The longest pause; the pause is this many times the last scan's duration, so that
+/// scanning a big store takes at most a tenth of one core.
+const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(30);
+const SWEEP_PAUSE_PER_SCAN: u32 = 10;
 /// At most this many message bodies deleted per sweep event (one router round).
 const SWEEP_CHUNK: usize = 1024;
 /// Writes merged into one commit (one Raft entry in a cluster) at most; a round is
@@ -192,17 +198,19 @@ async fn run_sweeper(
     events: mpsc::Sender<Event>,
     sweeps: Arc<dyn Fn() -> bool + Send + Sync>,
 ) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    tick.tick().await;
+    let mut pause = SWEEP_INTERVAL_MIN;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(pause).await;
         if !sweeps() {
             continue;
         }
         let engine = engine.clone();
+        let started = Instant::now();
         let found =
             tokio::task::spawn_blocking(move || persist::unreferenced_messages(engine.as_ref()))
                 .await;
+        pause = (started.elapsed() * SWEEP_PAUSE_PER_SCAN)
+            .clamp(SWEEP_INTERVAL_MIN, SWEEP_INTERVAL_MAX);
         match found {
             Ok(Ok(ids)) if ids.is_empty() => {}
             Ok(Ok(ids)) => {

@@ -26,8 +26,8 @@ use crate::types::{ClusterOp, ClusterRequest, NodeId, TypeConfig};
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// How long one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
-/// Silence after which a member's sessions are moved. Longer than an election
-/// (300-600 ms) so a leader change alone does not move anything.
+/// Silence after which a member's sessions are moved: several missed probes, so a
+/// member that is only slow for a moment keeps its sessions.
 pub const DEAD_AFTER: Duration = Duration::from_millis(1500);
 /// Registry moves per proposal.
 const MOVES_PER_ENTRY: usize = 1000;

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::failover::run_failover;
+use crate::leader_watch::{run_leader_watch, LeaderContact, WatchTiming};
 use crate::network::{
     ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer,
 };
@@ -74,18 +75,28 @@ pub struct RaftNode {
     forward_sink: ForwardSink,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     failover: Option<JoinHandle<()>>,
+    leader_watch: JoinHandle<()>,
 }
+
+/// openraft's heartbeat interval, and also its AppendEntries timeout: a follower slowed
+/// by fsync on a busy 2-core machine took over 100 ms, then over 150 ms, to answer
+/// (BENCHMARKS.md), and each timeout costs 500 ms of backoff. openraft checks its timers
+/// on a tick of 1.5 intervals, so heartbeats actually go out every 375 ms.
+const HEARTBEAT_MS: u64 = 250;
+const ELECTION_MIN_MS: u64 = 500;
+/// Also openraft's leader lease: a voter refuses other candidates this long after the
+/// last word from its leader.
+const ELECTION_MAX_MS: u64 = 700;
 
 fn raft_config() -> Result<Arc<Config>, NodeError> {
     let config = Config {
         cluster_name: "fleetmq".to_owned(),
-        // openraft uses the heartbeat interval as the AppendEntries timeout too: at
-        // 100 ms, followers fsyncing big batches on a busy 2-core machine missed it and
-        // the leader kept backing off (BENCHMARKS.md). 150 ms, elections after 450-700
-        // ms of silence: writes resume about 1.5 s after the leader dies (tests/t12).
-        heartbeat_interval: 150,
-        election_timeout_min: 450,
-        election_timeout_max: 700,
+        // A follower stands after the lease plus 500-700 ms of silence (1.2-1.8 s with
+        // the tick); the leader watch shortens that to the lease when the leader's
+        // process is gone (leader_watch.rs).
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_MIN_MS,
+        election_timeout_max: ELECTION_MAX_MS,
         // Entries are batches of many writes: keep one AppendEntries small enough to
         // be written and answered well within the heartbeat interval.
         max_payload_entries: 64,
@@ -141,7 +152,18 @@ impl RaftNode {
                     source,
                 })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let service = RaftGrpcServer::new(raft.clone()).into_service(MAX_MESSAGE);
+        let contact = LeaderContact::default();
+        let service = RaftGrpcServer::with_leader_contact(raft.clone(), contact.clone())
+            .into_service(MAX_MESSAGE);
+        let leader_watch = tokio::spawn(run_leader_watch(
+            raft.clone(),
+            contact,
+            WatchTiming {
+                heartbeat: Duration::from_millis(HEARTBEAT_MS * 3 / 2),
+                lease: Duration::from_millis(ELECTION_MAX_MS),
+            },
+            metrics.clone(),
+        ));
         let forward_sink = ForwardSink::default();
         let peer_service =
             PeerGrpcServer::with_forward_sink(raft.clone(), forward_sink.clone(), metrics)
@@ -167,6 +189,7 @@ impl RaftNode {
             forward_sink,
             server: Some((stop_tx, server)),
             failover: None,
+            leader_watch,
         };
 
         let initialized = node
@@ -306,6 +329,7 @@ impl RaftNode {
         if let Some(failover) = self.failover.take() {
             failover.abort();
         }
+        self.leader_watch.abort();
         if let Err(error) = self.raft.shutdown().await {
             warn!(%error, "raft shutdown");
         }

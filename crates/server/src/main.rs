@@ -16,6 +16,12 @@ mod server;
 
 use config::Config;
 
+// sled allocates and frees a tree node copy on most writes, and every node applies every
+// replicated write: with glibc's malloc a third of the broker's CPU under replicated
+// QoS 1 load was the allocator (BENCHMARKS.md, "Profile").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fleetmq",

@@ -10,6 +10,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::wire;
+use crate::leader_watch::LeaderContact;
 use crate::{NodeId, TypeConfig};
 
 /// Serves `RaftService` for one node by calling its [`Raft`].
@@ -20,12 +21,21 @@ use crate::{NodeId, TypeConfig};
 #[derive(Clone)]
 pub struct RaftGrpcServer {
     raft: Raft<TypeConfig>,
+    contact: LeaderContact,
 }
 
 impl RaftGrpcServer {
     /// A server for `raft`.
     pub fn new(raft: Raft<TypeConfig>) -> Self {
-        Self { raft }
+        Self {
+            raft,
+            contact: LeaderContact::default(),
+        }
+    }
+
+    /// A server for `raft` that records in `contact` when each AppendEntries arrives.
+    pub fn with_leader_contact(raft: Raft<TypeConfig>, contact: LeaderContact) -> Self {
+        Self { raft, contact }
     }
 
     /// The tonic service to add to a `tonic::transport::Server`, accepting and sending
@@ -78,6 +88,7 @@ impl RaftService for RaftGrpcServer {
         &self,
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
+        self.contact.touch();
         let rpc = decode_request(request)?;
         reply(self.raft.append_entries(rpc).await)
     }

@@ -1,0 +1,157 @@
+//! A follower's quick look at a silent leader.
+//!
+//! openraft 0.9 lets a follower stand for election only after the old leader's lease
+//! (the longest election timeout) *and* a fresh election timeout have passed without
+//! word from it, checked on a tick of 1.5 heartbeats: 1.2-1.6 s with our timeouts. When
+//! the leader's process died but its host did not (a crash, an OOM kill, a SIGKILL:
+//! the usual case), its port refuses connections at once, and waiting out a second
+//! timeout buys nothing. So a follower that has not heard from the leader for two
+//! heartbeats tries to connect to it; if the connection is refused, it calls an
+//! election as soon as the other voters' leases have run out.
+//!
+//! Only the timing changes: votes are still granted by openraft's rules, so an early
+//! election is as safe as a late one. A leader that cannot be reached at all (its host
+//! is gone, or the network is cut) does not refuse anything, and the ordinary timers
+//! apply. Followers go in turn (by rank among the voters), so that two survivors do not
+//! split the vote by standing at the same instant.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetmq_broker::Metrics;
+use openraft::{Raft, ServerState};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use crate::types::{member_addr, NodeId, TypeConfig};
+
+/// How often the watch looks at the follower's state.
+const CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a connection attempt to the leader may take before it says nothing.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+/// Added to the lease, for clocks that do not tick together.
+const LEASE_MARGIN: Duration = Duration::from_millis(50);
+/// Between the turns of two followers.
+const TURN: Duration = Duration::from_millis(250);
+
+/// When this node last received an AppendEntries (a heartbeat or entries): the gRPC
+/// server touches it, the watch reads it.
+#[derive(Clone, Debug)]
+pub struct LeaderContact {
+    base: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl LeaderContact {
+    /// Records an AppendEntries arriving now.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the last AppendEntries arrived (the watch's start if none did).
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The timing the watch needs from the Raft configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchTiming {
+    /// The time between two heartbeats as they really go out (openraft's tick).
+    pub heartbeat: Duration,
+    /// openraft's leader lease: the longest election timeout.
+    pub lease: Duration,
+}
+
+/// Runs for the life of the node.
+pub async fn run_leader_watch(
+    raft: Raft<TypeConfig>,
+    contact: LeaderContact,
+    timing: WatchTiming,
+    metrics: Arc<Metrics>,
+) {
+    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(watched) = silent_leader(&raft, &contact, timing) else {
+            continue;
+        };
+        if !refuses_connections(&watched.addr).await {
+            continue;
+        }
+        let due = contact.last() + timing.lease + LEASE_MARGIN + TURN * watched.rank;
+        tokio::time::sleep_until(due.into()).await;
+        // Stand only if nothing changed meanwhile: no new leader, no new term.
+        let still = silent_leader(&raft, &contact, timing);
+        if still.as_ref().map(|w| (w.leader, w.term)) != Some((watched.leader, watched.term)) {
+            continue;
+        }
+        info!(
+            leader = watched.leader,
+            term = watched.term,
+            rank = watched.rank,
+            "the leader's address refuses connections: calling an election"
+        );
+        Metrics::add(&metrics.elections_called, 1);
+        if let Err(error) = raft.trigger().elect().await {
+            debug!(%error, "calling an election failed");
+        }
+        // Give the election time to finish before looking again.
+        tokio::time::sleep(timing.lease).await;
+    }
+}
+
+struct WatchedLeader {
+    leader: NodeId,
+    term: u64,
+    addr: String,
+    /// This node's place among the voters other than the leader.
+    rank: u32,
+}
+
+/// The leader, if this node is a voting follower that has not heard from it for two
+/// heartbeats.
+fn silent_leader(
+    raft: &Raft<TypeConfig>,
+    contact: &LeaderContact,
+    timing: WatchTiming,
+) -> Option<WatchedLeader> {
+    let (me, state, leader, term, voters) = {
+        let m = raft.metrics().borrow().clone();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        (m.id, m.state, m.current_leader, m.current_term, voters)
+    };
+    let leader = leader.filter(|l| *l != me)?;
+    if state != ServerState::Follower || contact.last().elapsed() < timing.heartbeat * 2 {
+        return None;
+    }
+    let mut others: Vec<NodeId> = voters.into_iter().filter(|v| *v != leader).collect();
+    others.sort_unstable();
+    let rank = others.iter().position(|v| *v == me)?;
+    Some(WatchedLeader {
+        leader,
+        term,
+        addr: member_addr(raft, leader)?,
+        rank: u32::try_from(rank).unwrap_or(u32::MAX),
+    })
+}
+
+/// True only when the address answered and refused: nobody listens there any more.
+async fn refuses_connections(addr: &str) -> bool {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Ok(Ok(_)) | Err(_) => false,
+    }
+}
