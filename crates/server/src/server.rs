@@ -57,7 +57,13 @@ pub async fn run(
                 metrics: metrics.clone(),
             })
             .await
-            .context("cannot start the raft group (cluster.grpc_listen, data_dir)")?;
+            .with_context(|| {
+                format!(
+                    "cannot start the raft group (cluster.grpc_listen {}, data_dir {})",
+                    config.grpc_listen,
+                    config.data_dir.display()
+                )
+            })?;
             let (applied_tx, applied_rx) = tokio::sync::mpsc::channel(APPLIED_QUEUE);
             let snapshot = node
                 .attach_feed(applied_tx)

@@ -19,6 +19,13 @@ pub enum StoreError {
     /// Stored data does not have the shape this crate writes; the store cannot be trusted.
     #[error("corrupt raft store: {0}")]
     Corrupt(String),
+    /// The store was written by a FleetMQ version whose layout this build does not read.
+    #[error("the {what} was written by another FleetMQ version (data format {found}, this build reads {expected}): run the version that wrote it, or move the node's data_dir away and start it empty (in a cluster it copies everything back from the other members)")]
+    Incompatible {
+        what: &'static str,
+        found: String,
+        expected: String,
+    },
     /// The caller named a tree the state machine keeps its own metadata in.
     #[error("tree name {0:?} is reserved for the state machine's metadata")]
     ReservedTree(&'static str),

@@ -38,8 +38,8 @@ const COMMITTED_KEY: &[u8] = b"m:committed";
 const PURGED_KEY: &[u8] = b"m:purged";
 const FORMAT_KEY: &[u8] = b"m:format";
 /// Bump when the layout or the entry encoding changes, so an old binary refuses a newer log
-/// instead of misreading it.
-const FORMAT_VERSION: &[u8] = b"1";
+/// instead of misreading it. 2: entries carry `ClusterRequest { origin, request_seq }`.
+const FORMAT_VERSION: &[u8] = b"2";
 
 /// Recent entries are read back soon after they are written (replication to followers and
 /// apply), older ones only by a lagging follower, so a modest cache is enough.
@@ -147,11 +147,11 @@ impl SledLogStore {
         match tree.get(FORMAT_KEY)? {
             Some(v) if v.as_ref() == FORMAT_VERSION => {}
             Some(v) => {
-                return Err(StoreError::Corrupt(format!(
-                    "unsupported raft log format {:?}, expected {:?}",
-                    String::from_utf8_lossy(&v),
-                    String::from_utf8_lossy(FORMAT_VERSION)
-                )))
+                return Err(StoreError::Incompatible {
+                    what: "raft log",
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                    expected: String::from_utf8_lossy(FORMAT_VERSION).into_owned(),
+                })
             }
             // Not flushed: it becomes durable with the first vote or entry, and until then
             // there is nothing to misread.

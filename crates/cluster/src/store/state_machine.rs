@@ -44,6 +44,12 @@ type RaftResult<T> = Result<T, StorageError<NodeId>>;
 pub const META_TREE: &str = "raft_meta";
 const APPLIED_KEY: &[u8] = b"applied";
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
+const FORMAT_KEY: &[u8] = b"format";
+/// The layout of everything the state machine keeps (its metadata and the broker's trees).
+/// Bump when a stored record changes shape, so a node refuses a store it would misread.
+/// 2: `AppliedState.last_request`, `DeliveryRecord.{for_remote_owner, first_write}`, the
+/// `owners` tree. Stores written before this key existed have `applied` but no format.
+const DATA_FORMAT: &[u8] = b"2";
 /// Bump when [`SnapshotBlob`] changes shape, so a node refuses a snapshot it would misread.
 const SNAPSHOT_FORMAT: u8 = 2;
 
@@ -234,6 +240,27 @@ impl StateMachineStore {
     ) -> Result<Self, StoreError> {
         if trees.contains(&META_TREE) {
             return Err(StoreError::ReservedTree(META_TREE));
+        }
+        match engine.get(META_TREE, FORMAT_KEY)? {
+            Some(v) if v == DATA_FORMAT => {}
+            found => {
+                let written_before = engine.get(META_TREE, APPLIED_KEY)?.is_some();
+                if found.is_some() || written_before {
+                    return Err(StoreError::Incompatible {
+                        what: "state machine store",
+                        found: found.map_or_else(
+                            || "1 (unmarked)".to_owned(),
+                            |v| String::from_utf8_lossy(&v).into_owned(),
+                        ),
+                        expected: String::from_utf8_lossy(DATA_FORMAT).into_owned(),
+                    });
+                }
+                // A fresh store. Not flushed: a crash keeps a prefix of the engine's
+                // writes, so a store that has `applied` has its format too.
+                let mut batch = WriteBatch::new();
+                batch.put(META_TREE, FORMAT_KEY, DATA_FORMAT);
+                engine.write(batch)?;
+            }
         }
         let applied = engine
             .get(META_TREE, APPLIED_KEY)?
