@@ -97,6 +97,10 @@ pub enum Applied {
         client: Arc<str>,
         state: Box<ClientState>,
     },
+    /// A Raft snapshot replaced the whole store (this node had fallen further behind
+    /// than the log the leader keeps): everything now stored, read right after the
+    /// install, with nothing applied in between. Entries sent later follow it.
+    Reset(Box<Snapshot>),
 }
 
 /// A validated CONNECT.
@@ -145,6 +149,15 @@ enum Timer {
     WillDelay { client: Arc<str>, generation: u64 },
     SessionExpiry { client: Arc<str>, generation: u64 },
     Sys,
+}
+
+impl Timer {
+    fn client(&self) -> Option<&Arc<str>> {
+        match self {
+            Timer::WillDelay { client, .. } | Timer::SessionExpiry { client, .. } => Some(client),
+            Timer::Sys => None,
+        }
+    }
 }
 
 /// State the router shares between sessions: everything but the sessions.
@@ -206,6 +219,65 @@ struct HeldDelivery {
     subscription_ids: Vec<u32>,
 }
 
+/// A snapshot's message bodies, deliveries and QoS 2 state, by client: what sessions
+/// are installed from.
+struct StoredClients {
+    messages: HashMap<u64, Arc<Message>>,
+    /// Per client, in seq order.
+    deliveries: HashMap<String, Vec<(u64, DeliveryRecord)>>,
+    qos2_in: HashMap<String, Vec<u16>>,
+}
+
+impl StoredClients {
+    /// Indexes what was stored; `ids` will not hand out a stored id or seq again.
+    fn index(
+        ids: &mut IdGen,
+        messages: Vec<(u64, MessageRecord)>,
+        deliveries: Vec<(String, u64, DeliveryRecord)>,
+        qos2_in: Vec<(String, u16)>,
+    ) -> Self {
+        let mut stored = StoredClients {
+            messages: HashMap::with_capacity(messages.len()),
+            deliveries: HashMap::new(),
+            qos2_in: HashMap::new(),
+        };
+        for (id, record) in messages {
+            ids.observe(id);
+            stored.messages.insert(id, Arc::new(record.into_message()));
+        }
+        for (client, seq, record) in deliveries {
+            ids.observe(seq);
+            stored
+                .deliveries
+                .entry(client)
+                .or_default()
+                .push((seq, record));
+        }
+        for (client, packet_id) in qos2_in {
+            stored.qos2_in.entry(client).or_default().push(packet_id);
+        }
+        stored
+    }
+
+    /// Everything stored for `client`, whose session record is `record`.
+    fn take(&mut self, client: &str, record: SessionRecord) -> ClientState {
+        ClientState {
+            deliveries: self.deliveries.remove(client).unwrap_or_default(),
+            qos2_in: self.qos2_in.remove(client).unwrap_or_default(),
+            session: Some(record),
+            messages: Vec::new(),
+        }
+    }
+}
+
+/// What a live connection sets on its session: what its CONNECT asked for.
+struct Attach {
+    protocol: ProtocolVersion,
+    expiry_interval: u32,
+    will: Option<LastWill>,
+    inflight_window: u16,
+}
+
 pub struct Router {
     core: Core,
     node_id: u64,
@@ -264,29 +336,21 @@ impl Router {
     }
 
     fn restore(&mut self, snap: Snapshot) {
-        for record in snap.retained {
-            let message = Arc::new(record.into_message());
-            self.retained.insert(message.topic.clone(), message);
-        }
-        for (client, owner) in snap.owners {
+        let Snapshot {
+            sessions,
+            messages,
+            deliveries,
+            qos2_in,
+            retained,
+            owners,
+        } = snap;
+        self.replace_retained(retained);
+        for (client, owner) in owners {
             self.owners.insert(Arc::from(client), owner);
         }
-        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
-        for (id, record) in snap.messages {
-            self.core.ids.observe(id);
-            messages.insert(id, Arc::new(record.into_message()));
-        }
-        let mut deliveries: HashMap<String, Vec<(u64, DeliveryRecord)>> = HashMap::new();
-        for (client, seq, record) in snap.deliveries {
-            self.core.ids.observe(seq);
-            deliveries.entry(client).or_default().push((seq, record));
-        }
-        let mut qos2_in: HashMap<String, Vec<u16>> = HashMap::new();
-        for (client, packet_id) in snap.qos2_in {
-            qos2_in.entry(client).or_default().push(packet_id);
-        }
+        let mut stored = StoredClients::index(&mut self.core.ids, messages, deliveries, qos2_in);
         let mut with_session = std::collections::HashSet::new();
-        for (client, record) in snap.sessions {
+        for (client, record) in sessions {
             let client: Arc<str> = Arc::from(client);
             with_session.insert(client.clone());
             if !self.is_mine(&client) {
@@ -297,16 +361,11 @@ impl Router {
                 // Stored before the registry existed: claim it so other nodes know.
                 self.claim(&client);
             }
-            let state = ClientState {
-                deliveries: deliveries.remove(&*client).unwrap_or_default(),
-                qos2_in: qos2_in.remove(&*client).unwrap_or_default(),
-                session: Some(record),
-                messages: Vec::new(),
-            };
-            self.install_session(client, state, &messages);
+            let state = stored.take(&client, record);
+            self.install_session(client, state, &stored.messages);
         }
         // Deliveries of a session that is stored nowhere can never be sent.
-        for (client, list) in deliveries {
+        for (client, list) in stored.deliveries {
             if with_session.contains(client.as_str()) || !self.is_mine(&client) {
                 continue;
             }
@@ -317,8 +376,6 @@ impl Router {
                     .delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
             }
         }
-        let retained_count = self.retained.len() as i64;
-        Metrics::gauge_add(&self.core.metrics.retained_current, retained_count);
         if !self.sessions.is_empty() || !self.retained.is_empty() || !self.remote.is_empty() {
             info!(
                 sessions = self.sessions.len(),
@@ -327,6 +384,24 @@ impl Router {
                 "restored state from storage"
             );
         }
+    }
+
+    /// Replaces the stored retained messages held in memory with `records`.
+    fn replace_retained(&mut self, records: Vec<MessageRecord>) {
+        // $SYS topics are this node's own, never stored: they stay.
+        let before = self.retained.len();
+        self.retained
+            .retain(|topic, _| topic.starts_with(SYS_PREFIX));
+        let removed = before - self.retained.len();
+        for record in records {
+            let message = Arc::new(record.into_message());
+            self.retained.insert(message.topic.clone(), message);
+        }
+        let added = self.retained.len() - (before - removed);
+        Metrics::gauge_add(
+            &self.core.metrics.retained_current,
+            added as i64 - removed as i64,
+        );
     }
 
     /// True when this node holds (or may take without asking) the client's session.
@@ -532,6 +607,7 @@ impl Router {
                 self.apply_entry(origin, ops);
             }
             Applied::Loaded { client, state } => self.loaded(client, *state),
+            Applied::Reset(snapshot) => self.reset(*snapshot),
         }
     }
 
@@ -666,14 +742,28 @@ impl Router {
         if self.sessions.contains_key(&client) {
             return;
         }
-        let had_session = state.session.is_some();
-        let loaded_seqs: std::collections::HashSet<u64> =
-            state.deliveries.iter().map(|(seq, _)| *seq).collect();
         let messages: HashMap<u64, Arc<Message>> = std::mem::take(&mut state.messages)
             .into_iter()
             .map(|(id, record)| (id, Arc::new(record.into_message())))
             .collect();
-        self.install_session(client.clone(), state, &messages);
+        self.adopt(client, state, &messages);
+    }
+
+    /// Makes a stored session this node's: installs it, then finishes the CONNECT that
+    /// waited for it, or keeps it offline until its client comes back.
+    fn adopt(
+        &mut self,
+        client: Arc<str>,
+        state: ClientState,
+        messages: &HashMap<u64, Arc<Message>>,
+    ) {
+        if self.sessions.contains_key(&client) {
+            return;
+        }
+        let had_session = state.session.is_some();
+        let loaded_seqs: std::collections::HashSet<u64> =
+            state.deliveries.iter().map(|(seq, _)| *seq).collect();
+        self.install_session(client.clone(), state, messages);
         if had_session {
             Metrics::add(&self.core.metrics.sessions_taken_over, 1);
             info!(client_id = %client, "session taken over from another node");
@@ -718,6 +808,207 @@ impl Router {
             // client comes back; rewrite it so the record says it is disconnected.
             self.core.persist_session(session);
         }
+    }
+
+    /// Rebuilds what the router derived from the store once a snapshot replaced it,
+    /// keeping the connections of the sessions that stay here.
+    ///
+    /// The snapshot is the store as of an entry this node never saw applied; memory is
+    /// the store as of the last entry it saw, plus this node's own writes not applied
+    /// yet (a lagging follower still commits through the leader, a cut-off one keeps
+    /// retrying, and those entries come after the snapshot). So, per session:
+    /// - another node's now: handed off (0x8E), as if its claim had been applied;
+    /// - held here throughout ([`held_throughout`]): memory stays. Only the owner
+    ///   writes a session's record, QoS 2 state and delivery cursors, and memory has
+    ///   its latest writes, some of which the snapshot lacks; the store adds only what
+    ///   other nodes wrote meanwhile: deliveries they routed here;
+    /// - another node's meanwhile and this node's again: reloaded from the store,
+    ///   whose writes by that node win, with its connection kept if it has one;
+    /// - this node's now but not in memory: adopted, as if loaded from the entry that
+    ///   gave it to this node; that finishes a CONNECT waiting for it.
+    ///
+    /// A CONNECT waiting for a session the snapshot names another node for stays
+    /// waiting: its claim may be in an entry after the snapshot, and the router cannot
+    /// tell that from a claim overtaken by another node's; if none comes, the connection
+    /// gives up after `connect_timeout` (0x88) like any claim that cannot commit.
+    /// Other nodes' sessions and the retained messages are read as at start.
+    fn reset(&mut self, snap: Snapshot) {
+        let Snapshot {
+            sessions,
+            messages,
+            deliveries,
+            qos2_in,
+            retained,
+            owners,
+        } = snap;
+        let mut stored = StoredClients::index(&mut self.core.ids, messages, deliveries, qos2_in);
+        let mut records: HashMap<Arc<str>, SessionRecord> = sessions
+            .into_iter()
+            .map(|(client, record)| (Arc::from(client), record))
+            .collect();
+        let owners = owners
+            .into_iter()
+            .map(|(client, owner)| (Arc::from(client), owner))
+            .collect();
+        let before = std::mem::replace(&mut self.owners, owners);
+        self.replace_retained(retained);
+
+        let node = self.node_id;
+        let (mut moved, mut kept) = (Vec::new(), Vec::new());
+        let mut reload = std::collections::HashSet::new();
+        for client in self.sessions.keys() {
+            let now = self.owners.get(client);
+            if now.is_some_and(|o| o.node != node) {
+                moved.push(client.clone());
+            } else if records.contains_key(client)
+                && !held_throughout(node, before.get(client), now)
+            {
+                reload.insert(client.clone());
+            } else {
+                kept.push(client.clone());
+            }
+        }
+        for client in &moved {
+            self.hand_off(client);
+        }
+        // Set for the state being replaced; installing sets the new state's own.
+        self.timers
+            .retain(|_, timer| timer.client().is_none_or(|c| !reload.contains(c)));
+        for client in &kept {
+            if !self.owners.contains_key(client) {
+                // As at start: a session nobody is named for is claimed, so that other
+                // nodes route to it and no one else's writes to it are admitted.
+                self.claim(client);
+            }
+            self.pick_up_missed(client, &mut stored);
+        }
+        let reloaded = reload.len();
+        for client in reload {
+            if let Some(record) = records.remove(&client) {
+                self.reload_session(client, record, &mut stored);
+            }
+        }
+
+        let remote: Vec<Arc<str>> = self.remote.keys().cloned().collect();
+        for client in &remote {
+            self.set_remote(client, None);
+        }
+        let mut adopted = 0;
+        for (client, record) in records {
+            if self.sessions.contains_key(&client) {
+                continue;
+            }
+            if !self.is_mine(&client) {
+                self.set_remote(&client, Some(&record));
+                continue;
+            }
+            if held_throughout(node, before.get(&client), self.owners.get(&client)) {
+                // Ended here: its deletes are in entries after the snapshot.
+                continue;
+            }
+            if !self.owners.contains_key(&client) {
+                self.claim(&client);
+            }
+            let state = stored.take(&client, record);
+            self.adopt(client, state, &stored.messages);
+            adopted += 1;
+        }
+        // Claimed, and the claim applied, but nothing stored for it: a new session.
+        let waiting: Vec<Arc<str>> = self
+            .pending
+            .keys()
+            .filter(|client| self.owners.get(*client).is_some_and(|o| o.node == node))
+            .cloned()
+            .collect();
+        for client in waiting {
+            self.adopt(client, ClientState::default(), &stored.messages);
+        }
+        info!(
+            kept = kept.len(),
+            moved = moved.len(),
+            reloaded,
+            adopted,
+            remote_sessions = self.remote.len(),
+            retained = self.retained.len(),
+            "reloaded state from an installed snapshot"
+        );
+    }
+
+    /// Deliveries that other nodes stored for a session this node held while it missed
+    /// their entries (skipped by a snapshot): picked up as if from those entries.
+    fn pick_up_missed(&mut self, client: &Arc<str>, stored: &mut StoredClients) {
+        let list = stored.deliveries.remove(&**client).unwrap_or_default();
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        // This node's own writes of these were applied inside the snapshot: they will
+        // never come back as entries to be recognized by.
+        session
+            .held_before_pickup
+            .retain(|seq| list.binary_search_by_key(seq, |(s, _)| *s).is_err());
+        let known: std::collections::HashSet<u64> = session
+            .inflight
+            .iter()
+            .map(|i| i.delivery.seq)
+            .chain(session.queue.iter().map(|d| d.seq))
+            .chain(session.held_before_pickup.iter().copied())
+            .collect();
+        for (seq, record) in list {
+            // The owner rewrites a delivery once it sends it, so one still as another
+            // node first wrote it and not in memory was never seen here. (One this node
+            // completed or dropped before any of its writes for it were applied would
+            // be sent again: the price of not losing the others.)
+            if known.contains(&seq) || !record.for_remote_owner || record.inflight.is_some() {
+                continue;
+            }
+            let Some(message) = stored.messages.get(&record.message_id) else {
+                warn!(client_id = %client, seq, "stored delivery without its message");
+                continue;
+            };
+            let delivery = Delivery {
+                seq,
+                message: message.clone(),
+                stored_id: Some(record.message_id),
+                qos: QoS::from_u8(record.qos).unwrap_or(QoS::AtLeastOnce),
+                retain: record.retain,
+                subscription_ids: record.subscription_ids,
+                persisted: true,
+            };
+            self.core.enqueue(session, delivery, true);
+        }
+    }
+
+    /// Replaces a session of this node with the one stored for it (another node held
+    /// it meanwhile), keeping its connection if it has one.
+    fn reload_session(
+        &mut self,
+        client: Arc<str>,
+        record: SessionRecord,
+        stored: &mut StoredClients,
+    ) {
+        let Some((old, conn)) = self.remove_session(&client) else {
+            return;
+        };
+        self.unroute(&client, &old);
+        let state = stored.take(&client, record);
+        let Some(conn) = conn else {
+            self.adopt(client, state, &stored.messages);
+            return;
+        };
+        self.install_session(client.clone(), state, &stored.messages);
+        if let Some(session) = self.sessions.get_mut(&client) {
+            // QoS 2 PUBLISHes this connection sent and has not released yet: its next
+            // PUBREL must find them, whatever the other node stored.
+            session.incoming_qos2.extend(old.incoming_qos2);
+        }
+        // The connection keeps what its CONNECT asked for.
+        let live = Attach {
+            protocol: old.protocol,
+            expiry_interval: old.expiry_interval,
+            will: old.will,
+            inflight_window: old.inflight_window,
+        };
+        self.attach(client, conn, live, None);
     }
 
     /// Takes what the events handled since the last call produced.
@@ -903,24 +1194,47 @@ impl Router {
         {
             self.claim(&client);
         }
+        let live = Attach {
+            protocol: request.protocol,
+            expiry_interval: request.session_expiry_interval,
+            will: request.will,
+            inflight_window: request
+                .receive_maximum
+                .min(self.core.config.max_inflight)
+                .max(1),
+        };
+        self.attach(
+            client,
+            conn,
+            live,
+            Some((reply, ConnectReply { session_present })),
+        );
+    }
+
+    /// Gives the client's session (a new one if it has none) the connection `conn`,
+    /// stores it as connected, answers the CONNECT if there is one to answer, and
+    /// sends what waited: resent inflight messages first, then the queue.
+    fn attach(
+        &mut self,
+        client: Arc<str>,
+        conn: ConnectionHandle,
+        live: Attach,
+        reply: Option<(oneshot::Sender<ConnectReply>, ConnectReply)>,
+    ) {
         let core = &mut self.core;
         let session = self.sessions.entry(client.clone()).or_insert_with(|| {
             Metrics::gauge_add(&core.metrics.sessions_current, 1);
-            Session::new(
-                client.clone(),
-                request.protocol,
-                request.session_expiry_interval,
-            )
+            Session::new(client.clone(), live.protocol, live.expiry_interval)
         });
         let was_persistent = session.is_persistent();
-        session.protocol = request.protocol;
-        session.expiry_interval = request.session_expiry_interval;
-        session.will = request.will;
+        session.protocol = live.protocol;
+        session.expiry_interval = live.expiry_interval;
+        session.will = live.will;
         session.generation += 1;
         session.disconnected_at_ms = None;
-        session.inflight_window = request.receive_maximum.min(core.config.max_inflight).max(1);
+        session.inflight_window = live.inflight_window;
         session.connection = Some(conn.clone());
-        self.connections.insert(conn.id, client.clone());
+        self.connections.insert(conn.id, client);
 
         if was_persistent && !session.is_persistent() {
             core.forget_stored_state(session);
@@ -928,11 +1242,11 @@ impl Router {
         // Clean sessions are stored too (until they end): other nodes route to them
         // from the record, and a dead node's wills are published from it.
         core.persist_session(session);
-        core.round.outputs.push(Output::Reply(
-            conn.id,
-            reply,
-            ConnectReply { session_present },
-        ));
+        if let Some((reply, value)) = reply {
+            core.round
+                .outputs
+                .push(Output::Reply(conn.id, reply, value));
+        }
         core.resume(session);
     }
 
@@ -1006,13 +1320,18 @@ impl Router {
         let Some((mut session, _)) = self.remove_session(client) else {
             return;
         };
+        self.unroute(client, &session);
+        self.core.forget_stored_state(&mut session);
+        self.core.round.batch.delete(OWNERS, client.as_bytes());
+    }
+
+    /// Takes a session of this node that was removed from memory out of the trie.
+    fn unroute(&mut self, client: &Arc<str>, session: &Session) {
         for filter in session.subscriptions.keys() {
             if let Ok(parsed) = TopicFilter::parse(filter) {
                 self.trie.remove(&parsed, client);
             }
         }
-        self.core.forget_stored_state(&mut session);
-        self.core.round.batch.delete(OWNERS, client.as_bytes());
     }
 
     fn client_publish(&mut self, conn: ConnId, publish: Publish) {
@@ -1375,6 +1694,21 @@ impl Router {
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
+}
+
+/// Whether no other node can have held a session of node `node` between the registry
+/// record the router had applied (`before`) and the one a snapshot holds (`now`).
+/// Going to another node and coming back takes two claims, each one epoch up; a single
+/// step up is this node's own claim (a new client's first, a clean start's), which its
+/// memory already reflects. With nobody named now, whoever deleted the record ended the
+/// session (this node, or one that held it and left no trace): memory is kept.
+fn held_throughout(node: u64, before: Option<&OwnerRecord>, now: Option<&OwnerRecord>) -> bool {
+    let epoch = match before {
+        Some(before) if before.node != node => return false,
+        Some(before) => before.epoch,
+        None => 0,
+    };
+    now.is_none_or(|now| now.node == node && now.epoch <= epoch + 1)
 }
 
 /// Round robin over a shared group, on whatever node its members are, preferring

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use fleetmq_codec::{ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode};
-use fleetmq_storage::{KvEngine, MemoryEngine, WriteOp};
+use fleetmq_storage::{KvEngine, MemoryEngine, WriteBatch, WriteOp};
 use fleetmq_topic::TopicFilter;
 use tokio::sync::oneshot;
 
@@ -16,7 +16,7 @@ use crate::connection::{ConnectionEnd, ConnectionHandle, Outgoing, OutgoingPubli
 use crate::metrics::Metrics;
 use crate::peer::{ForwardedPublish, Forwarder};
 use crate::persist::{self, OwnerRecord, OWNERS};
-use crate::router::{Applied, ConnectReply, ConnectRequest, Event, Router};
+use crate::router::{Applied, ConnectReply, ConnectRequest, Event, Round, Router};
 use crate::service::deliver;
 
 #[derive(Default)]
@@ -36,6 +36,9 @@ struct Cluster {
     engine: MemoryEngine,
     forwarded: Arc<Outbox>,
     next_conn: u64,
+    /// A node (1-based) whose state machine has fallen behind: what is committed
+    /// meanwhile is not fed to its router, until [`Cluster::catch_up`].
+    lagging: Option<usize>,
 }
 
 struct Client {
@@ -63,6 +66,7 @@ impl Cluster {
             engine: MemoryEngine::new(),
             forwarded: Arc::new(Outbox::default()),
             next_conn: 1,
+            lagging: None,
         }
     }
 
@@ -76,33 +80,7 @@ impl Cluster {
                     continue;
                 }
                 quiet = false;
-                let origin = i as u64 + 1;
-                let ops: Vec<WriteOp> = round.batch.ops().to_vec();
-                self.engine.write(round.batch).unwrap();
-                for router in &mut self.routers {
-                    router.handle_applied(Applied::Entry {
-                        origin,
-                        ops: ops.clone(),
-                    });
-                }
-                for op in &ops {
-                    let WriteOp::Put {
-                        tree: OWNERS,
-                        key,
-                        value,
-                    } = op
-                    else {
-                        continue;
-                    };
-                    let owner: OwnerRecord = persist::decode(OWNERS, value).unwrap();
-                    let client = std::str::from_utf8(key).unwrap();
-                    let state = persist::load_client(&self.engine, client).unwrap();
-                    self.routers[owner.node as usize - 1].handle_applied(Applied::Loaded {
-                        client: Arc::from(client),
-                        state: Box::new(state),
-                    });
-                }
-                deliver(round.outputs, &self.metrics, &self.forwarded);
+                self.commit(i as u64 + 1, round);
             }
             let forwarded: Vec<_> = self.forwarded.0.lock().unwrap().drain(..).collect();
             for (node, publish) in forwarded {
@@ -114,6 +92,56 @@ impl Cluster {
             }
         }
         panic!("the cluster did not settle");
+    }
+
+    /// Commits one round of node `origin`: its writes go to the store and, in order, to
+    /// every router that is not lagging; then its outputs go out.
+    fn commit(&mut self, origin: u64, round: Round) {
+        let ops: Vec<WriteOp> = round.batch.ops().to_vec();
+        self.engine.write(round.batch).unwrap();
+        self.apply(origin, &ops);
+        deliver(round.outputs, &self.metrics, &self.forwarded);
+    }
+
+    /// Feeds committed `ops` to every router that is not lagging, with the loads a
+    /// claim gives its new owner.
+    fn apply(&mut self, origin: u64, ops: &[WriteOp]) {
+        for (i, router) in self.routers.iter_mut().enumerate() {
+            if self.lagging != Some(i + 1) {
+                router.handle_applied(Applied::Entry {
+                    origin,
+                    ops: ops.to_vec(),
+                });
+            }
+        }
+        for op in ops {
+            let WriteOp::Put {
+                tree: OWNERS,
+                key,
+                value,
+            } = op
+            else {
+                continue;
+            };
+            let owner: OwnerRecord = persist::decode(OWNERS, value).unwrap();
+            if self.lagging == Some(owner.node as usize) {
+                continue;
+            }
+            let client = std::str::from_utf8(key).unwrap();
+            let state = persist::load_client(&self.engine, client).unwrap();
+            self.routers[owner.node as usize - 1].handle_applied(Applied::Loaded {
+                client: Arc::from(client),
+                state: Box::new(state),
+            });
+        }
+    }
+
+    /// The lagging node installs a snapshot: its router gets the whole store.
+    fn catch_up(&mut self) {
+        let node = self.lagging.take().unwrap();
+        let stored = persist::load(&self.engine).unwrap();
+        self.routers[node - 1].handle_applied(Applied::Reset(Box::new(stored)));
+        self.settle();
     }
 
     fn connect(&mut self, node: usize, id: &str, clean: bool, expiry: u32) -> Client {
@@ -158,12 +186,28 @@ impl Cluster {
     }
 
     fn publish(&mut self, node: usize, c: &Client, topic: &str, payload: &str, qos: QoS) {
+        self.send_publish(node, c, topic, payload, qos, false);
+    }
+
+    fn publish_retained(&mut self, node: usize, c: &Client, topic: &str, payload: &str) {
+        self.send_publish(node, c, topic, payload, QoS::AtLeastOnce, true);
+    }
+
+    fn send_publish(
+        &mut self,
+        node: usize,
+        c: &Client,
+        topic: &str,
+        payload: &str,
+        qos: QoS,
+        retain: bool,
+    ) {
         self.routers[node - 1].handle(Event::Publish {
             conn: c.conn,
             publish: Publish {
                 dup: false,
                 qos,
-                retain: false,
+                retain,
                 topic: Arc::from(topic),
                 packet_id: (qos != QoS::AtMostOnce).then_some(1),
                 properties: PublishProperties::default(),
@@ -171,6 +215,38 @@ impl Cluster {
             },
         });
         self.settle();
+    }
+
+    fn disconnect(&mut self, node: usize, c: &Client) {
+        self.routers[node - 1].handle(Event::Disconnect {
+            conn: c.conn,
+            publish_will: false,
+            session_expiry_interval: None,
+        });
+        self.settle();
+    }
+
+    fn owner(&self, client: &str) -> OwnerRecord {
+        let bytes = self.engine.get(OWNERS, client.as_bytes()).unwrap().unwrap();
+        persist::decode(OWNERS, &bytes).unwrap()
+    }
+
+    /// Commits a move of `client` to `node`, as the leader's failover does.
+    fn move_session(&mut self, client: &str, node: u64) {
+        let epoch = self.owner(client).epoch + 1;
+        let mut batch = WriteBatch::new();
+        batch.put(
+            OWNERS,
+            client.as_bytes(),
+            persist::encode(&OwnerRecord { node, epoch }),
+        );
+        self.commit(
+            node,
+            Round {
+                batch,
+                outputs: Vec::new(),
+            },
+        );
     }
 }
 
@@ -291,4 +367,148 @@ fn a_session_follows_its_client_to_another_node_with_its_queue() {
     .unwrap();
     assert_eq!(owner.node, 2);
     assert_eq!(owner.epoch, 2);
+}
+
+fn is_closed(c: &Client) -> Option<ReasonCode> {
+    *c.end.close.borrow()
+}
+
+#[test]
+fn a_router_under_an_installed_snapshot_reloads_what_it_missed() {
+    let mut cluster = Cluster::new(2);
+    let moving = cluster.connect(2, "moving", false, 600);
+    cluster.subscribe(2, &moving, "m/#", QoS::AtLeastOnce);
+    let mut staying = cluster.connect(2, "staying", false, 600);
+    cluster.subscribe(2, &staying, "s/#", QoS::AtLeastOnce);
+    let pub1 = cluster.connect(1, "pub1", true, 0);
+    let pub2 = cluster.connect(2, "pub2", true, 0);
+    cluster.publish_retained(1, &pub1, "r/old", "stale");
+
+    // Node 2 falls behind; everything below is committed while it applies nothing.
+    cluster.lagging = Some(2);
+    // (a) "moving" is taken over on node 1.
+    let mut moved = cluster.connect(1, "moving", false, 600);
+    assert!(moved.reply.try_recv().unwrap().session_present);
+    // (b) Node 1 stores a message for "staying", for node 2 to pick up.
+    cluster.publish(1, &pub1, "s/1", "missed", QoS::AtLeastOnce);
+    // (c) A session appears on node 1.
+    let mut newcomer = cluster.connect(1, "newcomer", true, 0);
+    cluster.subscribe(1, &newcomer, "n/#", QoS::AtMostOnce);
+    // (d) The retained set changes.
+    cluster.publish_retained(1, &pub1, "r/old", "");
+    cluster.publish_retained(1, &pub1, "r/new", "fresh");
+    // Node 2's own writes meanwhile: one committed (so in the snapshot), one still on its
+    // way through Raft when the snapshot is installed.
+    cluster.subscribe(2, &staying, "own/#", QoS::AtMostOnce);
+    cluster.routers[1].handle(Event::Subscribe {
+        conn: staying.conn,
+        packet_id: 2,
+        filters: vec![Ok((
+            TopicFilter::parse("late/#").unwrap(),
+            fleetmq_codec::SubscriptionOptions::default(),
+        ))],
+        subscription_id: None,
+    });
+    let in_flight = cluster.routers[1].take_round();
+
+    // Node 2 still acts on what it last applied.
+    cluster.publish(2, &pub2, "n/1", "too early", QoS::AtMostOnce);
+    assert!(payloads(&mut newcomer).is_empty());
+    assert!(payloads(&mut staying).is_empty());
+    assert_eq!(is_closed(&moving), None);
+
+    cluster.catch_up();
+
+    // (a) The session moved: its connection here is closed with 0x8E, and a message
+    // published on node 2 reaches it on node 1.
+    assert_eq!(is_closed(&moving), Some(ReasonCode::SessionTakenOver));
+    cluster.publish(2, &pub2, "m/1", "to node 1", QoS::AtLeastOnce);
+    assert_eq!(payloads(&mut moved), ["to node 1"]);
+    // (b) The session that stayed keeps its connection and gets what was stored for it.
+    assert_eq!(is_closed(&staying), None);
+    assert_eq!(payloads(&mut staying), ["missed"]);
+    // (c) Node 2 routes to the new remote session.
+    cluster.publish(2, &pub2, "n/1", "hello", QoS::AtMostOnce);
+    assert_eq!(payloads(&mut newcomer), ["hello"]);
+    // (d) A new subscriber on node 2 gets the retained messages as they are now.
+    let mut reader = cluster.connect(2, "reader", true, 0);
+    cluster.subscribe(2, &reader, "r/#", QoS::AtLeastOnce);
+    assert_eq!(payloads(&mut reader), ["fresh"]);
+    // Node 2's own writes survive the reload, the one the snapshot lacked included.
+    cluster.commit(2, in_flight);
+    cluster.publish(2, &pub2, "own/1", "own", QoS::AtMostOnce);
+    cluster.publish(2, &pub2, "late/1", "late", QoS::AtMostOnce);
+    assert_eq!(payloads(&mut staying), ["own", "late"]);
+}
+
+#[test]
+fn a_session_that_came_back_meanwhile_is_reloaded_under_its_connection() {
+    let mut cluster = Cluster::new(2);
+    let mut roamer = cluster.connect(2, "roamer", false, 600);
+    cluster.subscribe(2, &roamer, "a/#", QoS::AtLeastOnce);
+    let pub1 = cluster.connect(1, "pub1", true, 0);
+    let pub2 = cluster.connect(2, "pub2", true, 0);
+
+    // While node 2 lags, the session goes to node 1, gains a subscription and a message
+    // in flight there, and is moved back to node 2 (node 1 deemed dead).
+    cluster.lagging = Some(2);
+    let mut away = cluster.connect(1, "roamer", false, 600);
+    cluster.subscribe(1, &away, "b/#", QoS::AtLeastOnce);
+    cluster.publish(1, &pub1, "b/1", "while away", QoS::AtLeastOnce);
+    let sent = publishes(&mut away);
+    assert_eq!(sent.len(), 1);
+    cluster.move_session("roamer", 2);
+    assert_eq!(is_closed(&away), Some(ReasonCode::SessionTakenOver));
+    assert_eq!(cluster.owner("roamer").epoch, 3);
+
+    cluster.catch_up();
+
+    // Node 2 holds it again: the connection it kept stays, with the stored session.
+    assert_eq!(is_closed(&roamer), None);
+    let resent = publishes(&mut roamer);
+    assert_eq!(resent.len(), 1, "the message in flight is resent");
+    assert!(resent[0].dup);
+    assert_eq!(resent[0].packet_id, sent[0].packet_id);
+    cluster.publish(2, &pub2, "b/2", "gained", QoS::AtMostOnce);
+    cluster.publish(2, &pub2, "a/1", "kept", QoS::AtMostOnce);
+    assert_eq!(payloads(&mut roamer), ["gained", "kept"]);
+}
+
+#[test]
+fn sessions_given_to_a_lagging_node_are_taken_up_from_the_snapshot() {
+    let mut cluster = Cluster::new(2);
+    let first = cluster.connect(1, "comer", false, 600);
+    cluster.subscribe(1, &first, "c/#", QoS::AtLeastOnce);
+    let sleeper = cluster.connect(1, "sleeper", false, 600);
+    cluster.subscribe(1, &sleeper, "z/#", QoS::AtLeastOnce);
+    cluster.disconnect(1, &sleeper);
+    let pub1 = cluster.connect(1, "pub1", true, 0);
+    let pub2 = cluster.connect(2, "pub2", true, 0);
+    assert_eq!(cluster.routers[1].session_count(), 1);
+
+    cluster.lagging = Some(2);
+    // "comer" reconnects on node 2: its claim is committed (node 1 lets go) but node 2
+    // has not applied it, so its CONNECT waits.
+    let mut second = cluster.connect(2, "comer", false, 600);
+    assert_eq!(is_closed(&first), Some(ReasonCode::SessionTakenOver));
+    cluster.publish(1, &pub1, "c/1", "meanwhile", QoS::AtLeastOnce);
+    assert!(second.reply.try_recv().is_err());
+    // "sleeper", offline, is moved to node 2.
+    cluster.move_session("sleeper", 2);
+
+    cluster.catch_up();
+
+    assert!(second.reply.try_recv().unwrap().session_present);
+    assert_eq!(payloads(&mut second), ["meanwhile"]);
+    cluster.publish(2, &pub2, "c/2", "after", QoS::AtLeastOnce);
+    assert_eq!(payloads(&mut second), ["after"]);
+    assert_eq!(
+        cluster.routers[1].session_count(),
+        3,
+        "pub2, comer and the adopted sleeper"
+    );
+    let mut woken = cluster.connect(2, "sleeper", false, 600);
+    assert!(woken.reply.try_recv().unwrap().session_present);
+    cluster.publish(2, &pub2, "z/1", "wake", QoS::AtLeastOnce);
+    assert_eq!(payloads(&mut woken), ["wake"]);
 }

@@ -228,6 +228,7 @@ async fn the_feed_gets_each_entry_then_the_sessions_that_became_this_nodes() {
             Applied::Loaded { client, state } => {
                 loaded.push((client.to_string(), state.session.is_some()));
             }
+            Applied::Reset(_) => panic!("no snapshot is installed here"),
         }
     }
     assert_eq!(entries, 4);

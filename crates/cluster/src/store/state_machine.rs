@@ -590,15 +590,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data,
         };
+        // Held from before the write until the broker has the new state, as apply holds it:
+        // a feed attached meanwhile could otherwise read the old store and never hear of
+        // the new one.
+        let feed = Arc::clone(&self.feed);
+        let feed = feed.lock().await;
         let installed = blocking(move || keep_snapshot(&*engine, &current, candidate, batch))
             .await
             .raft(subject(), ErrorVerb::Write)?;
         if installed {
             self.applied = applied;
-            if self.feed.lock().await.is_some() {
-                // The broker's view was built from entries; a snapshot replaces the store
-                // wholesale. Until the router can reload, say so loudly.
-                tracing::error!(snapshot = %meta, "snapshot installed under a running broker; restart this node to reload its sessions");
+            if let Some(feed) = feed.as_ref() {
+                // The broker's view was built from entries, and the snapshot replaced the
+                // store wholesale: it rebuilds that view from the store as it is now.
+                let engine = Arc::clone(&self.engine);
+                let stored = blocking(move || {
+                    persist::load(engine.as_ref()).map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .await
+                .raft(subject(), ErrorVerb::Read)?;
+                tracing::info!(snapshot = %meta, "snapshot installed under a running broker; its router reloads");
+                // A closed feed means the broker is stopping: nobody is left to tell.
+                let _ = feed.tx.send(Applied::Reset(Box::new(stored))).await;
             }
         } else {
             // openraft only installs a snapshot newer than what it has; skipping is safe but
