@@ -363,19 +363,25 @@ pub fn load_client(engine: &dyn KvEngine, client: &str) -> Result<ClientState, P
 /// unreferenced: any node may delete it, whichever sessions (on whichever nodes) once
 /// held it.
 pub fn unreferenced_messages(engine: &dyn KvEngine) -> Result<Vec<u64>, PersistError> {
+    // Messages first, deliveries second, while entries keep being applied: a message
+    // comes with its deliveries in one atomic write and only loses them later, so one
+    // seen here has its deliveries in the second scan unless they are gone for good.
+    // The other order lost messages: one stored between the scans looked unreferenced,
+    // and its deliveries were left without a body.
+    let mut candidates = Vec::new();
+    for (key, _) in engine.scan_prefix(MESSAGES, &[])? {
+        candidates.push(u64_key(MESSAGES, &key)?);
+    }
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
     let mut referenced = std::collections::HashSet::new();
     for (_, value) in engine.scan_prefix(DELIVERIES, &[])? {
         let record: DeliveryRecord = decode(DELIVERIES, &value)?;
         referenced.insert(record.message_id);
     }
-    let mut unreferenced = Vec::new();
-    for (key, _) in engine.scan_prefix(MESSAGES, &[])? {
-        let id = u64_key(MESSAGES, &key)?;
-        if !referenced.contains(&id) {
-            unreferenced.push(id);
-        }
-    }
-    Ok(unreferenced)
+    candidates.retain(|id| !referenced.contains(id));
+    Ok(candidates)
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -482,6 +488,7 @@ fn u64_key(tree: &'static str, key: &[u8]) -> Result<u64, PersistError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleetmq_storage::WriteBatch;
 
     #[test]
     fn message_record_round_trips() {
@@ -563,6 +570,84 @@ mod tests {
         assert!(!check(DELIVERIES, &delivery, None, 1, &mut present));
         assert!(check(SESSIONS, b"other", some, 1, &mut absent));
         assert!(check(RETAINED, b"t", some, 1, &mut absent));
+    }
+
+    /// An engine that stores a new message with its delivery right after the first
+    /// scan, as the state machine applying an entry during a sweep's scans does.
+    struct WritesBetweenScans {
+        inner: fleetmq_storage::MemoryEngine,
+        scans: std::sync::atomic::AtomicUsize,
+    }
+
+    impl KvEngine for WritesBetweenScans {
+        fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+            self.inner.get(tree, key)
+        }
+
+        fn scan_prefix(
+            &self,
+            tree: &str,
+            prefix: &[u8],
+        ) -> Result<Vec<fleetmq_storage::KvPair>, StorageError> {
+            let found = self.inner.scan_prefix(tree, prefix)?;
+            if self.scans.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                let mut batch = WriteBatch::new();
+                batch.put(MESSAGES, 7u64.to_be_bytes().to_vec(), vec![0]);
+                batch.put(
+                    DELIVERIES,
+                    client_key("late", &1u64.to_be_bytes()),
+                    encode(&delivery_of(7)),
+                );
+                self.inner.write(batch)?;
+            }
+            Ok(found)
+        }
+
+        fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+            self.inner.write(batch)
+        }
+
+        fn flush(&self) -> Result<(), StorageError> {
+            Ok(())
+        }
+    }
+
+    fn delivery_of(message_id: u64) -> DeliveryRecord {
+        DeliveryRecord {
+            message_id,
+            qos: 1,
+            retain: false,
+            subscription_ids: vec![],
+            inflight: None,
+            for_remote_owner: true,
+            first_write: true,
+        }
+    }
+
+    #[test]
+    fn a_message_stored_during_the_sweep_scan_is_not_swept() {
+        let engine = WritesBetweenScans {
+            inner: fleetmq_storage::MemoryEngine::new(),
+            scans: Default::default(),
+        };
+        let mut batch = WriteBatch::new();
+        // 1 is referenced, 2 is not.
+        batch.put(MESSAGES, 1u64.to_be_bytes().to_vec(), vec![0]);
+        batch.put(MESSAGES, 2u64.to_be_bytes().to_vec(), vec![0]);
+        batch.put(
+            DELIVERIES,
+            client_key("c", &1u64.to_be_bytes()),
+            encode(&delivery_of(1)),
+        );
+        engine.inner.write(batch).unwrap();
+        assert_eq!(unreferenced_messages(&engine).unwrap(), [2]);
+        assert!(engine
+            .inner
+            .get(MESSAGES, &7u64.to_be_bytes())
+            .unwrap()
+            .is_some());
+        // The next sweep sees message 7 with its delivery.
+        assert_eq!(unreferenced_messages(&engine).unwrap(), [2]);
     }
 
     #[test]
