@@ -4,11 +4,11 @@
 //! nodes gets each message once; a client id connecting to another node takes its
 //! session over from the first one (DISCONNECT 0x8E there, session present here).
 //!
-//! A SUBACK says that a subscription exists, not that the routers of the other
-//! nodes have applied it yet: before counting, each test waits until the
-//! subscriptions are known cluster-wide, either with probe messages that every
-//! subscriber must receive from every node (bounded by a deadline) or by waiting
-//! until every node has applied the leader's log.
+//! A SUBACK goes out once every live node routes to the new subscription, so a
+//! PUBLISH sent anywhere after it reaches the subscriber
+//! (`a_publish_right_after_the_suback_on_another_node_reaches_the_subscriber`). The
+//! older tests here still start with probe messages every subscriber must receive
+//! from every node: a check that the cluster routes at all before they count.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -618,4 +618,45 @@ async fn ctl_members_list_shows_every_nodes_state() {
         .find(|m| m["id"] == victim)
         .expect("the killed member is still a member");
     assert_eq!(dead["reachable"], false, "{json:#}");
+}
+
+/// What users do through a load balancer: subscribe on one node and, as soon as the
+/// SUBACK is in, publish on another. The SUBACK waits until every node routes to the
+/// new subscription, so no message sent after it may miss it: no probes, no waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_right_after_the_suback_on_another_node_reaches_the_subscriber() {
+    let cluster = Cluster::start();
+    let mut publishers = BTreeMap::new();
+    for n in cluster.ids() {
+        let client = V4Client::must_connect(cluster.node(n), &unique_id("t11-vis-pub")).await;
+        publishers.insert(n, client);
+    }
+    let mut missed = Vec::new();
+    for round in 0..30usize {
+        // Every ordered pair of nodes, the leader on either side.
+        let sub_node = (round % 3) as u64 + 1;
+        let pub_node = ((round + 1 + round / 3 % 2) % 3) as u64 + 1;
+        assert_ne!(sub_node, pub_node);
+        let topic = format!("t11/{}/vis/{round}", unique_id("vis"));
+        let mut sub =
+            V4Client::must_connect(cluster.node(sub_node), &unique_id("t11-vis-sub")).await;
+        sub.must_subscribe(&topic, QoS::AtLeastOnce).await;
+        let publisher = publishers.get_mut(&pub_node).expect("a publisher per node");
+        publisher
+            .must_publish(&topic, QoS::AtLeastOnce, false, format!("r{round}"))
+            .await;
+        match sub.recv_publish(WAIT).await {
+            Some(p) => assert_eq!(text(&p.payload), format!("r{round}")),
+            None => missed.push(format!(
+                "round {round}: subscribed on {sub_node}, published on {pub_node}"
+            )),
+        }
+        sub.disconnect().await;
+    }
+    assert!(
+        missed.is_empty(),
+        "acknowledged messages published after the SUBACK never arrived:\n{}\n{}",
+        missed.join("\n"),
+        cluster.log_tails(20)
+    );
 }

@@ -20,7 +20,9 @@ pub use message::{now_ms, Message, MessageProperties};
 pub use metrics::{CloseReason, DropReason, Metrics};
 pub use peer::{ForwardTarget, ForwardedPublish, Forwarder, NoForwarder};
 pub use router::{Applied, ConnectReply, ConnectRequest, Event};
-pub use service::{BrokerParts, BrokerService, CommitError, Committer, LocalCommitter};
+pub use service::{
+    BrokerParts, BrokerService, CommitError, Committer, LocalCommitter, RoutingView, Visibility,
+};
 
 #[cfg(test)]
 mod router_cluster_tests;

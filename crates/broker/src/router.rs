@@ -101,6 +101,9 @@ pub enum Applied {
     /// than the log the leader keeps): everything now stored, read right after the
     /// install, with nothing applied in between. Entries sent later follow it.
     Reset(Box<Snapshot>),
+    /// Everything up to and including this Raft log index has been sent: what the
+    /// entries wrote is in the router's view once it takes this.
+    Through(u64),
 }
 
 /// A validated CONNECT.
@@ -296,6 +299,8 @@ pub struct Router {
     share_counter: usize,
     /// Reused for every PUBLISH to avoid an allocation per message.
     targets: Vec<(Arc<str>, SubscriptionEntry)>,
+    /// See [`Router::applied_through`].
+    applied_through: u64,
 }
 
 const SYS_PREFIX: &str = "$SYS/";
@@ -324,6 +329,7 @@ impl Router {
             timer_seq: 0,
             share_counter: 0,
             targets: Vec::new(),
+            applied_through: 0,
         };
         router.restore(snapshot);
         if let Some(interval) = sys_interval {
@@ -608,7 +614,13 @@ impl Router {
             }
             Applied::Loaded { client, state } => self.loaded(client, *state),
             Applied::Reset(snapshot) => self.reset(*snapshot),
+            Applied::Through(index) => self.applied_through = self.applied_through.max(index),
         }
+    }
+
+    /// The Raft log index up to which replicated writes are in this router's view.
+    pub fn applied_through(&self) -> u64 {
+        self.applied_through
     }
 
     fn apply_entry(&mut self, origin: u64, ops: Vec<WriteOp>) {

@@ -4,16 +4,19 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleetmq_codec::Packet;
 use fleetmq_storage::{KvEngine, StorageError, WriteBatch};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 use crate::config::BrokerConfig;
+use crate::connection::Outgoing;
 use crate::metrics::Metrics;
 use crate::peer::Forwarder;
 use crate::persist::{self, Snapshot};
@@ -36,6 +39,8 @@ const SWEEP_CHUNK: usize = 1024;
 /// Writes merged into one commit (one Raft entry in a cluster) at most; a round is
 /// never split, so one big round may go over.
 const MAX_OPS_PER_COMMIT: usize = 4096;
+/// Committed rounds whose outputs wait for [`Visibility`]; beyond this the committer waits.
+const FENCE_QUEUE: usize = 64;
 
 /// Why a batch could not be made durable.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +55,66 @@ pub enum CommitError {
 /// node, a committed Raft entry in a cluster. The broker defines it; whoever runs the
 /// broker chooses the implementation.
 pub trait Committer: Send + 'static {
-    /// Resolves once `batch` is durable. Batches come in order, one at a time; on an
-    /// error the outputs of the rounds in the batch are withheld (clients resend).
-    fn commit(&mut self, batch: WriteBatch)
-        -> impl Future<Output = Result<(), CommitError>> + Send;
+    /// Resolves once `batch` is durable, with the Raft log index of the entry that
+    /// carries it (0 where there is no log). Batches come in order, one at a time; on
+    /// an error the outputs of the rounds in the batch are withheld (clients resend).
+    fn commit(
+        &mut self,
+        batch: WriteBatch,
+    ) -> impl Future<Output = Result<u64, CommitError>> + Send;
+}
+
+/// Waits until the writes of a committed Raft entry are in every other node's routing
+/// view. A SUBACK promises that messages published from then on reach the subscription,
+/// wherever they are published: it goes out only once [`Visibility::wait`] for its
+/// entry has resolved. Without it, a PUBLISH sent to another node right after the SUBACK
+/// could be routed there before that node applied the subscription, and be lost.
+pub trait Visibility: Send + Sync + 'static {
+    /// Resolves once every other node's router has taken the entries up to `index`, or
+    /// once waiting longer cannot help (a node that is down, cut off, or has no router
+    /// yet: it takes the subscription from the store when it starts or catches up).
+    fn wait(&self, index: u64) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// How far this node's router has taken the replicated store's entries (a Raft log
+/// index); other nodes' [`Visibility`] waits on it.
+#[derive(Clone, Debug)]
+pub struct RoutingView {
+    through: Arc<watch::Sender<u64>>,
+}
+
+impl Default for RoutingView {
+    fn default() -> Self {
+        RoutingView {
+            through: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+impl RoutingView {
+    /// The log index through which the router has taken every entry.
+    pub fn through(&self) -> u64 {
+        *self.through.borrow()
+    }
+
+    /// True once the router has taken every entry through `index`; false if that
+    /// does not happen within `timeout`.
+    pub async fn wait_for(&self, index: u64, timeout: Duration) -> bool {
+        let mut rx = self.through.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|through| *through >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn advance(&self, index: u64) {
+        self.through.send_if_modified(|through| {
+            let newer = index > *through;
+            if newer {
+                *through = index;
+            }
+            newer
+        });
+    }
 }
 
 /// Writes to the local store and flushes it: the single-node committer.
@@ -71,7 +132,7 @@ impl Committer for LocalCommitter {
     fn commit(
         &mut self,
         batch: WriteBatch,
-    ) -> impl Future<Output = Result<(), CommitError>> + Send {
+    ) -> impl Future<Output = Result<u64, CommitError>> + Send {
         let engine = self.engine.clone();
         async move {
             // fsync blocks: keep it off the runtime's worker threads.
@@ -80,8 +141,8 @@ impl Committer for LocalCommitter {
                 engine.flush()
             })
             .await
-            .map_err(|e| CommitError::Replication(format!("writer task failed: {e}")))?
-            .map_err(CommitError::from)
+            .map_err(|e| CommitError::Replication(format!("writer task failed: {e}")))??;
+            Ok(0)
         }
     }
 }
@@ -116,6 +177,10 @@ pub struct BrokerParts<C: Committer> {
     /// Whether this node sweeps unreferenced messages now: in a cluster only the
     /// leader does (any node could; one is enough).
     pub sweeps: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Where the router tells how far it has taken `applied`.
+    pub view: RoutingView,
+    /// What SUBACKs wait for in a cluster; `None` where no other node routes.
+    pub visibility: Option<Arc<dyn Visibility>>,
 }
 
 impl BrokerService {
@@ -132,19 +197,21 @@ impl BrokerService {
             event_capacity,
             applied,
             sweeps,
+            view,
+            visibility,
         } = parts;
         let mut router = Router::new(config, metrics.clone(), snapshot);
         let (events_tx, events_rx) = mpsc::channel(event_capacity.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let gates = Arc::new(Gates::default());
-        let committer = tokio::spawn(run_committer(
-            committer,
-            commit_rx,
-            gates.clone(),
-            metrics.clone(),
-            forwarder.clone(),
-        ));
+        let outlet = Outlet {
+            gates: gates.clone(),
+            metrics: metrics.clone(),
+            forwarder: forwarder.clone(),
+        };
+        let fence = visibility.map(|visibility| VisibilityFence::start(visibility, outlet.clone()));
+        let committer = tokio::spawn(run_committer(committer, commit_rx, outlet, fence));
         // State restored from storage may need cleanup writes (orphans); commit them first.
         let initial = router.take_round();
         let sink_metrics = router.metrics();
@@ -154,6 +221,7 @@ impl BrokerService {
                 gates,
                 metrics: sink_metrics,
                 forwarder,
+                view,
             };
             let mut applied = applied;
             commits.finish(initial, &mut router, &mut applied).await;
@@ -287,6 +355,7 @@ struct RoundSink {
     gates: Arc<Gates>,
     metrics: Arc<Metrics>,
     forwarder: Arc<dyn Forwarder>,
+    view: RoutingView,
 }
 
 impl RoundSink {
@@ -322,7 +391,10 @@ impl RoundSink {
                     }
                     return;
                 }
-                Some(entry) = recv_applied(applied) => router.handle_applied(entry),
+                Some(entry) = recv_applied(applied) => {
+                    router.handle_applied(entry);
+                    self.view.advance(router.applied_through());
+                }
             }
         }
     }
@@ -385,6 +457,7 @@ async fn run_router(
                 router.fire_timers(Instant::now());
             }
         }
+        sink.view.advance(router.applied_through());
         let round = router.take_round();
         sink.finish(round, &mut router, &mut applied).await;
     }
@@ -413,14 +486,133 @@ pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics, forwarder: &dyn F
     }
 }
 
-async fn run_committer(
-    mut committer: impl Committer,
-    mut rounds: mpsc::Receiver<Round>,
+/// Where committed rounds' outputs go out, and the gates they release.
+#[derive(Clone)]
+struct Outlet {
     gates: Arc<Gates>,
     metrics: Arc<Metrics>,
     forwarder: Arc<dyn Forwarder>,
+}
+
+impl Outlet {
+    fn send(&self, outputs: Vec<Output>) {
+        let destinations: Vec<u64> = outputs.iter().map(destination).collect();
+        deliver(outputs, &self.metrics, self.forwarder.as_ref());
+        self.gates.release(destinations);
+    }
+}
+
+fn is_suback(output: &Output) -> bool {
+    matches!(output, Output::Send(_, Outgoing::Packet(packet)) if matches!(**packet, Packet::SubAck(_)))
+}
+
+/// Holds SUBACKs until [`Visibility`] says their subscription is in every node's
+/// routing view, and holds behind each of them whatever else goes to the same
+/// connection, so that every connection's outputs keep their order.
+struct VisibilityFence {
+    waiting: mpsc::Sender<Fenced>,
+    /// Connections with outputs in `waiting`, and how many.
+    held: Arc<std::sync::Mutex<HashMap<u64, usize>>>,
+}
+
+/// Outputs of one committed round that wait behind the fence.
+struct Fenced {
+    /// The entry that carried the round.
+    index: u64,
+    /// Whether they hold a SUBACK (or only follow one to the same connection).
+    has_suback: bool,
+    outputs: Vec<Output>,
+}
+
+fn lock_held(
+    held: &std::sync::Mutex<HashMap<u64, usize>>,
+) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+    held.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl VisibilityFence {
+    fn start(visibility: Arc<dyn Visibility>, outlet: Outlet) -> VisibilityFence {
+        let (waiting, rx) = mpsc::channel(FENCE_QUEUE);
+        let held = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        tokio::spawn(run_fence(rx, visibility, held.clone(), outlet));
+        VisibilityFence { waiting, held }
+    }
+
+    /// Sends what may go now and queues the rest behind the fence.
+    async fn pass(&self, index: u64, outputs: Vec<Output>, outlet: &Outlet) {
+        let (mut now, mut later) = (Vec::new(), Vec::new());
+        let mut has_suback = false;
+        {
+            let mut held = lock_held(&self.held);
+            for output in outputs {
+                let suback = is_suback(&output);
+                let destination = destination(&output);
+                if suback || held.contains_key(&destination) {
+                    has_suback |= suback;
+                    *held.entry(destination).or_insert(0) += 1;
+                    later.push(output);
+                } else {
+                    now.push(output);
+                }
+            }
+        }
+        outlet.send(now);
+        if later.is_empty() {
+            return;
+        }
+        let fenced = Fenced {
+            index,
+            has_suback,
+            outputs: later,
+        };
+        if let Err(mpsc::error::SendError(fenced)) = self.waiting.send(fenced).await {
+            // The fence task is gone (shutting down): late beats never.
+            release_held(&self.held, &fenced.outputs);
+            outlet.send(fenced.outputs);
+        }
+    }
+}
+
+fn release_held(held: &std::sync::Mutex<HashMap<u64, usize>>, outputs: &[Output]) {
+    let mut held = lock_held(held);
+    for d in outputs.iter().map(destination) {
+        if let Some(n) = held.get_mut(&d) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&d);
+            }
+        }
+    }
+}
+
+async fn run_fence(
+    mut waiting: mpsc::Receiver<Fenced>,
+    visibility: Arc<dyn Visibility>,
+    held: Arc<std::sync::Mutex<HashMap<u64, usize>>>,
+    outlet: Outlet,
+) {
+    let mut batch = Vec::new();
+    while waiting.recv_many(&mut batch, FENCE_QUEUE).await > 0 {
+        // One wait for all that queued: the newest entry's visibility covers the older.
+        if let Some(index) = batch.iter().filter(|f| f.has_suback).map(|f| f.index).max() {
+            visibility.wait(index).await;
+        }
+        for fenced in batch.drain(..) {
+            release_held(&held, &fenced.outputs);
+            outlet.send(fenced.outputs);
+        }
+    }
+}
+
+async fn run_committer(
+    mut committer: impl Committer,
+    mut rounds: mpsc::Receiver<Round>,
+    outlet: Outlet,
+    fence: Option<VisibilityFence>,
 ) {
     let mut queued = Vec::new();
+    let mut last_index = 0;
     while let Some(first) = rounds.recv().await {
         let mut ops = first.batch.len();
         queued.push(first);
@@ -438,26 +630,35 @@ async fn run_committer(
         let durable = if batch.is_empty() {
             true
         } else {
-            metrics.commits_total.fetch_add(1, Ordering::Relaxed);
+            outlet.metrics.commits_total.fetch_add(1, Ordering::Relaxed);
             match committer.commit(batch).await {
-                Ok(()) => true,
+                Ok(index) => {
+                    last_index = last_index.max(index);
+                    true
+                }
                 Err(e) => {
                     error!(error = %e, "commit failed; acknowledgements withheld");
                     false
                 }
             }
         };
-        metrics
+        outlet
+            .metrics
             .committed_batches_total
             .fetch_add(queued.len() as u64, Ordering::Relaxed);
         for round in queued.drain(..) {
-            // Without a durable write nothing may be acknowledged: the clients
-            // time out and resend, which is safe for QoS 1 and 2.
-            let destinations: Vec<u64> = round.outputs.iter().map(destination).collect();
-            if durable {
-                deliver(round.outputs, &metrics, forwarder.as_ref());
+            if !durable {
+                // Without a durable write nothing may be acknowledged: the clients
+                // time out and resend, which is safe for QoS 1 and 2.
+                outlet
+                    .gates
+                    .release(round.outputs.iter().map(destination).collect());
+                continue;
             }
-            gates.release(destinations);
+            match &fence {
+                Some(fence) => fence.pass(last_index, round.outputs, &outlet).await,
+                None => outlet.send(round.outputs),
+            }
         }
     }
 }

@@ -110,7 +110,7 @@ impl RaftCommitter {
         &mut self,
         leader: NodeId,
         request: ClusterRequest,
-    ) -> Result<(), CommitError> {
+    ) -> Result<u64, CommitError> {
         let data = wire::encode("cluster request", &request).map_err(replication)?;
         let client = self.leader_client(leader).await?;
         let reply = client
@@ -124,15 +124,17 @@ impl RaftCommitter {
                     status.message()
                 ))
             })?;
+        let reply = reply.into_inner();
         let response: ClusterResponse =
-            wire::decode("cluster response", &reply.into_inner().data).map_err(replication)?;
+            wire::decode("cluster response", &reply.data).map_err(replication)?;
         check(&response);
-        Ok(())
+        Ok(reply.log_index)
     }
 }
 
 impl RaftCommitter {
-    async fn try_commit(&mut self, request: ClusterRequest) -> Result<(), CommitError> {
+    /// Commits `request` once; returns the log index of its entry.
+    async fn try_commit(&mut self, request: ClusterRequest) -> Result<u64, CommitError> {
         let (me, leader) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
@@ -149,7 +151,7 @@ impl RaftCommitter {
                         .map_err(|_| replication("no quorum within the commit timeout"))?
                         .map_err(replication)?;
                 check(&response.data);
-                Ok(())
+                Ok(response.log_id.index)
             }
         }
     }
@@ -163,14 +165,14 @@ impl Committer for RaftCommitter {
     /// Applying a batch twice (an attempt that timed out but did commit) is harmless:
     /// its writes are puts and deletes of the same values, and the registry admits a
     /// replayed delivery only once.
-    async fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
+    async fn commit(&mut self, batch: WriteBatch) -> Result<u64, CommitError> {
         let me = self.raft.metrics().borrow().id;
         self.next_request += 1;
         let request = to_request(me, self.next_request, batch);
         let mut attempts = 0u64;
         loop {
             match self.try_commit(request.clone()).await {
-                Ok(()) => return Ok(()),
+                Ok(index) => return Ok(index),
                 Err(e) => {
                     attempts += 1;
                     if attempts == 1 || attempts % 25 == 0 {

@@ -8,6 +8,7 @@ pub mod network;
 pub mod node;
 pub mod store;
 pub mod types;
+pub mod visibility;
 
 pub use committer::RaftCommitter;
 pub use network::{

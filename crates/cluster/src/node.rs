@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetmq_broker::persist::{self, Snapshot};
-use fleetmq_broker::{Applied, Event, Metrics};
+use fleetmq_broker::{Applied, Event, Metrics, RoutingView, Visibility};
 use fleetmq_rpc::peer::peer_service_client::PeerServiceClient;
 use fleetmq_storage::KvEngine;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
@@ -22,8 +22,9 @@ use crate::leader_watch::{run_leader_watch, LeaderContact, WatchTiming};
 use crate::network::{
     ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer,
 };
-use crate::store::{open_raft_storage, ApplyFeed, FeedSlot};
+use crate::store::{open_raft_storage, stored_applied_index, ApplyFeed, FeedSlot};
 use crate::types::{member_addr, NodeId, TypeConfig};
+use crate::visibility::PeerVisibility;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -73,6 +74,7 @@ pub struct RaftNode {
     engine: Arc<dyn KvEngine>,
     feed: FeedSlot,
     forward_sink: ForwardSink,
+    view: RoutingView,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     failover: Option<JoinHandle<()>>,
     leader_watch: JoinHandle<()>,
@@ -165,9 +167,14 @@ impl RaftNode {
             metrics.clone(),
         ));
         let forward_sink = ForwardSink::default();
-        let peer_service =
-            PeerGrpcServer::with_forward_sink(raft.clone(), forward_sink.clone(), metrics)
-                .into_service(MAX_MESSAGE);
+        let view = RoutingView::default();
+        let peer_service = PeerGrpcServer::with_forward_sink(
+            raft.clone(),
+            forward_sink.clone(),
+            metrics,
+            view.clone(),
+        )
+        .into_service(MAX_MESSAGE);
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let result = tonic::transport::Server::builder()
@@ -187,6 +194,7 @@ impl RaftNode {
             engine,
             feed,
             forward_sink,
+            view,
             server: Some((stop_tx, server)),
             failover: None,
             leader_watch,
@@ -282,15 +290,33 @@ impl RaftNode {
     pub async fn attach_feed(&self, tx: mpsc::Sender<Applied>) -> Result<Snapshot, NodeError> {
         let mut slot = self.feed.lock().await;
         let engine = self.engine.clone();
-        let snapshot = tokio::task::spawn_blocking(move || persist::load(engine.as_ref()))
+        let (snapshot, through) = tokio::task::spawn_blocking(move || {
+            let snapshot = persist::load(engine.as_ref()).map_err(|e| e.to_string())?;
+            let through = stored_applied_index(engine.as_ref()).map_err(|e| e.to_string())?;
+            Ok::<_, String>((snapshot, through))
+        })
+        .await
+        .map_err(|e| NodeError::Load(e.to_string()))?
+        .map_err(NodeError::Load)?;
+        // The router starts from the store as of `through`: that much is in its view.
+        tx.send(Applied::Through(through))
             .await
-            .map_err(|e| NodeError::Load(e.to_string()))?
-            .map_err(|e| NodeError::Load(e.to_string()))?;
+            .map_err(|_| NodeError::Load("the broker's feed closed".into()))?;
         *slot = Some(ApplyFeed {
             node_id: self.node_id,
             tx,
         });
         Ok(snapshot)
+    }
+
+    /// How far this node's router has taken the log; the broker advances it.
+    pub fn routing_view(&self) -> RoutingView {
+        self.view.clone()
+    }
+
+    /// What this node's SUBACKs wait for: every other member's router has the entry.
+    pub fn visibility(&self) -> Arc<dyn Visibility> {
+        Arc::new(PeerVisibility::new(self.raft.clone()))
     }
 
     /// Where PUBLISHes forwarded by other nodes go from now on; also starts watching

@@ -128,6 +128,7 @@ impl ForwardServer {
             self.raft.clone(),
             sink,
             Arc::new(Metrics::default()),
+            fleetmq_broker::RoutingView::default(),
         )
         .into_service(MAX_MESSAGE);
         let (stop, stopped) = oneshot::channel::<()>();

@@ -217,6 +217,7 @@ async fn the_feed_gets_each_entry_then_the_sessions_that_became_this_nodes() {
     .unwrap();
     let mut entries = 0;
     let mut loaded = Vec::new();
+    let mut through = Vec::new();
     while let Ok(item) = rx.try_recv() {
         match item {
             Applied::Entry { origin, ops } => {
@@ -229,8 +230,10 @@ async fn the_feed_gets_each_entry_then_the_sessions_that_became_this_nodes() {
                 loaded.push((client.to_string(), state.session.is_some()));
             }
             Applied::Reset(_) => panic!("no snapshot is installed here"),
+            Applied::Through(index) => through.push(index),
         }
     }
     assert_eq!(entries, 4);
     assert_eq!(loaded, vec![("a".to_string(), true)]);
+    assert_eq!(through, [4], "the last item says the whole apply was sent");
 }

@@ -121,6 +121,10 @@ async fn installing_a_snapshot_hands_the_broker_the_whole_store() {
         ["a", "b"],
         "what the feed got is what the store holds"
     );
+    let Ok(Applied::Through(through)) = rx.try_recv() else {
+        panic!("the feed should say how far the installed state goes");
+    };
+    assert_eq!(Some(through), snapshot.meta.last_log_id.map(|id| id.index));
     assert!(rx.try_recv().is_err(), "one reset, nothing else");
 
     // An older snapshot is not installed: nothing to reload.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use fleetmq_broker::{
     persist, BrokerParts, BrokerService, Forwarder, LocalCommitter, Metrics, NoForwarder,
+    RoutingView,
 };
 use fleetmq_cluster::{GrpcForwarder, NodeOptions, RaftCommitter, RaftNode};
 use fleetmq_storage::{KvEngine, MemoryEngine, SledEngine};
@@ -88,6 +89,8 @@ pub async fn run(
                     let me = config.node_id;
                     Arc::new(move || raft.metrics().borrow().current_leader == Some(me))
                 },
+                view: node.routing_view(),
+                visibility: Some(node.visibility()),
             });
             node.attach_router(broker.events());
             (broker, Some(node))
@@ -104,6 +107,8 @@ pub async fn run(
                 event_capacity: ROUTER_EVENTS,
                 applied: None,
                 sweeps: Arc::new(|| true),
+                view: RoutingView::default(),
+                visibility: None,
             });
             (broker, None)
         }

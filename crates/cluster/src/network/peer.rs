@@ -1,12 +1,15 @@
 //! The node's `PeerService`: PUBLISHes forwarded by other nodes, cluster status,
-//! proposals forwarded to the leader and membership changes. Cross-node takeover
+//! proposals forwarded to the leader, membership changes, and how far this node's
+//! router has taken the log. Cross-node takeover
 //! arrives with the routing work (docs/cluster-design.md) and answers UNIMPLEMENTED
 //! until then.
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
-use fleetmq_broker::{DropReason, Event, Metrics};
+use std::time::Duration;
+
+use fleetmq_broker::{DropReason, Event, Metrics, RoutingView};
 use fleetmq_rpc::peer as pb;
 use fleetmq_rpc::peer::peer_service_server::{PeerService, PeerServiceServer};
 use openraft::Raft;
@@ -33,10 +36,14 @@ struct ForwardInbox {
     metrics: Arc<Metrics>,
 }
 
+/// The longest `AwaitApplied` wait a caller may ask for.
+const AWAIT_APPLIED_MAX: Duration = Duration::from_secs(10);
+
 /// Serves `PeerService` for one node.
 pub struct PeerGrpcServer {
     raft: Raft<TypeConfig>,
     forward: ForwardInbox,
+    view: RoutingView,
 }
 
 impl std::fmt::Debug for PeerGrpcServer {
@@ -49,16 +56,19 @@ impl std::fmt::Debug for PeerGrpcServer {
 
 impl PeerGrpcServer {
     /// A server that hands forwarded PUBLISHes to the router whose sender is set in
-    /// `sink`; until it is set, `Forward` answers UNAVAILABLE and the sending node
-    /// retries. `metrics` counts forwarded messages the router could not take.
+    /// `sink`; until it is set, `Forward` and `AwaitApplied` answer UNAVAILABLE (the
+    /// sending node retries). `metrics` counts forwarded messages the router could not
+    /// take; `view` is how far that router has taken the log.
     pub fn with_forward_sink(
         raft: Raft<TypeConfig>,
         sink: ForwardSink,
         metrics: Arc<Metrics>,
+        view: RoutingView,
     ) -> Self {
         PeerGrpcServer {
             raft,
             forward: ForwardInbox { sink, metrics },
+            view,
         }
     }
 
@@ -198,5 +208,21 @@ impl PeerService for PeerGrpcServer {
         admin::remove_member(&self.raft, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn await_applied(
+        &self,
+        request: Request<pb::AwaitAppliedRequest>,
+    ) -> Result<Response<pb::AwaitAppliedReply>, Status> {
+        if self.forward.sink.get().is_none() {
+            return Err(Status::unavailable("the router is not running yet"));
+        }
+        let request = request.into_inner();
+        let timeout = Duration::from_millis(request.timeout_ms.into()).min(AWAIT_APPLIED_MAX);
+        let reached = self.view.wait_for(request.index, timeout).await;
+        Ok(Response::new(pb::AwaitAppliedReply {
+            reached,
+            through: self.view.through(),
+        }))
     }
 }

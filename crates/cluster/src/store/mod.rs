@@ -17,7 +17,8 @@ use fleetmq_storage::KvEngine;
 pub use error::StoreError;
 pub use log_store::{SledLogReader, SledLogStore};
 pub use state_machine::{
-    ApplyFeed, FeedSlot, StateMachineSnapshotBuilder, StateMachineStore, META_TREE,
+    stored_applied_index, ApplyFeed, FeedSlot, StateMachineSnapshotBuilder, StateMachineStore,
+    META_TREE,
 };
 
 /// The log store's directory under a node's Raft directory.

@@ -229,6 +229,16 @@ impl std::fmt::Debug for StateMachineStore {
     }
 }
 
+/// The log index the store in `engine` has applied through (0 before any entry).
+pub fn stored_applied_index(engine: &dyn KvEngine) -> Result<u64, StoreError> {
+    let state: AppliedState = engine
+        .get(META_TREE, APPLIED_KEY)?
+        .map(|v| decode(&v))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(state.last_applied.map_or(0, |id| id.index))
+}
+
 impl StateMachineStore {
     /// Opens the state machine kept in `engine`, with `trees` as the trees commands may
     /// write. Blocking: it reads the applied state and the current snapshot back.
@@ -502,7 +512,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .raft(subject, ErrorVerb::Write)?;
         self.applied = result.applied;
         if let Some(feed) = feed.as_ref() {
-            for item in result.feed {
+            let through = self.applied.last_applied.map(|id| id.index);
+            let items = result.feed.into_iter().chain(through.map(Applied::Through));
+            for item in items {
                 // Waits when the broker is busy: apply backpressure, never a dropped entry.
                 if feed.tx.send(item).await.is_err() {
                     break;
@@ -611,7 +623,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .raft(subject(), ErrorVerb::Read)?;
                 tracing::info!(snapshot = %meta, "snapshot installed under a running broker; its router reloads");
                 // A closed feed means the broker is stopping: nobody is left to tell.
-                let _ = feed.tx.send(Applied::Reset(Box::new(stored))).await;
+                if feed.tx.send(Applied::Reset(Box::new(stored))).await.is_ok() {
+                    if let Some(last) = meta.last_log_id {
+                        let _ = feed.tx.send(Applied::Through(last.index)).await;
+                    }
+                }
             }
         } else {
             // openraft only installs a snapshot newer than what it has; skipping is safe but

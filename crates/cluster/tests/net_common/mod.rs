@@ -250,6 +250,7 @@ pub async fn must_start_node(id: NodeId, config: Arc<Config>, faults: Faults) ->
         raft.clone(),
         Arc::clone(&forward_sink),
         Arc::clone(&metrics),
+        fleetmq_broker::RoutingView::default(),
     );
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
