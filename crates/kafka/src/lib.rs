@@ -1,0 +1,22 @@
+//! FleetMQ's bridge between MQTT and Apache Kafka (`rdkafka`).
+//!
+//! Egress (MQTT → Kafka): rules in the configuration turn matching messages into
+//! records ([`record`]) with templated topics and keys ([`template`]); records wait in a
+//! durable, bounded [`outbox`] until Kafka acknowledges them ([`egress`]). Each node
+//! bridges only what its own clients published, so no record is produced twice by two
+//! nodes. This crate knows the broker only through what it is handed.
+
+pub mod config;
+pub mod egress;
+pub mod errors;
+pub mod metrics;
+pub mod outbox;
+pub mod record;
+pub mod template;
+
+pub use config::{AckMode, EgressRule, KafkaConfig, OutboxConfig, OutboxFullPolicy, PayloadFormat};
+pub use egress::Egress;
+pub use errors::{BridgeError, ConfigError};
+pub use metrics::BridgeMetrics;
+pub use outbox::Outbox;
+pub use record::{BridgedMessage, KafkaRecord};

@@ -1,0 +1,449 @@
+//! The durable outbox: records waiting for Kafka, in arrival order, on the node's local
+//! disk. An append resolves once its record is fsynced (appends that arrive together
+//! share one fsync); the producer reads records in order and removes each once Kafka
+//! has acknowledged it. What is in the outbox survives a crash and is produced after
+//! the restart, in order. Nothing here is replicated: each node bridges what its own
+//! clients published.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use fleetmq_storage::{KvEngine, WriteBatch};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::config::{OutboxConfig, OutboxFullPolicy};
+use crate::errors::BridgeError;
+use crate::metrics::BridgeMetrics;
+use crate::record::KafkaRecord;
+
+/// The tree the outbox keeps its records in, keyed by sequence number (big-endian).
+pub const OUTBOX_TREE: &str = "kafka_outbox";
+/// Appends waiting for the writer; beyond this an append waits.
+const APPEND_QUEUE: usize = 1024;
+/// Appends merged into one write and one fsync at most.
+const MAX_APPENDS_PER_FLUSH: usize = 512;
+
+/// What the outbox holds, in memory: sequence number and size of each record.
+#[derive(Debug, Default)]
+struct Pending {
+    records: VecDeque<(u64, u64)>,
+    bytes: u64,
+    next_seq: u64,
+}
+
+/// A durable FIFO of [`KafkaRecord`]s.
+pub struct Outbox {
+    engine: Arc<dyn KvEngine>,
+    config: OutboxConfig,
+    metrics: Arc<BridgeMetrics>,
+    pending: Mutex<Pending>,
+    /// Woken when records are appended.
+    appended: Notify,
+    appends: mpsc::Sender<Append>,
+}
+
+struct Append {
+    records: Vec<(u64, KafkaRecord)>,
+    /// Oldest records the bound made room by dropping, deleted in the same write.
+    dropped: Vec<u64>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pending = self.lock();
+        f.debug_struct("Outbox")
+            .field("records", &pending.records.len())
+            .field("bytes", &pending.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Opens the outbox stored in `engine`, with whatever an earlier run left in it.
+    /// Reads every stored record once. Must be called inside a tokio runtime (it starts
+    /// the writer task).
+    pub fn open(
+        engine: Arc<dyn KvEngine>,
+        config: OutboxConfig,
+        metrics: Arc<BridgeMetrics>,
+    ) -> Result<Arc<Outbox>, BridgeError> {
+        let mut pending = Pending::default();
+        for (key, value) in engine.scan_prefix(OUTBOX_TREE, &[])? {
+            let seq = seq_of(&key)?;
+            let record = decode(seq, &value)?;
+            pending.records.push_back((seq, record.size()));
+            pending.bytes += record.size();
+            pending.next_seq = seq + 1;
+        }
+        metrics
+            .outbox_records
+            .store(pending.records.len() as u64, Ordering::Relaxed);
+        metrics.outbox_bytes.store(pending.bytes, Ordering::Relaxed);
+        let (appends, rx) = mpsc::channel(APPEND_QUEUE);
+        let outbox = Arc::new(Outbox {
+            engine: engine.clone(),
+            config,
+            metrics,
+            pending: Mutex::new(pending),
+            appended: Notify::new(),
+            appends,
+        });
+        tokio::spawn(run_writer(engine, rx));
+        Ok(outbox)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records waiting.
+    pub fn len(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds `records` (in order) and resolves once they are durable. At the bound, the
+    /// configured policy refuses them ([`BridgeError::OutboxFull`]) or drops the oldest
+    /// records to make room.
+    pub async fn append(&self, records: Vec<KafkaRecord>) -> Result<(), BridgeError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (append, done) = {
+            let mut pending = self.lock();
+            let incoming: u64 = records.iter().map(KafkaRecord::size).sum();
+            let count = records.len() as u64;
+            let over = |p: &Pending| {
+                p.records.len() as u64 + count > self.config.max_records
+                    || p.bytes + incoming > self.config.max_bytes
+            };
+            let mut dropped = Vec::new();
+            if over(&pending) {
+                match self.config.when_full {
+                    OutboxFullPolicy::Refuse => {
+                        self.metrics
+                            .refused_outbox_full
+                            .fetch_add(count, Ordering::Relaxed);
+                        return Err(BridgeError::OutboxFull {
+                            records: pending.records.len() as u64,
+                            bytes: pending.bytes,
+                        });
+                    }
+                    OutboxFullPolicy::DropOldest => {
+                        while over(&pending) {
+                            let Some((seq, size)) = pending.records.pop_front() else {
+                                break;
+                            };
+                            pending.bytes -= size;
+                            dropped.push(seq);
+                        }
+                        self.metrics
+                            .dropped_outbox_full
+                            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            let mut numbered = Vec::with_capacity(records.len());
+            for record in records {
+                let seq = pending.next_seq;
+                pending.next_seq += 1;
+                pending.records.push_back((seq, record.size()));
+                pending.bytes += record.size();
+                numbered.push((seq, record));
+            }
+            self.metrics
+                .outbox_records
+                .store(pending.records.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .outbox_bytes
+                .store(pending.bytes, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            (
+                Append {
+                    records: numbered,
+                    dropped,
+                    done: tx,
+                },
+                rx,
+            )
+        };
+        // Visible to the producer only once durable: it reads from the store.
+        self.appends
+            .send(append)
+            .await
+            .map_err(|_| BridgeError::Stopped)?;
+        match done.await {
+            Ok(Ok(())) => {
+                self.appended.notify_one();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(BridgeError::Corrupt {
+                seq: 0,
+                detail: format!("outbox write failed: {e}"),
+            }),
+            Err(_) => Err(BridgeError::Stopped),
+        }
+    }
+
+    /// Up to `max` durable records with a sequence number of at least `from`, in order.
+    /// Records appended but not yet durable are not returned.
+    pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, KafkaRecord)>, BridgeError> {
+        let seqs: Vec<u64> = {
+            let pending = self.lock();
+            let start = pending.records.partition_point(|(seq, _)| *seq < from);
+            pending
+                .records
+                .range(start..)
+                .take(max)
+                .map(|(seq, _)| *seq)
+                .collect()
+        };
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            match self.engine.get(OUTBOX_TREE, &seq.to_be_bytes())? {
+                Some(value) => out.push((seq, decode(seq, &value)?)),
+                // Not written yet (the writer is behind), or dropped meanwhile: stop at
+                // the first gap so that order holds.
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until an append becomes durable; returns at once if one did since the last
+    /// call (one waiter: the producer).
+    pub async fn appended(&self) {
+        self.appended.notified().await;
+    }
+
+    /// Forgets records Kafka has acknowledged. Not fsynced: after a crash a removed
+    /// record may come back and be produced again (at least once).
+    pub fn remove(&self, seqs: &[u64]) -> Result<(), BridgeError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        for seq in seqs {
+            batch.delete(OUTBOX_TREE, seq.to_be_bytes().to_vec());
+        }
+        self.engine.write(batch)?;
+        let mut pending = self.lock();
+        let gone: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        let mut freed = 0;
+        pending.records.retain(|(seq, size)| {
+            let keep = !gone.contains(seq);
+            if !keep {
+                freed += size;
+            }
+            keep
+        });
+        pending.bytes -= freed;
+        self.metrics
+            .outbox_records
+            .store(pending.records.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .outbox_bytes
+            .store(pending.bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes removals durable (called now and then, and at shutdown).
+    pub fn flush(&self) -> Result<(), BridgeError> {
+        Ok(self.engine.flush()?)
+    }
+}
+
+/// Writes appends in order, merging what queued into one write and one fsync.
+async fn run_writer(engine: Arc<dyn KvEngine>, mut appends: mpsc::Receiver<Append>) {
+    let mut queued = Vec::new();
+    while appends.recv_many(&mut queued, MAX_APPENDS_PER_FLUSH).await > 0 {
+        let mut batch = WriteBatch::new();
+        for append in &mut queued {
+            for seq in append.dropped.drain(..) {
+                batch.delete(OUTBOX_TREE, seq.to_be_bytes().to_vec());
+            }
+            for (seq, record) in &append.records {
+                batch.put(OUTBOX_TREE, seq.to_be_bytes().to_vec(), encode(record));
+            }
+        }
+        let engine = engine.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            engine.write(batch)?;
+            engine.flush()
+        })
+        .await;
+        let result = match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("writer task failed: {e}")),
+        };
+        for append in queued.drain(..) {
+            let _ = append.done.send(result.clone());
+        }
+    }
+}
+
+fn encode(record: &KafkaRecord) -> Vec<u8> {
+    // A struct of strings and byte vectors always serializes.
+    postcard::to_stdvec(record).unwrap_or_default()
+}
+
+fn decode(seq: u64, bytes: &[u8]) -> Result<KafkaRecord, BridgeError> {
+    postcard::from_bytes(bytes).map_err(|e| BridgeError::Corrupt {
+        seq,
+        detail: e.to_string(),
+    })
+}
+
+fn seq_of(key: &[u8]) -> Result<u64, BridgeError> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| BridgeError::Corrupt {
+            seq: 0,
+            detail: format!("outbox key of {} bytes", key.len()),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetmq_storage::{MemoryEngine, SledEngine};
+
+    fn record(n: usize, size: usize) -> KafkaRecord {
+        KafkaRecord {
+            rule: "r".into(),
+            topic: "t".into(),
+            key: Some(format!("dev-{}", n % 3).into_bytes()),
+            headers: vec![],
+            value: vec![b'x'; size],
+            timestamp_ms: n as u64,
+        }
+    }
+
+    fn config(max_records: u64, when_full: OutboxFullPolicy) -> OutboxConfig {
+        OutboxConfig {
+            max_records,
+            max_bytes: 1 << 30,
+            when_full,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_come_out_in_order_and_go_once_removed() {
+        let metrics = Arc::new(BridgeMetrics::default());
+        let outbox = Outbox::open(
+            Arc::new(MemoryEngine::new()),
+            config(100, OutboxFullPolicy::Refuse),
+            metrics.clone(),
+        )
+        .unwrap();
+        for n in 0..10 {
+            outbox.append(vec![record(n, 10)]).await.unwrap();
+        }
+        let read = outbox.read(0, 4).unwrap();
+        let stamps: Vec<u64> = read.iter().map(|(_, r)| r.timestamp_ms).collect();
+        assert_eq!(stamps, [0, 1, 2, 3]);
+        let next = read.last().unwrap().0 + 1;
+        assert_eq!(outbox.read(next, 100).unwrap().len(), 6);
+        outbox
+            .remove(&read.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(outbox.len(), 6);
+        assert_eq!(metrics.outbox_records.load(Ordering::Relaxed), 6);
+        assert_eq!(outbox.read(0, 1).unwrap()[0].1.timestamp_ms, 4);
+    }
+
+    #[tokio::test]
+    async fn at_the_bound_refuse_refuses_and_counts() {
+        let metrics = Arc::new(BridgeMetrics::default());
+        let outbox = Outbox::open(
+            Arc::new(MemoryEngine::new()),
+            config(3, OutboxFullPolicy::Refuse),
+            metrics.clone(),
+        )
+        .unwrap();
+        outbox
+            .append(vec![record(0, 1), record(1, 1), record(2, 1)])
+            .await
+            .unwrap();
+        let err = outbox.append(vec![record(3, 1)]).await.unwrap_err();
+        assert!(
+            matches!(err, BridgeError::OutboxFull { records: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(metrics.refused_outbox_full.load(Ordering::Relaxed), 1);
+        assert_eq!(outbox.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn at_the_bound_drop_oldest_makes_room_and_counts() {
+        let metrics = Arc::new(BridgeMetrics::default());
+        let outbox = Outbox::open(
+            Arc::new(MemoryEngine::new()),
+            config(3, OutboxFullPolicy::DropOldest),
+            metrics.clone(),
+        )
+        .unwrap();
+        for n in 0..5 {
+            outbox.append(vec![record(n, 1)]).await.unwrap();
+        }
+        let stamps: Vec<u64> = outbox
+            .read(0, 10)
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.timestamp_ms)
+            .collect();
+        assert_eq!(stamps, [2, 3, 4]);
+        assert_eq!(metrics.dropped_outbox_full.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn what_was_appended_survives_a_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox");
+        {
+            let engine: Arc<dyn KvEngine> = Arc::new(SledEngine::open(&path).unwrap());
+            let outbox = Outbox::open(
+                engine,
+                config(100, OutboxFullPolicy::Refuse),
+                Arc::new(BridgeMetrics::default()),
+            )
+            .unwrap();
+            for n in 0..5 {
+                outbox.append(vec![record(n, 8)]).await.unwrap();
+            }
+            let first = outbox.read(0, 2).unwrap();
+            outbox
+                .remove(&first.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+                .unwrap();
+            outbox.flush().unwrap();
+        }
+        // Lets the writer task see its channel close and let go of the store.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let engine: Arc<dyn KvEngine> = Arc::new(SledEngine::open(&path).unwrap());
+        let metrics = Arc::new(BridgeMetrics::default());
+        let outbox = Outbox::open(
+            engine,
+            config(100, OutboxFullPolicy::Refuse),
+            metrics.clone(),
+        )
+        .unwrap();
+        let stamps: Vec<u64> = outbox
+            .read(0, 10)
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.timestamp_ms)
+            .collect();
+        assert_eq!(stamps, [2, 3, 4]);
+        assert_eq!(metrics.outbox_records.load(Ordering::Relaxed), 3);
+        // New records continue after the old ones.
+        outbox.append(vec![record(9, 8)]).await.unwrap();
+        let last = outbox.read(0, 10).unwrap().last().unwrap().1.timestamp_ms;
+        assert_eq!(last, 9);
+    }
+}
