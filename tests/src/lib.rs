@@ -16,6 +16,7 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod kafka;
 pub mod metrics;
 pub mod proxy;
 pub mod raw;

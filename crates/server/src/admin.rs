@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetmq_broker::Metrics;
+use fleetmq_kafka::BridgeMetrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -13,6 +14,7 @@ use tracing::debug;
 pub async fn serve_admin(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    bridge: Option<Arc<BridgeMetrics>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -20,8 +22,9 @@ pub async fn serve_admin(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let metrics = metrics.clone();
+                let bridge = bridge.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = answer(stream, &metrics).await {
+                    if let Err(error) = answer(stream, &metrics, bridge.as_deref()).await {
                         debug!(%error, "admin request failed");
                     }
                 });
@@ -31,7 +34,11 @@ pub async fn serve_admin(
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    bridge: Option<&BridgeMetrics>,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     // Only the request line matters; read until the end of the headers.
@@ -58,7 +65,13 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     let path = parts.next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET", "/healthz") | ("GET", "/readyz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        ("GET", "/metrics") => {
+            let mut text = metrics.render();
+            if let Some(bridge) = bridge {
+                bridge.render(&mut text);
+            }
+            ("200 OK", "text/plain; version=0.0.4", text)
+        }
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => (
             "405 Method Not Allowed",

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fleetmq_broker::persist;
 use fleetmq_broker::{BrokerConfig, QueueFullPolicy};
+use fleetmq_kafka::KafkaConfig;
 use serde::Deserialize;
 
 /// The schema version this build reads.
@@ -44,6 +45,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
     pub storage: StorageConfig,
+    /// `[kafka]`: the Kafka bridge; absent means no bridge.
+    pub kafka: Option<KafkaConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +98,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             cluster: ClusterConfig::default(),
             storage: StorageConfig::default(),
+            kafka: None,
         }
     }
 }
@@ -165,6 +169,7 @@ pub struct ValidConfig {
     pub connect_timeout: Duration,
     pub max_connections: usize,
     pub broker: BrokerConfig,
+    pub kafka: Option<KafkaConfig>,
 }
 
 impl Config {
@@ -281,6 +286,9 @@ impl Config {
                 format!("node ids must be 1 to {}, not {big}", persist::MAX_NODE_ID),
             ));
         }
+        if let Some(kafka) = &self.kafka {
+            kafka.validate().map_err(|e| invalid(&e.key, e.problem))?;
+        }
         Ok(ValidConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
@@ -306,6 +314,7 @@ impl Config {
                 sys_interval: (m.sys_interval > 0).then(|| Duration::from_secs(m.sys_interval)),
                 outbox_capacity: 4096,
             },
+            kafka: self.kafka.clone(),
         })
     }
 }

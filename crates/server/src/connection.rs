@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fleetmq_broker::{
-    now_ms, CloseReason, ConnId, ConnectRequest, ConnectionEnd, ConnectionHandle, DropReason,
-    Event, Metrics, Outgoing, OutgoingPublish,
+    now_ms, AckKind, CloseReason, ConnId, ConnectRequest, ConnectionEnd, ConnectionHandle,
+    DropReason, Event, Metrics, Outgoing, OutgoingPublish,
 };
 use fleetmq_codec::{
     decode, encode, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
     DisconnectProperties, Packet, ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode,
     Subscribe,
 };
+use fleetmq_kafka::{BridgeError, BridgedMessage, Egress};
 use fleetmq_topic::{validate_topic_name, TopicFilter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,6 +35,9 @@ pub struct ConnectionContext {
     pub events: mpsc::Sender<Event>,
     pub metrics: Arc<Metrics>,
     pub next_conn_id: AtomicU64,
+    /// The Kafka bridge, when configured: PUBLISHes its rules take go there before
+    /// the router, and the publisher's acknowledgement waits for it.
+    pub egress: Option<Arc<Egress>>,
 }
 
 const CONNECT_PACKET_TYPE: u8 = 1;
@@ -77,6 +81,7 @@ pub async fn serve_connection(
         conn_id,
         version: ProtocolVersion::V3_1_1,
         client_id: Arc::from(""),
+        username: None,
         keep_alive: None,
         session_expiry: 0,
         request_problem_info: true,
@@ -98,6 +103,7 @@ struct Connection {
     conn_id: ConnId,
     version: ProtocolVersion,
     client_id: Arc<str>,
+    username: Option<String>,
     keep_alive: Option<Duration>,
     session_expiry: u32,
     request_problem_info: bool,
@@ -256,6 +262,7 @@ impl Connection {
             }
         }
         self.client_id = client_id.clone();
+        self.username = connect.username.clone();
         self.session_expiry = if v5 {
             props
                 .session_expiry_interval
@@ -451,7 +458,18 @@ impl Connection {
     async fn handle_packet(&mut self, packet: Packet) -> Result<Option<Ending>, Ending> {
         let conn = self.conn_id;
         let event = match packet {
-            Packet::Publish(publish) => self.inbound_publish(publish)?,
+            Packet::Publish(publish) => {
+                // A QoS 2 PUBLISH sent again before its PUBREL was bridged the first time.
+                let resent = publish.qos == QoS::ExactlyOnce
+                    && publish
+                        .packet_id
+                        .is_some_and(|id| self.unacked_incoming.contains(&id));
+                let event = self.inbound_publish(publish)?;
+                if !resent && self.bridge(&event).await? {
+                    return Ok(None);
+                }
+                event
+            }
             Packet::PubAck(ack) => Event::PubAck {
                 conn,
                 packet_id: ack.packet_id,
@@ -575,6 +593,61 @@ impl Connection {
             conn: self.conn_id,
             publish,
         })
+    }
+
+    /// Hands a PUBLISH that a Kafka egress rule takes to the bridge, and waits until the
+    /// rule's acknowledgement mode allows the publisher's acknowledgement. True when the
+    /// bridge refused it and the refusal has been answered (MQTT 5: PUBACK/PUBREC with
+    /// 0x97 when the outbox is full, 0x80 when Kafka refused the record; QoS 0: dropped
+    /// and counted). MQTT 3.1.1 cannot refuse a PUBLISH: the connection is closed, and
+    /// the client sends it again once reconnected.
+    async fn bridge(&mut self, event: &Event) -> Result<bool, Ending> {
+        let (Some(egress), Event::Publish { publish, .. }) = (&self.ctx.egress, event) else {
+            return Ok(false);
+        };
+        if !egress.matches(&publish.topic) {
+            return Ok(false);
+        }
+        let message = BridgedMessage {
+            topic: publish.topic.to_string(),
+            payload: publish.payload.clone(),
+            qos: publish.qos as u8,
+            retain: publish.retain,
+            client_id: self.client_id.to_string(),
+            username: self.username.clone(),
+            user_properties: publish.properties.user_properties.clone(),
+            content_type: publish.properties.content_type.clone(),
+            received_at_ms: now_ms(),
+        };
+        let Err(error) = egress.publish(&message).await else {
+            return Ok(false);
+        };
+        let reason = match error {
+            BridgeError::OutboxFull { .. } => ReasonCode::QuotaExceeded,
+            _ => ReasonCode::UnspecifiedError,
+        };
+        warn!(topic = %publish.topic, %error, "the kafka bridge refused a publish");
+        let Some(packet_id) = publish.packet_id.filter(|_| publish.qos != QoS::AtMostOnce) else {
+            return Ok(true);
+        };
+        if !self.version.is_v5() {
+            return Err(Ending::Server(reason, Some(error.to_string())));
+        }
+        let kind = if publish.qos == QoS::ExactlyOnce {
+            AckKind::PubRec
+        } else {
+            AckKind::PubAck
+        };
+        self.unacked_incoming.remove(&packet_id);
+        let refusal = Outgoing::Ack {
+            kind,
+            packet_id,
+            reason,
+        };
+        if let Some(packet) = refusal.into_packet() {
+            self.write_packet_now(&packet, self.version).await;
+        }
+        Ok(true)
     }
 
     fn inbound_subscribe(&mut self, subscribe: Subscribe) -> Result<Event, Ending> {

@@ -11,6 +11,7 @@ use fleetmq_broker::{
     RoutingView,
 };
 use fleetmq_cluster::{GrpcForwarder, NodeOptions, RaftCommitter, RaftNode};
+use fleetmq_kafka::{BridgeMetrics, Egress, KafkaConfig};
 use fleetmq_storage::{KvEngine, MemoryEngine, SledEngine};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -145,13 +146,24 @@ pub async fn run(
         "cluster links ready"
     );
 
+    let egress = match &config.kafka {
+        Some(kafka) => Some(start_egress(&config, kafka)?),
+        None => None,
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(serve_admin(admin, metrics.clone(), shutdown_rx.clone()));
+    let admin_task = tokio::spawn(serve_admin(
+        admin,
+        metrics.clone(),
+        egress.as_ref().map(|(_, m)| m.clone()),
+        shutdown_rx.clone(),
+    ));
+    let egress = egress.map(|(e, _)| e);
     let ctx = Arc::new(ConnectionContext {
         events: broker.events(),
         metrics,
         next_conn_id: AtomicU64::new(1),
         config: config.clone(),
+        egress: egress.clone(),
     });
     let slots = Arc::new(Semaphore::new(config.max_connections));
     tokio::pin!(stop);
@@ -196,10 +208,42 @@ pub async fn run(
     {
         warn!("the broker core did not finish its last writes within 5 s; stopping anyway");
     }
+    if let Some(egress) = &egress {
+        egress.shutdown(Duration::from_secs(5)).await;
+    }
     if let Some(node) = raft_node {
         node.shutdown().await;
     }
     let _ = admin_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// Opens the Kafka outbox (on disk with sled storage, in memory otherwise) and starts
+/// producing what it holds.
+fn start_egress(
+    config: &ValidConfig,
+    kafka: &KafkaConfig,
+) -> anyhow::Result<(Arc<Egress>, Arc<BridgeMetrics>)> {
+    let engine: Arc<dyn KvEngine> =
+        match config.storage {
+            StorageEngineKind::Sled => {
+                let path = config.data_dir.join("kafka-outbox");
+                Arc::new(SledEngine::open(&path).with_context(|| {
+                    format!("cannot open the kafka outbox in {}", path.display())
+                })?)
+            }
+            StorageEngineKind::Memory => Arc::new(MemoryEngine::new()),
+        };
+    let rules = kafka.rules().context("kafka")?;
+    let names: Vec<Arc<str>> = rules.iter().map(|r| r.name.clone()).collect();
+    let metrics = Arc::new(BridgeMetrics::for_rules(&names));
+    let egress = Egress::start(kafka, engine, metrics.clone()).with_context(|| {
+        format!(
+            "cannot start the kafka bridge ({})",
+            kafka.bootstrap_servers
+        )
+    })?;
+    info!(rules = names.len(), bootstrap = %kafka.bootstrap_servers, "kafka bridge started");
+    Ok((egress, metrics))
 }
