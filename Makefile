@@ -15,13 +15,14 @@ PYTEST_ARGS ?=
 
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help run build release test test-deps fmt fmt-check clippy cargo-test fuzz pytest
+.PHONY: help run build release test test-deps fmt fmt-check clippy cargo-test fuzz pytest kafka-start kafka-stop
 
 help:
 	@echo "make run        start a node with embedded defaults (MQTT on :1883, data in ./data)"
 	@echo "make build      build the workspace (debug)"
 	@echo "make release    build the fleetmq binary (release)"
-	@echo "make test       the whole suite: install test deps, build, fmt, clippy, cargo test,"
+	@echo "make test       the whole suite: install test deps, build, fmt, clippy, cargo test"
+	@echo "                (with Apache Kafka running for the bridge tests),"
 	@echo "                $(FUZZ_CI_SECONDS) s of codec fuzzing, Python integration tests"
 	@echo "make fmt        format the code;  make clippy: lints with warnings as errors"
 	@echo "make fuzz       fuzz the codec for FUZZ_SECONDS (default $(FUZZ_SECONDS))"
@@ -36,11 +37,14 @@ build:
 release:
 	$(CARGO) build --release -p fleetmq
 
+# Apache Kafka (deploy/kafka/kafka.sh) runs for the Kafka bridge tests and is stopped
+# afterwards, whether they pass or not.
 test: test-deps
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) test --workspace
+	bash deploy/kafka/kafka.sh start
+	status=0; $(CARGO) test --workspace || status=$$?; bash deploy/kafka/kafka.sh stop; exit $$status
 	bash crates/codec/fuzz/run.sh $(FUZZ_CI_SECONDS)
 	$(MAKE) --no-print-directory pytest
 
@@ -58,6 +62,12 @@ clippy:
 
 cargo-test:
 	$(CARGO) test --workspace
+
+kafka-start:
+	bash deploy/kafka/kafka.sh start
+
+kafka-stop:
+	bash deploy/kafka/kafka.sh stop
 
 fuzz:
 	bash crates/codec/fuzz/run.sh $(FUZZ_SECONDS)

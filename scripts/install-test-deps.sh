@@ -26,6 +26,16 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
     apt_packages+=(mosquitto-clients)
 fi
 command -v "$PYTHON" >/dev/null 2>&1 || apt_packages+=(python3)
+# The Kafka bridge tests run a real Apache Kafka (deploy/kafka/kafka.sh): a JDK 17 or
+# newer runs it, Maven fetches it from Maven Central.
+java_major() {
+    java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1
+}
+if ! command -v java >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1 \
+    || [[ "$(java_major)" -lt 17 ]]; then
+    apt_packages+=(default-jdk-headless)
+fi
+command -v mvn >/dev/null 2>&1 || apt_packages+=(maven)
 if command -v "$PYTHON" >/dev/null 2>&1 && ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_packages+=(python3-venv)
 fi
@@ -43,7 +53,7 @@ if ((${#apt_packages[@]})); then
         || die "apt-get install ${apt_packages[*]} failed"
 fi
 
-for cmd in mosquitto_pub mosquitto_sub "$PYTHON"; do
+for cmd in mosquitto_pub mosquitto_sub "$PYTHON" java javac mvn; do
     command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' is still missing after installation"
 done
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 \
@@ -59,6 +69,9 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
         || die "cargo install cargo-fuzz failed"
     cargo +nightly fuzz --version >/dev/null 2>&1 || die "cargo fuzz does not run after install"
 fi
+
+# --- Apache Kafka for the bridge tests (jars from Maven Central, cached) ------------------
+bash "$ROOT/deploy/kafka/kafka.sh" fetch || die "fetching Apache Kafka from Maven Central failed"
 
 # --- Python virtual environment ---------------------------------------------------------
 [[ -f "$REQUIREMENTS" ]] || die "missing $REQUIREMENTS"
