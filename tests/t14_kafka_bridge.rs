@@ -2,15 +2,18 @@
 //! node on 127.0.0.1) with real MQTT clients (rumqttc) and an independent rdkafka
 //! consumer reading back: every acknowledged message is exactly one record, with its
 //! key, headers and per-device order, through a Kafka outage and through a SIGKILL of
-//! the broker while Kafka is down.
+//! the broker while Kafka is down; every Kafka record of an ingress rule reaches MQTT
+//! subscribers once, in order, with its offset committed; and on a three-node cluster
+//! each record is bridged once each way.
 //!
 //! The tests stop and start the one Kafka, so they run one at a time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use fleetmq_tests::cluster::ClusterOptions;
 use fleetmq_tests::kafka::{must_kafka_sh, must_start_kafka, read_records, ReadRecord};
-use fleetmq_tests::{unique_id, BrokerOptions, BrokerProcess, V4Client};
+use fleetmq_tests::{unique_id, BrokerOptions, BrokerProcess, Cluster, V4Client};
 use rumqttc::QoS;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -182,5 +185,165 @@ async fn a_broker_killed_while_kafka_is_down_produces_its_outbox_after_the_resta
             want,
             "{device}: every acknowledged message, in order (got {have:?})"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_records_reach_mqtt_subscribers_once_and_in_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bootstrap = must_start_kafka();
+    let run = unique_id("i");
+    let kafka_topic = format!("t14-in-{run}");
+    let config = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[[kafka.ingress]]
+name = "commands"
+kafka_topics = ["{kafka_topic}"]
+mqtt_topic = "t14/{run}/cmd/${{key}}"
+qos = 1
+group_id = "t14-{run}"
+"#
+    );
+    let mut broker = BrokerProcess::start(BrokerOptions::new().config(&config));
+    let mut sub = V4Client::must_connect(&broker, &unique_id("t14-in-sub")).await;
+    sub.must_subscribe(&format!("t14/{run}/cmd/#"), QoS::AtLeastOnce)
+        .await;
+
+    let mut records: Vec<(Option<&str>, String)> = Vec::new();
+    for seq in 0..20 {
+        let key = if seq % 2 == 0 { "dev-1" } else { "dev-2" };
+        records.push((Some(key), format!("{key}:{seq}")));
+    }
+    // A record without a key cannot name its MQTT topic: skipped and counted.
+    records.insert(5, (None, "no key".to_string()));
+    let borrowed: Vec<(Option<&str>, &str)> =
+        records.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    fleetmq_tests::kafka::must_produce(&kafka_topic, &borrowed);
+
+    let got = sub.must_recv_publishes(20, READ_TIMEOUT).await;
+    let mut per_device: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in &got {
+        per_device
+            .entry(p.topic.clone())
+            .or_default()
+            .push(String::from_utf8_lossy(&p.payload).into_owned());
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+    }
+    for (device, parity) in [("dev-1", 0), ("dev-2", 1)] {
+        let want: Vec<String> = (0..20)
+            .filter(|s| s % 2 == parity)
+            .map(|s| format!("{device}:{s}"))
+            .collect();
+        assert_eq!(
+            per_device.get(&format!("t14/{run}/cmd/{device}")),
+            Some(&want),
+            "{device}: every record, in order"
+        );
+    }
+    broker.must_metric_at_least(
+        "fleetmq_kafka_ingress_skipped_total",
+        &[("rule", "commands")],
+        1.0,
+        Duration::from_secs(10),
+    );
+
+    // Offsets were committed: a restarted broker (same consumer group) does not
+    // publish them again.
+    assert!(broker.terminate(Duration::from_secs(20)), "graceful stop");
+    broker.respawn().expect("restart the broker");
+    broker
+        .wait_listening(Duration::from_secs(30))
+        .expect("the broker listens again");
+    let mut again = V4Client::must_connect(&broker, &unique_id("t14-in-sub2")).await;
+    again
+        .must_subscribe(&format!("t14/{run}/cmd/#"), QoS::AtLeastOnce)
+        .await;
+    fleetmq_tests::kafka::must_produce(&kafka_topic, &[(Some("dev-3"), "after restart")]);
+    let p = again.must_recv_publish(READ_TIMEOUT).await;
+    assert_eq!(
+        String::from_utf8_lossy(&p.payload),
+        "after restart",
+        "the first message after the restart is the new record, not an old one"
+    );
+    again.must_not_recv_publish(Duration::from_secs(2)).await;
+}
+
+/// A three-node cluster with the same egress and ingress rules on every node: each
+/// node bridges what its own clients publish (no record twice), and the ingress
+/// consumer group hands each Kafka record to exactly one node, whose router sends it
+/// to subscribers on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_node_cluster_each_record_is_bridged_once_each_way() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bootstrap = must_start_kafka();
+    let run = unique_id("c");
+    let kafka_in = format!("t14-cin-{run}");
+    let config = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[[kafka.egress]]
+name = "up"
+mqtt_filter = "t14/{run}/+/temp"
+kafka_topic = "t14-{run}"
+
+[[kafka.ingress]]
+name = "down"
+kafka_topics = ["{kafka_in}"]
+mqtt_topic = "t14/{run}/down/${{key}}"
+group_id = "t14-{run}"
+"#
+    );
+    let cluster = Cluster::start_with(ClusterOptions::new().config(&config));
+
+    // Up: devices on every node.
+    let mut devices = Vec::new();
+    for n in cluster.ids() {
+        let device = format!("n{n}");
+        publish_from(cluster.node(n), &run, &[device.as_str()], 0..30).await;
+        devices.push(device);
+    }
+    let records = read_records(&format!("t14-{run}"), 91, READ_TIMEOUT);
+    assert_eq!(
+        records.len(),
+        90,
+        "each message once, from the node that took it"
+    );
+    let want: BTreeMap<String, Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            (
+                format!("{run}-{d}"),
+                (0..30).map(|s| format!("{d}:{s}")).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(by_device(&records), want);
+
+    // Down: one subscriber per node, each gets every record exactly once.
+    let mut subs = Vec::new();
+    for n in cluster.ids() {
+        let mut sub = V4Client::must_connect(cluster.node(n), &unique_id("t14-c-sub")).await;
+        sub.must_subscribe(&format!("t14/{run}/down/#"), QoS::AtLeastOnce)
+            .await;
+        subs.push(sub);
+    }
+    let values: Vec<String> = (0..10).map(|i| format!("cmd-{i}")).collect();
+    let borrowed: Vec<(Option<&str>, &str)> =
+        values.iter().map(|v| (Some("dev"), v.as_str())).collect();
+    fleetmq_tests::kafka::must_produce(&kafka_in, &borrowed);
+    for sub in &mut subs {
+        let got: Vec<String> = sub
+            .must_recv_publishes(10, READ_TIMEOUT)
+            .await
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect();
+        assert_eq!(got, values, "every record once, in order");
+        sub.must_not_recv_publish(Duration::from_secs(1)).await;
     }
 }

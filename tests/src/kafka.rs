@@ -116,3 +116,23 @@ pub fn read_records(topic: &str, count: usize, timeout: Duration) -> Vec<ReadRec
     }
     out
 }
+
+/// Produces `records` (key, value) to `topic`, in order, and waits until Kafka has them.
+pub fn must_produce(topic: &str, records: &[(Option<&str>, &str)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("create a kafka producer");
+    for (key, value) in records {
+        let mut record = BaseRecord::<str, str>::to(topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        producer.send(record).expect("queue a record");
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("kafka acknowledged every record");
+}

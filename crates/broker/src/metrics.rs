@@ -67,6 +67,8 @@ pub struct Metrics {
     closed: Box<[AtomicU64]>,
     pub decode_errors: AtomicU64,
     pub messages_received: AtomicU64,
+    /// Messages from outside MQTT (the Kafka bridge's ingress).
+    pub messages_ingested: AtomicU64,
     pub messages_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -99,6 +101,7 @@ impl Default for Metrics {
             closed: (0..258).map(|_| AtomicU64::new(0)).collect(),
             decode_errors: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
+            messages_ingested: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
@@ -191,6 +194,12 @@ impl Metrics {
             "counter",
             "PUBLISH packets received from clients.",
             load(&self.messages_received).to_string(),
+        );
+        one(
+            "fleetmq_messages_ingested_total",
+            "counter",
+            "Messages from outside MQTT routed to subscribers (Kafka ingress).",
+            load(&self.messages_ingested).to_string(),
         );
         one(
             "fleetmq_messages_sent_total",

@@ -84,6 +84,12 @@ pub enum Event {
     Forwarded(ForwardedPublish),
     /// Stored messages no delivery points at any more ([`persist::unreferenced_messages`]).
     Sweep(Vec<u64>),
+    /// A message from outside MQTT (the Kafka bridge's ingress), routed like a client's
+    /// PUBLISH; `done` fires once the round that routed it is durable.
+    Ingest {
+        message: Arc<Message>,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// What the replicated store tells the router, in the order it was applied.
@@ -132,6 +138,8 @@ pub enum Output {
     Reply(ConnId, oneshot::Sender<ConnectReply>, ConnectReply),
     /// A message for sessions of another node.
     Forward(u64, ForwardedPublish),
+    /// Tells an [`Event::Ingest`] caller that its message is routed and durable.
+    Done(oneshot::Sender<()>),
 }
 
 /// Everything one pass of the router produced.
@@ -1125,6 +1133,11 @@ impl Router {
                 for id in ids {
                     self.core.round.batch.delete(MESSAGES, id.to_be_bytes());
                 }
+            }
+            Event::Ingest { message, done } => {
+                Metrics::add(&self.core.metrics.messages_ingested, 1);
+                self.publish_message(message);
+                self.core.round.outputs.push(Output::Done(done));
             }
         }
     }

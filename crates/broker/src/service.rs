@@ -310,6 +310,8 @@ fn destination(output: &Output) -> u64 {
         Output::Send(handle, _) => handle.id,
         Output::Forward(node, _) => u64::MAX - node,
         Output::Reply(conn, ..) => *conn,
+        // Below every node's (node ids are at most 1023): one queue of its own.
+        Output::Done(_) => u64::MAX - 2048,
     }
 }
 
@@ -481,6 +483,9 @@ pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics, forwarder: &dyn F
             }
             Output::Reply(_, reply, value) => {
                 let _ = reply.send(value);
+            }
+            Output::Done(done) => {
+                let _ = done.send(());
             }
         }
     }

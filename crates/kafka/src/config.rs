@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use fleetmq_codec::QoS;
 use fleetmq_topic::TopicFilter;
 use serde::Deserialize;
 
 use crate::errors::ConfigError;
-use crate::template::Template;
+use crate::template::{IngressTemplate, Template};
 
 /// `[kafka]`: where Kafka is and what goes to it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -25,6 +26,47 @@ pub struct KafkaConfig {
     /// produced once per rule.
     #[serde(default)]
     pub egress: Vec<EgressRuleConfig>,
+    /// `[[kafka.ingress]]`: Kafka → MQTT rules.
+    #[serde(default)]
+    pub ingress: Vec<IngressRuleConfig>,
+}
+
+/// `[[kafka.ingress]]`, as written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IngressRuleConfig {
+    /// Names the rule in metrics and logs; unique among ingress rules.
+    pub name: String,
+    /// The Kafka topics to consume.
+    pub kafka_topics: Vec<String>,
+    /// The MQTT topic: fixed text, or a template with `${kafka_topic}`, `${key}` (the
+    /// record's key) and `${header.NAME}` (a header's value).
+    pub mqtt_topic: String,
+    /// The QoS of the MQTT messages (0, 1 or 2; default 1).
+    #[serde(default = "default_ingress_qos")]
+    pub qos: u8,
+    /// Whether the MQTT messages are retained (default false).
+    #[serde(default)]
+    pub retain: bool,
+    /// The consumer group, the same on every node so that Kafka spreads the
+    /// partitions over them; default `fleetmq-<name>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+}
+
+fn default_ingress_qos() -> u8 {
+    1
+}
+
+/// An ingress rule ready to use.
+#[derive(Debug, Clone)]
+pub struct IngressRule {
+    pub name: Arc<str>,
+    pub kafka_topics: Vec<String>,
+    pub mqtt_topic: IngressTemplate,
+    pub qos: QoS,
+    pub retain: bool,
+    pub group_id: String,
 }
 
 /// `[kafka.outbox]`: the durable queue of records waiting for Kafka.
@@ -131,7 +173,48 @@ pub struct EgressRule {
 impl KafkaConfig {
     /// Checks every key; errors name it as `kafka.…`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.rules().map(|_| ())
+        self.rules()?;
+        self.ingress_rules().map(|_| ())
+    }
+
+    /// The ingress rules, compiled.
+    pub fn ingress_rules(&self) -> Result<Vec<IngressRule>, ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        let mut rules = Vec::with_capacity(self.ingress.len());
+        for (i, rule) in self.ingress.iter().enumerate() {
+            let key = |field: &str| format!("kafka.ingress[{i}].{field}");
+            if rule.name.is_empty() {
+                return Err(ConfigError::invalid(key("name"), "must not be empty"));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("{:?} names another ingress rule too", rule.name),
+                ));
+            }
+            if rule.kafka_topics.is_empty() || rule.kafka_topics.iter().any(String::is_empty) {
+                return Err(ConfigError::invalid(
+                    key("kafka_topics"),
+                    "must list at least one topic, none empty",
+                ));
+            }
+            let mqtt_topic = IngressTemplate::parse(&key("mqtt_topic"), &rule.mqtt_topic)?;
+            let qos = QoS::from_u8(rule.qos).ok_or_else(|| {
+                ConfigError::invalid(key("qos"), format!("{} is not 0, 1 or 2", rule.qos))
+            })?;
+            rules.push(IngressRule {
+                name: Arc::from(rule.name.as_str()),
+                kafka_topics: rule.kafka_topics.clone(),
+                mqtt_topic,
+                qos,
+                retain: rule.retain,
+                group_id: rule
+                    .group_id
+                    .clone()
+                    .unwrap_or_else(|| format!("fleetmq-{}", rule.name)),
+            });
+        }
+        Ok(rules)
     }
 
     /// The egress rules, compiled.

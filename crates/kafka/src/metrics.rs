@@ -17,6 +17,18 @@ pub struct BridgeMetrics {
     pub dropped_outbox_full: AtomicU64,
     /// Per rule.
     pub rules: BTreeMap<Arc<str>, RuleMetrics>,
+    /// Per ingress rule.
+    pub ingress: BTreeMap<Arc<str>, IngressMetrics>,
+}
+
+/// Counters of one ingress rule.
+#[derive(Debug, Default)]
+pub struct IngressMetrics {
+    /// Records handed to the router.
+    pub consumed: AtomicU64,
+    /// Records that could not become an MQTT message (no key, no such header,
+    /// not a valid topic name), skipped for good.
+    pub skipped: AtomicU64,
 }
 
 /// Counters of one egress rule.
@@ -44,6 +56,19 @@ impl BridgeMetrics {
 
     pub fn rule(&self, name: &str) -> Option<&RuleMetrics> {
         self.rules.get(name)
+    }
+
+    /// Adds counters for the ingress rules named `rules`.
+    pub fn with_ingress<'a>(mut self, rules: impl IntoIterator<Item = &'a Arc<str>>) -> Self {
+        self.ingress = rules
+            .into_iter()
+            .map(|name| (name.clone(), IngressMetrics::default()))
+            .collect();
+        self
+    }
+
+    pub fn ingress_rule(&self, name: &str) -> Option<&IngressMetrics> {
+        self.ingress.get(name)
     }
 
     /// Prometheus text for these counters.
@@ -102,6 +127,28 @@ impl BridgeMetrics {
             let _ = writeln!(out, "# HELP {metric} {help}");
             let _ = writeln!(out, "# TYPE {metric} counter");
             for (rule, counters) in &self.rules {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{rule=\"{rule}\"}} {}",
+                    pick(counters).load(Ordering::Relaxed)
+                );
+            }
+        }
+        for (metric, help, pick) in [
+            (
+                "fleetmq_kafka_ingress_consumed_total",
+                "Kafka records handed to the router, per ingress rule.",
+                (|r: &IngressMetrics| &r.consumed) as fn(&IngressMetrics) -> &AtomicU64,
+            ),
+            (
+                "fleetmq_kafka_ingress_skipped_total",
+                "Kafka records that could not become an MQTT message, per ingress rule.",
+                |r: &IngressMetrics| &r.skipped,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}");
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for (rule, counters) in &self.ingress {
                 let _ = writeln!(
                     out,
                     "{metric}{{rule=\"{rule}\"}} {}",

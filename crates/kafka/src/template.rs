@@ -102,6 +102,92 @@ impl Template {
     }
 }
 
+/// The MQTT topic of an ingress rule: literal text with `${kafka_topic}`, `${key}` and
+/// `${header.NAME}` in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressTemplate {
+    parts: Vec<IngressPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IngressPart {
+    Literal(String),
+    KafkaTopic,
+    Key,
+    Header(String),
+}
+
+impl IngressTemplate {
+    /// Parses `source`; `key` names the configuration key in errors.
+    pub fn parse(key: &str, source: &str) -> Result<IngressTemplate, ConfigError> {
+        if source.is_empty() {
+            return Err(ConfigError::invalid(key, "must not be empty"));
+        }
+        let mut parts = Vec::new();
+        let mut rest = source;
+        while let Some(start) = rest.find("${") {
+            if start > 0 {
+                parts.push(IngressPart::Literal(rest[..start].to_string()));
+            }
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("unclosed `${{` in template {source:?}"),
+                ));
+            };
+            let name = &after[..end];
+            parts.push(match name {
+                "kafka_topic" => IngressPart::KafkaTopic,
+                "key" => IngressPart::Key,
+                _ => match name.strip_prefix("header.") {
+                    Some(header) if !header.is_empty() => IngressPart::Header(header.to_string()),
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!(
+                                "unknown placeholder `${{{name}}}` in template {source:?}; \
+                                 known: ${{kafka_topic}}, ${{key}}, ${{header.NAME}}"
+                            ),
+                        ))
+                    }
+                },
+            });
+            rest = &after[end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(IngressPart::Literal(rest.to_string()));
+        }
+        Ok(IngressTemplate { parts })
+    }
+
+    /// The MQTT topic for a record of `kafka_topic` with `key` and `headers`; an error
+    /// names what the record lacks.
+    pub fn render(
+        &self,
+        kafka_topic: &str,
+        key: Option<&str>,
+        headers: &[(String, String)],
+    ) -> Result<String, String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                IngressPart::Literal(text) => out.push_str(text),
+                IngressPart::KafkaTopic => out.push_str(kafka_topic),
+                IngressPart::Key => match key {
+                    Some(key) if !key.is_empty() => out.push_str(key),
+                    _ => return Err("the record has no key".to_string()),
+                },
+                IngressPart::Header(name) => match headers.iter().find(|(k, _)| k == name) {
+                    Some((_, value)) => out.push_str(value),
+                    None => return Err(format!("the record has no header {name:?}")),
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Makes a rendered name a legal Kafka topic name: Kafka allows only ASCII letters,
 /// digits, `.`, `_` and `-`, at most 249 of them. Every other character (an MQTT `/`
 /// above all) becomes `_`; an empty name stays empty (the caller refuses it).
@@ -165,6 +251,31 @@ mod tests {
             assert!(err.contains("kafka.egress[0].kafka_topic"), "{err}");
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn ingress_templates_take_the_topic_key_and_headers() {
+        let t = IngressTemplate::parse("k", "cmd/${key}/${header.kind}").unwrap();
+        let headers = vec![("kind".to_string(), "reboot".to_string())];
+        assert_eq!(
+            t.render("commands", Some("dev-7"), &headers).unwrap(),
+            "cmd/dev-7/reboot"
+        );
+        assert!(t
+            .render("commands", None, &headers)
+            .unwrap_err()
+            .contains("no key"));
+        assert!(t
+            .render("commands", Some("d"), &[])
+            .unwrap_err()
+            .contains("no header \"kind\""));
+        let fixed = IngressTemplate::parse("k", "from-kafka/${kafka_topic}").unwrap();
+        assert_eq!(
+            fixed.render("orders", None, &[]).unwrap(),
+            "from-kafka/orders"
+        );
+        let err = IngressTemplate::parse("kafka.ingress[0].mqtt_topic", "${header.}").unwrap_err();
+        assert_eq!(err.key, "kafka.ingress[0].mqtt_topic");
     }
 
     #[test]

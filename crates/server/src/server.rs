@@ -11,7 +11,7 @@ use fleetmq_broker::{
     RoutingView,
 };
 use fleetmq_cluster::{GrpcForwarder, NodeOptions, RaftCommitter, RaftNode};
-use fleetmq_kafka::{BridgeMetrics, Egress, KafkaConfig};
+use fleetmq_kafka::{BridgeMetrics, Egress, Ingress, KafkaConfig};
 use fleetmq_storage::{KvEngine, MemoryEngine, SledEngine};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -146,9 +146,13 @@ pub async fn run(
         "cluster links ready"
     );
 
-    let egress = match &config.kafka {
-        Some(kafka) => Some(start_egress(&config, kafka)?),
+    let bridge = match &config.kafka {
+        Some(kafka) => Some(start_bridge(&config, kafka, broker.events())?),
         None => None,
+    };
+    let (egress, ingress) = match bridge {
+        Some((egress, ingress, metrics)) => (Some((egress, metrics)), Some(ingress)),
+        None => (None, None),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let admin_task = tokio::spawn(serve_admin(
@@ -208,6 +212,9 @@ pub async fn run(
     {
         warn!("the broker core did not finish its last writes within 5 s; stopping anyway");
     }
+    if let Some(ingress) = ingress {
+        ingress.shutdown().await;
+    }
     if let Some(egress) = &egress {
         egress.shutdown(Duration::from_secs(5)).await;
     }
@@ -219,12 +226,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Opens the Kafka outbox (on disk with sled storage, in memory otherwise) and starts
-/// producing what it holds.
-fn start_egress(
+/// Opens the Kafka outbox (on disk with sled storage, in memory otherwise), starts
+/// producing what it holds, and starts consuming for the ingress rules into `events`.
+fn start_bridge(
     config: &ValidConfig,
     kafka: &KafkaConfig,
-) -> anyhow::Result<(Arc<Egress>, Arc<BridgeMetrics>)> {
+    events: tokio::sync::mpsc::Sender<fleetmq_broker::Event>,
+) -> anyhow::Result<(Arc<Egress>, Ingress, Arc<BridgeMetrics>)> {
     let engine: Arc<dyn KvEngine> =
         match config.storage {
             StorageEngineKind::Sled => {
@@ -235,15 +243,36 @@ fn start_egress(
             }
             StorageEngineKind::Memory => Arc::new(MemoryEngine::new()),
         };
-    let rules = kafka.rules().context("kafka")?;
-    let names: Vec<Arc<str>> = rules.iter().map(|r| r.name.clone()).collect();
-    let metrics = Arc::new(BridgeMetrics::for_rules(&names));
+    let egress_names: Vec<Arc<str>> = kafka
+        .rules()
+        .context("kafka")?
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    let ingress_names: Vec<Arc<str>> = kafka
+        .ingress_rules()
+        .context("kafka")?
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    let metrics = Arc::new(BridgeMetrics::for_rules(&egress_names).with_ingress(&ingress_names));
     let egress = Egress::start(kafka, engine, metrics.clone()).with_context(|| {
         format!(
             "cannot start the kafka bridge ({})",
             kafka.bootstrap_servers
         )
     })?;
-    info!(rules = names.len(), bootstrap = %kafka.bootstrap_servers, "kafka bridge started");
-    Ok((egress, metrics))
+    let ingress = Ingress::start(kafka, events, metrics.clone()).with_context(|| {
+        format!(
+            "cannot start the kafka ingress ({})",
+            kafka.bootstrap_servers
+        )
+    })?;
+    info!(
+        egress_rules = egress_names.len(),
+        ingress_rules = ingress_names.len(),
+        bootstrap = %kafka.bootstrap_servers,
+        "kafka bridge started"
+    );
+    Ok((egress, ingress, metrics))
 }
