@@ -249,6 +249,22 @@ group_id = "t14-{run}"
         1.0,
         Duration::from_secs(10),
     );
+    // Everything is read: the lag gauge, reported once measured (every 5 s), says 0.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = broker.metrics();
+        let lag = metrics.value("fleetmq_kafka_ingress_lag_records", &[("rule", "commands")]);
+        if lag == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumer lag never reached 0: {lag:?}\n{}\nlog:\n{}",
+            metrics.lines_for("fleetmq_kafka_ingress_lag_records"),
+            broker.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Offsets were committed: a restarted broker (same consumer group) does not
     // publish them again.

@@ -28,6 +28,10 @@ use crate::metrics::BridgeMetrics;
 const IN_FLIGHT: usize = 256;
 /// How often stored offsets are committed to Kafka.
 const COMMIT_INTERVAL_MS: &str = "1000";
+/// How often the consumer lag is measured.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+/// How long one watermark query may take.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The Kafka → MQTT side of one node's bridge: one consumer task per rule.
 pub struct Ingress {
@@ -72,6 +76,13 @@ impl Ingress {
             let topics: Vec<&str> = rule.kafka_topics.iter().map(String::as_str).collect();
             consumer.subscribe(&topics)?;
             info!(rule = %rule.name, topics = ?rule.kafka_topics, group = %rule.group_id, "kafka ingress started");
+            let consumer = Arc::new(consumer);
+            tasks.push(tokio::spawn(run_lag(
+                rule.name.clone(),
+                consumer.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            )));
             tasks.push(tokio::spawn(run_rule(
                 rule,
                 consumer,
@@ -119,9 +130,59 @@ pub fn to_message(rule: &IngressRule, record: &BorrowedMessage<'_>) -> Result<Me
     })
 }
 
+/// Measures the rule's consumer lag every [`LAG_INTERVAL`] (the queries block: they run
+/// on a blocking thread).
+async fn run_lag(
+    rule: Arc<str>,
+    consumer: Arc<StreamConsumer>,
+    metrics: Arc<BridgeMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(LAG_INTERVAL) => {}
+        }
+        let consumer = consumer.clone();
+        let measured = tokio::task::spawn_blocking(move || lag_of(&consumer)).await;
+        match measured {
+            Ok(Ok(lag)) => {
+                if let Some(c) = metrics.ingress_rule(&rule) {
+                    c.lag.store(lag, Ordering::Relaxed);
+                    c.lag_measured.store(true, Ordering::Relaxed);
+                }
+            }
+            Ok(Err(e)) => warn!(rule = %rule, error = %e, "kafka ingress: lag not measured"),
+            Err(_) => return,
+        }
+    }
+}
+
+/// High watermark less position, summed over the partitions assigned to this consumer.
+fn lag_of(consumer: &StreamConsumer) -> Result<u64, rdkafka::error::KafkaError> {
+    let positions = consumer.position()?;
+    let mut lag = 0u64;
+    for element in positions.elements() {
+        let (_, high) =
+            consumer.fetch_watermarks(element.topic(), element.partition(), WATERMARK_TIMEOUT)?;
+        let position = match element.offset() {
+            rdkafka::Offset::Offset(at) => at,
+            // Nothing read yet: everything up to the high watermark waits (the group
+            // starts at the oldest record).
+            _ => {
+                consumer
+                    .fetch_watermarks(element.topic(), element.partition(), WATERMARK_TIMEOUT)?
+                    .0
+            }
+        };
+        lag += u64::try_from(high.saturating_sub(position)).unwrap_or(0);
+    }
+    Ok(lag)
+}
+
 async fn run_rule(
     rule: IngressRule,
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     router: mpsc::Sender<Event>,
     metrics: Arc<BridgeMetrics>,
     mut stop: watch::Receiver<bool>,

@@ -29,6 +29,11 @@ pub struct IngressMetrics {
     /// Records that could not become an MQTT message (no key, no such header,
     /// not a valid topic name), skipped for good.
     pub skipped: AtomicU64,
+    /// Records in this node's partitions not yet read: the high watermark less the
+    /// consumer's position, summed (a gauge, refreshed every few seconds).
+    pub lag: AtomicU64,
+    /// Whether `lag` has been measured yet; until then it is not reported.
+    pub lag_measured: std::sync::atomic::AtomicBool,
 }
 
 /// Counters of one egress rule.
@@ -145,10 +150,23 @@ impl BridgeMetrics {
                 "Kafka records that could not become an MQTT message, per ingress rule.",
                 |r: &IngressMetrics| &r.skipped,
             ),
+            (
+                "fleetmq_kafka_ingress_lag_records",
+                "Records in this node's partitions not yet read, per ingress rule.",
+                |r: &IngressMetrics| &r.lag,
+            ),
         ] {
+            let kind = if metric.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
             let _ = writeln!(out, "# HELP {metric} {help}");
-            let _ = writeln!(out, "# TYPE {metric} counter");
+            let _ = writeln!(out, "# TYPE {metric} {kind}");
             for (rule, counters) in &self.ingress {
+                if kind == "gauge" && !counters.lag_measured.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "{metric}{{rule=\"{rule}\"}} {}",
