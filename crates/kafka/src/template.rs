@@ -35,42 +35,21 @@ pub struct TemplateInput<'a> {
 impl Template {
     /// Parses `source`; `key` names the configuration key in errors.
     pub fn parse(key: &str, source: &str) -> Result<Template, ConfigError> {
-        let mut parts = Vec::new();
-        let mut rest = source;
-        while let Some(start) = rest.find("${") {
-            if start > 0 {
-                parts.push(Part::Literal(rest[..start].to_string()));
-            }
-            let after = &rest[start + 2..];
-            let Some(end) = after.find('}') else {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("unclosed `${{` in template {source:?}"),
-                ));
-            };
-            let name = &after[..end];
-            parts.push(match name {
-                "topic" => Part::Topic,
-                "clientid" => Part::ClientId,
-                "username" => Part::Username,
+        let parts = scan(
+            key,
+            source,
+            "${topic}, ${topic.N} (N from 1), ${clientid}, ${username}",
+            Part::Literal,
+            |name| match name {
+                "topic" => Some(Part::Topic),
+                "clientid" => Some(Part::ClientId),
+                "username" => Some(Part::Username),
                 _ => match name.strip_prefix("topic.").map(str::parse::<usize>) {
-                    Some(Ok(level)) if level >= 1 => Part::TopicLevel(level),
-                    _ => {
-                        return Err(ConfigError::invalid(
-                            key,
-                            format!(
-                                "unknown placeholder `${{{name}}}` in template {source:?}; \
-                                 known: ${{topic}}, ${{topic.N}} (N from 1), ${{clientid}}, ${{username}}"
-                            ),
-                        ))
-                    }
+                    Some(Ok(level)) if level >= 1 => Some(Part::TopicLevel(level)),
+                    _ => None,
                 },
-            });
-            rest = &after[end + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
-        }
+            },
+        )?;
         Ok(Template {
             parts,
             source: source.to_string(),
@@ -123,41 +102,20 @@ impl IngressTemplate {
         if source.is_empty() {
             return Err(ConfigError::invalid(key, "must not be empty"));
         }
-        let mut parts = Vec::new();
-        let mut rest = source;
-        while let Some(start) = rest.find("${") {
-            if start > 0 {
-                parts.push(IngressPart::Literal(rest[..start].to_string()));
-            }
-            let after = &rest[start + 2..];
-            let Some(end) = after.find('}') else {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("unclosed `${{` in template {source:?}"),
-                ));
-            };
-            let name = &after[..end];
-            parts.push(match name {
-                "kafka_topic" => IngressPart::KafkaTopic,
-                "key" => IngressPart::Key,
-                _ => match name.strip_prefix("header.") {
-                    Some(header) if !header.is_empty() => IngressPart::Header(header.to_string()),
-                    _ => {
-                        return Err(ConfigError::invalid(
-                            key,
-                            format!(
-                                "unknown placeholder `${{{name}}}` in template {source:?}; \
-                                 known: ${{kafka_topic}}, ${{key}}, ${{header.NAME}}"
-                            ),
-                        ))
-                    }
-                },
-            });
-            rest = &after[end + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(IngressPart::Literal(rest.to_string()));
-        }
+        let parts = scan(
+            key,
+            source,
+            "${kafka_topic}, ${key}, ${header.NAME}",
+            IngressPart::Literal,
+            |name| match name {
+                "kafka_topic" => Some(IngressPart::KafkaTopic),
+                "key" => Some(IngressPart::Key),
+                _ => name
+                    .strip_prefix("header.")
+                    .filter(|header| !header.is_empty())
+                    .map(|header| IngressPart::Header(header.to_string())),
+            },
+        )?;
         Ok(IngressTemplate { parts })
     }
 
@@ -186,6 +144,44 @@ impl IngressTemplate {
         }
         Ok(out)
     }
+}
+
+/// Splits `source` into literal text and `${name}` placeholders, each resolved by
+/// `placeholder`; an unknown name is an error that lists the `known` ones.
+fn scan<P>(
+    key: &str,
+    source: &str,
+    known: &str,
+    literal: impl Fn(String) -> P,
+    placeholder: impl Fn(&str) -> Option<P>,
+) -> Result<Vec<P>, ConfigError> {
+    let mut parts = Vec::new();
+    let mut rest = source;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            parts.push(literal(rest[..start].to_string()));
+        }
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(ConfigError::invalid(
+                key,
+                format!("unclosed `${{` in template {source:?}"),
+            ));
+        };
+        let name = &after[..end];
+        let Some(part) = placeholder(name) else {
+            return Err(ConfigError::invalid(
+                key,
+                format!("unknown placeholder `${{{name}}}` in template {source:?}; known: {known}"),
+            ));
+        };
+        parts.push(part);
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(literal(rest.to_string()));
+    }
+    Ok(parts)
 }
 
 /// Makes a rendered name a legal Kafka topic name: Kafka allows only ASCII letters,
