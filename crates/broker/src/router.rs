@@ -147,6 +147,9 @@ pub enum Output {
 pub struct Round {
     pub batch: WriteBatch,
     pub outputs: Vec<Output>,
+    /// A SUBACK is among the outputs: they wait for every node to route to the
+    /// subscription (`Visibility` in service.rs); other rounds pass straight through.
+    pub subscribed: bool,
 }
 
 impl Round {
@@ -233,6 +236,8 @@ struct HeldDelivery {
 /// A snapshot's message bodies, deliveries and QoS 2 state, by client: what sessions
 /// are installed from.
 struct StoredClients {
+    /// Session records, to be taken by whoever installs the sessions.
+    sessions: Vec<(String, SessionRecord)>,
     messages: HashMap<u64, Arc<Message>>,
     /// Per client, in seq order.
     deliveries: HashMap<String, Vec<(u64, DeliveryRecord)>>,
@@ -248,6 +253,7 @@ impl StoredClients {
         qos2_in: Vec<(String, u16)>,
     ) -> Self {
         let mut stored = StoredClients {
+            sessions: Vec::new(),
             messages: HashMap::with_capacity(messages.len()),
             deliveries: HashMap::new(),
             qos2_in: HashMap::new(),
@@ -349,7 +355,9 @@ impl Router {
         router
     }
 
-    fn restore(&mut self, snap: Snapshot) {
+    /// Takes the registry and the retained messages of `snap` as the router's own and
+    /// indexes what it stored per client; returns the registry the router had before.
+    fn take_snapshot(&mut self, snap: Snapshot) -> (HashMap<Arc<str>, OwnerRecord>, StoredClients) {
         let Snapshot {
             sessions,
             messages,
@@ -358,11 +366,20 @@ impl Router {
             retained,
             owners,
         } = snap;
+        let owners = owners
+            .into_iter()
+            .map(|(client, owner)| (Arc::from(client), owner))
+            .collect();
+        let before = std::mem::replace(&mut self.owners, owners);
         self.replace_retained(retained);
-        for (client, owner) in owners {
-            self.owners.insert(Arc::from(client), owner);
-        }
         let mut stored = StoredClients::index(&mut self.core.ids, messages, deliveries, qos2_in);
+        stored.sessions = sessions;
+        (before, stored)
+    }
+
+    fn restore(&mut self, snap: Snapshot) {
+        let (_, mut stored) = self.take_snapshot(snap);
+        let sessions = std::mem::take(&mut stored.sessions);
         let mut with_session = std::collections::HashSet::new();
         for (client, record) in sessions {
             let client: Arc<str> = Arc::from(client);
@@ -402,19 +419,18 @@ impl Router {
 
     /// Replaces the stored retained messages held in memory with `records`.
     fn replace_retained(&mut self, records: Vec<MessageRecord>) {
-        // $SYS topics are this node's own, never stored: they stay.
+        // $SYS topics are this node's own, never stored nor counted: they stay.
         let before = self.retained.len();
         self.retained
             .retain(|topic, _| topic.starts_with(SYS_PREFIX));
-        let removed = before - self.retained.len();
         for record in records {
             let message = Arc::new(record.into_message());
             self.retained.insert(message.topic.clone(), message);
         }
-        let added = self.retained.len() - (before - removed);
+        // Both counts hold the same $SYS topics: the difference is the stored ones'.
         Metrics::gauge_add(
             &self.core.metrics.retained_current,
-            added as i64 - removed as i64,
+            self.retained.len() as i64 - before as i64,
         );
     }
 
@@ -853,25 +869,12 @@ impl Router {
     /// gives up after `connect_timeout` (0x88) like any claim that cannot commit.
     /// Other nodes' sessions and the retained messages are read as at start.
     fn reset(&mut self, snap: Snapshot) {
-        let Snapshot {
-            sessions,
-            messages,
-            deliveries,
-            qos2_in,
-            retained,
-            owners,
-        } = snap;
-        let mut stored = StoredClients::index(&mut self.core.ids, messages, deliveries, qos2_in);
+        let (before, mut stored) = self.take_snapshot(snap);
+        let sessions = std::mem::take(&mut stored.sessions);
         let mut records: HashMap<Arc<str>, SessionRecord> = sessions
             .into_iter()
             .map(|(client, record)| (Arc::from(client), record))
             .collect();
-        let owners = owners
-            .into_iter()
-            .map(|(client, owner)| (Arc::from(client), owner))
-            .collect();
-        let before = std::mem::replace(&mut self.owners, owners);
-        self.replace_retained(retained);
 
         let node = self.node_id;
         let (mut moved, mut kept) = (Vec::new(), Vec::new());
@@ -1613,6 +1616,7 @@ impl Router {
         }
         self.core.persist_session(session);
         if let Some(handle) = session.connection.clone() {
+            self.core.round.subscribed = true;
             self.core.send(
                 &handle,
                 Outgoing::Packet(Box::new(Packet::SubAck(SubAck {

@@ -244,7 +244,7 @@ impl Cluster {
             node,
             Round {
                 batch,
-                outputs: Vec::new(),
+                ..Round::default()
             },
         );
     }

@@ -454,12 +454,12 @@ async fn run_router(
                         }
                     }
                 }
+                sink.view.advance(router.applied_through());
             }
             _ = sleep_until(deadline) => {
                 router.fire_timers(Instant::now());
             }
         }
-        sink.view.advance(router.applied_through());
         let round = router.take_round();
         sink.finish(round, &mut router, &mut applied).await;
     }
@@ -544,12 +544,23 @@ impl VisibilityFence {
         VisibilityFence { waiting, held }
     }
 
-    /// Sends what may go now and queues the rest behind the fence.
-    async fn pass(&self, index: u64, outputs: Vec<Output>, outlet: &Outlet) {
+    /// Sends what may go now and queues the rest behind the fence. A round without a
+    /// SUBACK while no connection is held (nearly every round) goes out as it is.
+    async fn pass(&self, index: u64, round: Round, outlet: &Outlet) {
+        let Round {
+            outputs,
+            subscribed,
+            ..
+        } = round;
         let (mut now, mut later) = (Vec::new(), Vec::new());
         let mut has_suback = false;
         {
             let mut held = lock_held(&self.held);
+            if !subscribed && held.is_empty() {
+                drop(held);
+                outlet.send(outputs);
+                return;
+            }
             for output in outputs {
                 let suback = is_suback(&output);
                 let destination = destination(&output);
@@ -661,7 +672,7 @@ async fn run_committer(
                 continue;
             }
             match &fence {
-                Some(fence) => fence.pass(last_index, round.outputs, &outlet).await,
+                Some(fence) => fence.pass(last_index, round, &outlet).await,
                 None => outlet.send(round.outputs),
             }
         }
