@@ -1,9 +1,10 @@
 //! Node failure, as the leader sees it: a member that has not answered for
-//! [`DEAD_AFTER`], or that answers but has taken no log entry for
-//! [`STALLED_AFTER`] while behind the leader (a stuck candidate, a node whose disk hangs:
-//! it cannot commit its clients' writes), is taken for dead, and every session it held
-//! is given to a live member (spread by client id). The adopters load them as offline sessions: queued
-//! messages keep arriving, expiry timers run, wills are published after their delay.
+//! [`DEAD_AFTER`], or that answers but has taken no log entry for [`STALLED_AFTER`]
+//! while behind the leader (a stuck candidate, a node whose disk hangs: it cannot
+//! commit its clients' writes), is taken for dead, and every session it held is given
+//! to a live member (spread by client id). The adopters load them as offline sessions:
+//! queued messages keep arriving, expiry timers run, wills are published after their
+//! delay.
 //! A client of the dead node that reconnects anywhere takes its session from the
 //! adopter like from any live node.
 //!
@@ -16,12 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetmq_broker::persist::{self, OwnerRecord, OWNERS};
-use fleetmq_rpc::peer::peer_service_client::PeerServiceClient;
 use fleetmq_storage::KvEngine;
 use openraft::Raft;
-use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
+use crate::network::PeerClients;
 use crate::types::{ClusterOp, ClusterRequest, NodeId, TypeConfig};
 
 /// How often the leader checks on the other members.
@@ -40,7 +40,7 @@ const MOVES_PER_ENTRY: usize = 1000;
 
 /// Runs for the life of the node; acts only while it leads.
 pub async fn run_failover(raft: Raft<TypeConfig>, engine: Arc<dyn KvEngine>) {
-    let mut channels: HashMap<NodeId, (String, PeerServiceClient<Channel>)> = HashMap::new();
+    let mut peers = PeerClients::new(PROBE_TIMEOUT, PROBE_TIMEOUT);
     let mut health = Liveness::default();
     let mut adopted_at: HashMap<NodeId, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
@@ -73,7 +73,7 @@ pub async fn run_failover(raft: Raft<TypeConfig>, engine: Arc<dyn KvEngine>) {
             if *id == me {
                 continue;
             }
-            let answered = probe(&mut channels, *id, addr).await;
+            let answered = probe(&mut peers, *id, addr).await;
             let progress = Progress {
                 matched: matched.get(id).copied().flatten(),
                 leader_last: last_log,
@@ -178,22 +178,8 @@ impl Liveness {
     }
 }
 
-async fn probe(
-    channels: &mut HashMap<NodeId, (String, PeerServiceClient<Channel>)>,
-    id: NodeId,
-    addr: &str,
-) -> bool {
-    if channels.get(&id).is_none_or(|(a, _)| a != addr) {
-        let Ok(endpoint) = Endpoint::from_shared(format!("http://{addr}")) else {
-            return false;
-        };
-        let channel = endpoint
-            .connect_timeout(PROBE_TIMEOUT)
-            .timeout(PROBE_TIMEOUT)
-            .connect_lazy();
-        channels.insert(id, (addr.to_string(), PeerServiceClient::new(channel)));
-    }
-    let Some((_, client)) = channels.get_mut(&id) else {
+async fn probe(peers: &mut PeerClients, id: NodeId, addr: &str) -> bool {
+    let Some(mut client) = peers.client(id, addr) else {
         return false;
     };
     tokio::time::timeout(

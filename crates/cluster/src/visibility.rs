@@ -1,7 +1,6 @@
 //! The broker's [`Visibility`] across the cluster: asks every other member, in
 //! parallel, to answer once its router has taken a log entry (`AwaitApplied`).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -12,9 +11,10 @@ use fleetmq_rpc::peer::peer_service_client::PeerServiceClient;
 use fleetmq_rpc::peer::AwaitAppliedRequest;
 use openraft::Raft;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::debug;
 
+use crate::network::PeerClients;
 use crate::types::{NodeId, TypeConfig};
 
 /// How long a SUBACK waits for a member that does not answer (cut off, overloaded).
@@ -24,15 +24,17 @@ pub const AWAIT_APPLIED_TIMEOUT: Duration = Duration::from_secs(2);
 /// Waits for every other member of the Raft group.
 pub struct PeerVisibility {
     raft: Raft<TypeConfig>,
-    /// A channel per member, by address.
-    channels: Mutex<HashMap<NodeId, (String, PeerServiceClient<Channel>)>>,
+    clients: Mutex<PeerClients>,
 }
 
 impl PeerVisibility {
     pub fn new(raft: Raft<TypeConfig>) -> Self {
         PeerVisibility {
             raft,
-            channels: Mutex::new(HashMap::new()),
+            clients: Mutex::new(PeerClients::new(
+                AWAIT_APPLIED_TIMEOUT,
+                AWAIT_APPLIED_TIMEOUT + Duration::from_millis(500),
+            )),
         }
     }
 
@@ -49,30 +51,15 @@ impl PeerVisibility {
                 .collect();
             (m.id, members)
         };
-        let mut channels = self
-            .channels
+        let mut peers = self
+            .clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut clients = Vec::new();
-        for (id, addr) in members {
-            if id == me {
-                continue;
-            }
-            if channels.get(&id).is_none_or(|(a, _)| *a != addr) {
-                let Ok(endpoint) = Endpoint::from_shared(format!("http://{addr}")) else {
-                    continue;
-                };
-                let channel = endpoint
-                    .connect_timeout(AWAIT_APPLIED_TIMEOUT)
-                    .timeout(AWAIT_APPLIED_TIMEOUT + Duration::from_millis(500))
-                    .connect_lazy();
-                channels.insert(id, (addr, PeerServiceClient::new(channel)));
-            }
-            if let Some((_, client)) = channels.get(&id) {
-                clients.push((id, client.clone()));
-            }
-        }
-        clients
+        members
+            .into_iter()
+            .filter(|(id, _)| *id != me)
+            .filter_map(|(id, addr)| Some((id, peers.client(id, &addr)?)))
+            .collect()
     }
 }
 

@@ -22,6 +22,7 @@ mod faults;
 mod forward;
 mod forward_wire;
 mod peer;
+mod peer_clients;
 mod server;
 pub(crate) mod wire;
 
@@ -31,4 +32,5 @@ pub use faults::{Faults, FaultyNetwork, FaultyNetworkFactory};
 pub use forward::{ForwarderConfig, GrpcForwarder, PeerAddressLookup};
 pub use forward_wire::{decode_forwarded, encode_forwarded, ForwardDecodeError};
 pub use peer::{ForwardSink, PeerGrpcServer};
+pub use peer_clients::PeerClients;
 pub use server::RaftGrpcServer;

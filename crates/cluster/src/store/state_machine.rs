@@ -229,14 +229,20 @@ impl std::fmt::Debug for StateMachineStore {
     }
 }
 
-/// The log index the store in `engine` has applied through (0 before any entry).
-pub fn stored_applied_index(engine: &dyn KvEngine) -> Result<u64, StoreError> {
-    let state: AppliedState = engine
+/// What the store in `engine` has applied (nothing before the first entry).
+fn stored_applied_state(engine: &dyn KvEngine) -> Result<AppliedState, StoreError> {
+    Ok(engine
         .get(META_TREE, APPLIED_KEY)?
         .map(|v| decode(&v))
         .transpose()?
-        .unwrap_or_default();
-    Ok(state.last_applied.map_or(0, |id| id.index))
+        .unwrap_or_default())
+}
+
+/// The log index the store in `engine` has applied through (0 before any entry).
+pub fn stored_applied_index(engine: &dyn KvEngine) -> Result<u64, StoreError> {
+    Ok(stored_applied_state(engine)?
+        .last_applied
+        .map_or(0, |id| id.index))
 }
 
 impl StateMachineStore {
@@ -272,11 +278,7 @@ impl StateMachineStore {
                 engine.write(batch)?;
             }
         }
-        let applied = engine
-            .get(META_TREE, APPLIED_KEY)?
-            .map(|v| decode(&v))
-            .transpose()?
-            .unwrap_or_default();
+        let applied = stored_applied_state(engine.as_ref())?;
         let current = engine
             .get(META_TREE, SNAPSHOT_KEY)?
             .map(|v| decode(&v))
