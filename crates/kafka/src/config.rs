@@ -183,15 +183,7 @@ impl KafkaConfig {
         let mut rules = Vec::with_capacity(self.ingress.len());
         for (i, rule) in self.ingress.iter().enumerate() {
             let key = |field: &str| format!("kafka.ingress[{i}].{field}");
-            if rule.name.is_empty() {
-                return Err(ConfigError::invalid(key("name"), "must not be empty"));
-            }
-            if !names.insert(rule.name.as_str()) {
-                return Err(ConfigError::invalid(
-                    key("name"),
-                    format!("{:?} names another ingress rule too", rule.name),
-                ));
-            }
+            check_name(&mut names, key("name"), &rule.name)?;
             if rule.kafka_topics.is_empty() || rule.kafka_topics.iter().any(String::is_empty) {
                 return Err(ConfigError::invalid(
                     key("kafka_topics"),
@@ -253,15 +245,7 @@ impl KafkaConfig {
         let mut rules = Vec::with_capacity(self.egress.len());
         for (i, rule) in self.egress.iter().enumerate() {
             let key = |field: &str| format!("kafka.egress[{i}].{field}");
-            if rule.name.is_empty() {
-                return Err(ConfigError::invalid(key("name"), "must not be empty"));
-            }
-            if !names.insert(rule.name.as_str()) {
-                return Err(ConfigError::invalid(
-                    key("name"),
-                    format!("{:?} names another rule too", rule.name),
-                ));
-            }
+            check_name(&mut names, key("name"), &rule.name)?;
             let filter = TopicFilter::parse(&rule.mqtt_filter)
                 .map_err(|e| ConfigError::invalid(key("mqtt_filter"), e.to_string()))?;
             if filter.is_shared() {
@@ -293,6 +277,24 @@ impl KafkaConfig {
         }
         Ok(rules)
     }
+}
+
+/// A rule's name is not empty and no other rule of its kind has it.
+fn check_name<'a>(
+    names: &mut std::collections::HashSet<&'a str>,
+    key: String,
+    name: &'a str,
+) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::invalid(key, "must not be empty"));
+    }
+    if !names.insert(name) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{name:?} names another rule too"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

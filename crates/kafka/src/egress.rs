@@ -106,23 +106,26 @@ impl Egress {
         Ok(egress)
     }
 
-    /// True when some rule takes messages on `topic`.
-    pub fn matches(&self, topic: &str) -> bool {
-        self.rules.iter().any(|r| r.filter.matches(topic))
+    /// The rules that take messages on `topic` (none, for most topics: no allocation).
+    pub fn rules_for(&self, topic: &str) -> Vec<&EgressRule> {
+        self.rules
+            .iter()
+            .filter(|r| r.filter.matches(topic))
+            .collect()
     }
 
-    /// Bridges `message`: resolves once every matching rule has it where its
-    /// acknowledgement mode says (the outbox, or Kafka). Errors: the outbox is full
-    /// under `when_full = "refuse"` ([`BridgeError::OutboxFull`]), or Kafka refused an
-    /// `after-kafka` record for good.
-    pub async fn publish(&self, message: &BridgedMessage) -> Result<(), BridgeError> {
+    /// Bridges `message` with `rules` ([`Egress::rules_for`] its topic): resolves once
+    /// every rule has it where its acknowledgement mode says (the outbox, or Kafka).
+    /// Errors: the outbox is full under `when_full = "refuse"`
+    /// ([`BridgeError::OutboxFull`]), or Kafka refused an `after-kafka` record for good.
+    pub async fn publish(
+        &self,
+        rules: &[&EgressRule],
+        message: &BridgedMessage,
+    ) -> Result<(), BridgeError> {
         let mut to_outbox = Vec::new();
         let mut direct = Vec::new();
-        for rule in self
-            .rules
-            .iter()
-            .filter(|r| r.filter.matches(&message.topic))
-        {
+        for rule in rules {
             let record = KafkaRecord::build(rule, message);
             match rule.ack {
                 AckMode::AfterOutbox => to_outbox.push(record),

@@ -43,7 +43,8 @@ pub struct RuleMetrics {
     pub produced: AtomicU64,
     /// Records Kafka refused for good (dropped, logged with the rule's name).
     pub failed: AtomicU64,
-    /// Records produced again after a failed attempt (a restart, a producer error).
+    /// Records produced again from the outbox after a restart (some may have reached
+    /// Kafka before it).
     pub retried: AtomicU64,
 }
 
@@ -78,101 +79,110 @@ impl BridgeMetrics {
 
     /// Prometheus text for these counters.
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let gauge = |out: &mut String, name: &str, help: &str, v: &AtomicU64, kind: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
-        };
-        gauge(
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let single = |v: &AtomicU64| [(None, load(v))];
+        family(
             out,
             "fleetmq_kafka_outbox_records",
-            "Records waiting in the Kafka outbox.",
-            &self.outbox_records,
             "gauge",
+            "Records waiting in the Kafka outbox.",
+            single(&self.outbox_records),
         );
-        gauge(
+        family(
             out,
             "fleetmq_kafka_outbox_bytes",
-            "Bytes waiting in the Kafka outbox.",
-            &self.outbox_bytes,
             "gauge",
+            "Bytes waiting in the Kafka outbox.",
+            single(&self.outbox_bytes),
         );
-        gauge(
+        family(
             out,
             "fleetmq_kafka_outbox_refused_total",
-            "Records refused because the Kafka outbox was full.",
-            &self.refused_outbox_full,
             "counter",
+            "Records refused because the Kafka outbox was full.",
+            single(&self.refused_outbox_full),
         );
-        gauge(
+        family(
             out,
             "fleetmq_kafka_outbox_dropped_total",
-            "Oldest records dropped because the Kafka outbox was full.",
-            &self.dropped_outbox_full,
             "counter",
+            "Oldest records dropped because the Kafka outbox was full.",
+            single(&self.dropped_outbox_full),
         );
-        for (metric, help, pick) in [
-            (
-                "fleetmq_kafka_records_produced_total",
-                "Records Kafka acknowledged, per egress rule.",
-                (|r: &RuleMetrics| &r.produced) as fn(&RuleMetrics) -> &AtomicU64,
-            ),
-            (
-                "fleetmq_kafka_records_failed_total",
-                "Records Kafka refused for good, per egress rule.",
-                |r: &RuleMetrics| &r.failed,
-            ),
-            (
-                "fleetmq_kafka_records_retried_total",
-                "Records produced again after a failed attempt, per egress rule.",
-                |r: &RuleMetrics| &r.retried,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {metric} {help}");
-            let _ = writeln!(out, "# TYPE {metric} counter");
-            for (rule, counters) in &self.rules {
-                let _ = writeln!(
-                    out,
-                    "{metric}{{rule=\"{rule}\"}} {}",
-                    pick(counters).load(Ordering::Relaxed)
-                );
-            }
-        }
-        for (metric, help, pick) in [
-            (
-                "fleetmq_kafka_ingress_consumed_total",
-                "Kafka records handed to the router, per ingress rule.",
-                (|r: &IngressMetrics| &r.consumed) as fn(&IngressMetrics) -> &AtomicU64,
-            ),
-            (
-                "fleetmq_kafka_ingress_skipped_total",
-                "Kafka records that could not become an MQTT message, per ingress rule.",
-                |r: &IngressMetrics| &r.skipped,
-            ),
-            (
-                "fleetmq_kafka_ingress_lag_records",
-                "Records in this node's partitions not yet read, per ingress rule.",
-                |r: &IngressMetrics| &r.lag,
-            ),
-        ] {
-            let kind = if metric.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(out, "# HELP {metric} {help}");
-            let _ = writeln!(out, "# TYPE {metric} {kind}");
-            for (rule, counters) in &self.ingress {
-                if kind == "gauge" && !counters.lag_measured.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let _ = writeln!(
-                    out,
-                    "{metric}{{rule=\"{rule}\"}} {}",
-                    pick(counters).load(Ordering::Relaxed)
-                );
-            }
-        }
+        let egress = |pick: fn(&RuleMetrics) -> &AtomicU64| {
+            self.rules
+                .iter()
+                .map(move |(rule, m)| (Some(&**rule), load(pick(m))))
+        };
+        family(
+            out,
+            "fleetmq_kafka_records_produced_total",
+            "counter",
+            "Records Kafka acknowledged, per egress rule.",
+            egress(|m| &m.produced),
+        );
+        family(
+            out,
+            "fleetmq_kafka_records_failed_total",
+            "counter",
+            "Records Kafka refused for good, per egress rule.",
+            egress(|m| &m.failed),
+        );
+        family(
+            out,
+            "fleetmq_kafka_records_retried_total",
+            "counter",
+            "Records produced again from the outbox after a restart, per egress rule.",
+            egress(|m| &m.retried),
+        );
+        let ingress = |pick: fn(&IngressMetrics) -> &AtomicU64| {
+            self.ingress
+                .iter()
+                .map(move |(rule, m)| (Some(&**rule), load(pick(m))))
+        };
+        family(
+            out,
+            "fleetmq_kafka_ingress_consumed_total",
+            "counter",
+            "Kafka records handed to the router, per ingress rule.",
+            ingress(|m| &m.consumed),
+        );
+        family(
+            out,
+            "fleetmq_kafka_ingress_skipped_total",
+            "counter",
+            "Kafka records that could not become an MQTT message, per ingress rule.",
+            ingress(|m| &m.skipped),
+        );
+        // Reported once measured: before that it is not known, not 0.
+        family(
+            out,
+            "fleetmq_kafka_ingress_lag_records",
+            "gauge",
+            "Records in this node's partitions not yet read, per ingress rule.",
+            self.ingress
+                .iter()
+                .filter(|(_, m)| m.lag_measured.load(Ordering::Relaxed))
+                .map(|(rule, m)| (Some(&**rule), load(&m.lag))),
+        );
+    }
+}
+
+/// One metric family: its HELP and TYPE lines, then a sample per `(rule, value)`.
+fn family<'a>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Option<&'a str>, u64)>,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (rule, value) in samples {
+        let _ = match rule {
+            Some(rule) => writeln!(out, "{name}{{rule=\"{rule}\"}} {value}"),
+            None => writeln!(out, "{name} {value}"),
+        };
     }
 }

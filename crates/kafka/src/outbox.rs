@@ -325,6 +325,31 @@ mod tests {
         }
     }
 
+    /// An outbox in memory with the given bound, and its metrics.
+    fn memory_outbox(
+        max_records: u64,
+        when_full: OutboxFullPolicy,
+    ) -> (Arc<Outbox>, Arc<BridgeMetrics>) {
+        let metrics = Arc::new(BridgeMetrics::default());
+        let outbox = Outbox::open(
+            Arc::new(MemoryEngine::new()),
+            config(max_records, when_full),
+            metrics.clone(),
+        )
+        .unwrap();
+        (outbox, metrics)
+    }
+
+    /// The timestamps (the test records' numbers) of every durable record, in order.
+    fn stamps(outbox: &Outbox) -> Vec<u64> {
+        outbox
+            .read(0, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.timestamp_ms)
+            .collect()
+    }
+
     fn config(max_records: u64, when_full: OutboxFullPolicy) -> OutboxConfig {
         OutboxConfig {
             max_records,
@@ -335,13 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_come_out_in_order_and_go_once_removed() {
-        let metrics = Arc::new(BridgeMetrics::default());
-        let outbox = Outbox::open(
-            Arc::new(MemoryEngine::new()),
-            config(100, OutboxFullPolicy::Refuse),
-            metrics.clone(),
-        )
-        .unwrap();
+        let (outbox, metrics) = memory_outbox(100, OutboxFullPolicy::Refuse);
         for n in 0..10 {
             outbox.append(vec![record(n, 10)]).await.unwrap();
         }
@@ -360,13 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_bound_refuse_refuses_and_counts() {
-        let metrics = Arc::new(BridgeMetrics::default());
-        let outbox = Outbox::open(
-            Arc::new(MemoryEngine::new()),
-            config(3, OutboxFullPolicy::Refuse),
-            metrics.clone(),
-        )
-        .unwrap();
+        let (outbox, metrics) = memory_outbox(3, OutboxFullPolicy::Refuse);
         outbox
             .append(vec![record(0, 1), record(1, 1), record(2, 1)])
             .await
@@ -382,23 +395,11 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_bound_drop_oldest_makes_room_and_counts() {
-        let metrics = Arc::new(BridgeMetrics::default());
-        let outbox = Outbox::open(
-            Arc::new(MemoryEngine::new()),
-            config(3, OutboxFullPolicy::DropOldest),
-            metrics.clone(),
-        )
-        .unwrap();
+        let (outbox, metrics) = memory_outbox(3, OutboxFullPolicy::DropOldest);
         for n in 0..5 {
             outbox.append(vec![record(n, 1)]).await.unwrap();
         }
-        let stamps: Vec<u64> = outbox
-            .read(0, 10)
-            .unwrap()
-            .iter()
-            .map(|(_, r)| r.timestamp_ms)
-            .collect();
-        assert_eq!(stamps, [2, 3, 4]);
+        assert_eq!(stamps(&outbox), [2, 3, 4]);
         assert_eq!(metrics.dropped_outbox_full.load(Ordering::Relaxed), 2);
     }
 
@@ -433,13 +434,7 @@ mod tests {
             metrics.clone(),
         )
         .unwrap();
-        let stamps: Vec<u64> = outbox
-            .read(0, 10)
-            .unwrap()
-            .iter()
-            .map(|(_, r)| r.timestamp_ms)
-            .collect();
-        assert_eq!(stamps, [2, 3, 4]);
+        assert_eq!(stamps(&outbox), [2, 3, 4]);
         assert_eq!(metrics.outbox_records.load(Ordering::Relaxed), 3);
         // New records continue after the old ones.
         outbox.append(vec![record(9, 8)]).await.unwrap();

@@ -605,7 +605,8 @@ impl Connection {
         let (Some(egress), Event::Publish { publish, .. }) = (&self.ctx.egress, event) else {
             return Ok(false);
         };
-        if !egress.matches(&publish.topic) {
+        let rules = egress.rules_for(&publish.topic);
+        if rules.is_empty() {
             return Ok(false);
         }
         let message = BridgedMessage {
@@ -619,7 +620,7 @@ impl Connection {
             content_type: publish.properties.content_type.clone(),
             received_at_ms: now_ms(),
         };
-        let Err(error) = egress.publish(&message).await else {
+        let Err(error) = egress.publish(&rules, &message).await else {
             return Ok(false);
         };
         let reason = match error {
