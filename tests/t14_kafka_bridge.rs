@@ -11,10 +11,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use fleetmq_tests::broker::free_port;
 use fleetmq_tests::cluster::ClusterOptions;
 use fleetmq_tests::kafka::{must_kafka_sh, must_start_kafka, read_records, ReadRecord};
-use fleetmq_tests::{unique_id, v4_options, BrokerOptions, BrokerProcess, Cluster, V4Client};
-use rumqttc::QoS;
+use fleetmq_tests::v4::Ev;
+use fleetmq_tests::v5::Ev as V5Ev;
+use fleetmq_tests::{
+    unique_id, v4_options, BrokerOptions, BrokerProcess, Cluster, V4Client, V5Client,
+};
+use rumqttc::{v5, Packet, QoS};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -186,6 +191,156 @@ async fn a_broker_killed_while_kafka_is_down_produces_its_outbox_after_the_resta
             "{device}: every acknowledged message, in order (got {have:?})"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ack_after_kafka_an_outage_holds_back_acknowledgements_not_the_connection() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bootstrap = must_start_kafka();
+    let run = unique_id("a");
+    let config = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[[kafka.egress]]
+name = "temperature"
+mqtt_filter = "t14/{run}/+/temp"
+kafka_topic = "t14-{run}"
+ack = "after-kafka"
+"#
+    );
+    let broker = BrokerProcess::start(BrokerOptions::new().config(&config));
+    // The first record creates the Kafka topic while Kafka is up.
+    publish_from(&broker, &run, &["d1"], 0..1).await;
+    must_kafka_sh(&["stop"]);
+
+    let mut options = v4_options(&broker, &format!("{run}-d1"));
+    options.set_keep_alive(Duration::from_secs(2));
+    let mut device = V4Client::must_connect_with(options).await;
+    let plain = format!("t14/{run}/plain");
+    device.must_subscribe(&plain, QoS::AtLeastOnce).await;
+    for seq in 1..21 {
+        device
+            .client
+            .publish(
+                format!("t14/{run}/d1/temp"),
+                QoS::AtLeastOnce,
+                false,
+                format!("d1:{seq}"),
+            )
+            .await
+            .expect("queue PUBLISH");
+    }
+    // Deliveries to the waiting publisher go on.
+    let mut other = V4Client::must_connect(&broker, &unique_id("t14-other")).await;
+    other
+        .must_publish(&plain, QoS::AtLeastOnce, false, "meanwhile")
+        .await;
+    let delivered = device.must_recv_publish(Duration::from_secs(5)).await;
+    assert_eq!(&delivered.payload[..], b"meanwhile");
+    // Three keep-alive periods: PINGREQs are answered (rumqttc drops a connection whose
+    // PINGRESP does not come) while no PUBACK goes out, Kafka having nothing.
+    let early = device
+        .wait_for(Duration::from_secs(8), |e| match e {
+            Ev::In(Packet::PubAck(ack)) => Some(format!("PUBACK {}", ack.pkid)),
+            Ev::Error(e) => Some(format!("connection failed: {e}")),
+            _ => None,
+        })
+        .await;
+    assert_eq!(early, None, "nothing but PINGRESPs while Kafka is away");
+    let pongs = device
+        .wait_for(Duration::ZERO, |e| match e {
+            Ev::In(Packet::PingResp) => Some(()),
+            _ => None,
+        })
+        .await;
+    assert!(
+        pongs.is_some(),
+        "PINGREQs were answered while Kafka was away"
+    );
+
+    must_kafka_sh(&["start"]);
+    let mut acked = Vec::new();
+    while acked.len() < 20 {
+        let ack = device
+            .wait_for(READ_TIMEOUT, |e| match e {
+                Ev::In(Packet::PubAck(ack)) => Some(ack.pkid),
+                _ => None,
+            })
+            .await;
+        acked.push(ack.expect("every PUBLISH acknowledged once Kafka is back"));
+    }
+    let mut in_order = acked.clone();
+    in_order.sort_unstable();
+    assert_eq!(acked, in_order, "PUBACKs in the order of the PUBLISHes");
+    let records = read_records(&format!("t14-{run}"), 22, READ_TIMEOUT);
+    assert_eq!(by_device(&records), expected(&run, &["d1"], 21));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_refuses_mqtt5_publishes_with_0x97_in_turn() {
+    // Nothing listens at the bootstrap address: every record stays in the outbox.
+    let run = unique_id("f");
+    let config = format!(
+        r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:{port}"
+
+[kafka.outbox]
+max_records = 5
+when_full = "refuse"
+
+[[kafka.egress]]
+name = "temperature"
+mqtt_filter = "t14/{run}/+/temp"
+kafka_topic = "t14-{run}"
+"#,
+        port = free_port()
+    );
+    let broker = BrokerProcess::start(BrokerOptions::new().config(&config));
+    let mut device = V5Client::must_connect(&broker, &format!("{run}-d1")).await;
+    for seq in 0..8 {
+        device
+            .client
+            .publish(
+                format!("t14/{run}/d1/temp"),
+                v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                format!("d1:{seq}"),
+            )
+            .await
+            .expect("queue PUBLISH");
+    }
+    let mut acks = Vec::new();
+    while acks.len() < 8 {
+        let ack = device
+            .wait_for(Duration::from_secs(10), |e| match e {
+                V5Ev::In(v5::mqttbytes::v5::Packet::PubAck(ack)) => Some((ack.pkid, ack.reason)),
+                _ => None,
+            })
+            .await;
+        acks.push(ack.expect("every PUBLISH answered"));
+    }
+    use v5::mqttbytes::v5::PubAckReason::{QuotaExceeded, Success};
+    let want: Vec<_> = (1..=8u16)
+        .map(|pkid| (pkid, if pkid <= 5 { Success } else { QuotaExceeded }))
+        .collect();
+    assert_eq!(acks, want, "five taken, then refused, answered in order");
+    assert_eq!(
+        broker.metric("fleetmq_kafka_outbox_refused_total", &[]),
+        3.0
+    );
+    assert_eq!(broker.metric("fleetmq_kafka_outbox_records", &[]), 5.0);
+    // The connection stays usable.
+    device
+        .must_publish(
+            &format!("t14/{run}/elsewhere"),
+            v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            "x",
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -342,9 +342,15 @@ async fn run_once(args: &Args, common: &Common, run: usize) -> anyhow::Result<Ru
         "1-minute load at start: {:.2}",
         load.load1_at_start
     ));
-    let mut cluster = Cluster::start(&common.fleetmq_bin, 3, &common.work_dir, common.keep_dirs)
-        .await
-        .context("start the cluster")?;
+    let mut cluster = Cluster::start(
+        &common.fleetmq_bin,
+        3,
+        &common.work_dir,
+        common.keep_dirs,
+        None,
+    )
+    .await
+    .context("start the cluster")?;
     let leader = cluster.wait_leader().await?;
     let survivors: Vec<(u64, SocketAddr)> = cluster
         .nodes

@@ -92,10 +92,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes (ids 1..=n) with fresh data directories under `work_dir`,
     /// waits until every node answers `/readyz` with 200 and all agree on a leader.
-    pub async fn start(bin: &Path, n: u64, work_dir: &Path, keep: bool) -> anyhow::Result<Cluster> {
+    /// `config`: a TOML configuration every node reads (its addresses, id and data
+    /// directory still come from flags).
+    pub async fn start(
+        bin: &Path,
+        n: u64,
+        work_dir: &Path,
+        keep: bool,
+        config: Option<&str>,
+    ) -> anyhow::Result<Cluster> {
         let mut last_err = None;
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = Cluster::spawn(bin, n, work_dir, keep)?;
+            let mut cluster = Cluster::spawn(bin, n, work_dir, keep, config)?;
             match cluster.wait_ready().await {
                 Ok(()) => return Ok(cluster),
                 Err(e) => {
@@ -116,7 +124,13 @@ impl Cluster {
         Err(last_err.unwrap_or_else(|| anyhow!("the cluster did not start")))
     }
 
-    fn spawn(bin: &Path, n: u64, work_dir: &Path, keep: bool) -> anyhow::Result<Cluster> {
+    fn spawn(
+        bin: &Path,
+        n: u64,
+        work_dir: &Path,
+        keep: bool,
+        config: Option<&str>,
+    ) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(work_dir)
             .with_context(|| format!("create {}", work_dir.display()))?;
         let root = tempfile::Builder::new()
@@ -180,6 +194,12 @@ impl Cluster {
                 .arg(a.admin.to_string());
             if n > 1 {
                 cmd.arg("--peers").arg(&peers);
+            }
+            if let Some(config) = config {
+                let path = dir.join("fleetmq.toml");
+                std::fs::write(&path, config)
+                    .with_context(|| format!("write {}", path.display()))?;
+                cmd.arg("--config").arg(path);
             }
             // FLEETMQ_* variables override flags: the caller's environment must not
             // move a node to other ports, directories or storage.

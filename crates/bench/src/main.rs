@@ -20,6 +20,7 @@ use serde_json::json;
 mod clients;
 mod failover;
 mod fleetmq;
+mod kafka_egress;
 mod payload;
 mod persistent;
 mod publisher;
@@ -72,6 +73,10 @@ enum Scenario {
     /// SIGKILL the leader of three nodes: time to a new leader, to every client of the
     /// dead node resumed on a survivor, to the first PUBACK.
     Failover(failover::Args),
+    /// MQTT → Kafka through the bridge: acknowledged and produced msg/s, PUBACK
+    /// latency, broker CPU per message, and every acknowledged message read back.
+    #[command(name = "kafka-egress")]
+    KafkaEgress(kafka_egress::Args),
 }
 
 /// Settings every scenario uses.
@@ -176,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let outcome = match &cli.scenario {
         Scenario::PersistentQos1(args) => persistent::run(args, &common).await?,
         Scenario::Failover(args) => failover::run(args, &common).await?,
+        Scenario::KafkaEgress(args) => kafka_egress::run(args, &common).await?,
     };
     let mut text = outcome.text.clone();
     if outcome.problems.is_empty() {

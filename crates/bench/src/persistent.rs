@@ -396,6 +396,7 @@ async fn run_once(args: &Args, common: &Common, run: usize) -> anyhow::Result<Ru
         args.nodes,
         &common.work_dir,
         common.keep_dirs,
+        None,
     )
     .await
     .context("start the cluster")?;

@@ -73,6 +73,15 @@ pub enum Event {
         packet_id: u16,
         filters: Vec<String>,
     },
+    /// A QoS 1/2 PUBLISH the connection refused before routing it (the Kafka bridge
+    /// could not take it): its PUBACK/PUBREC with `reason` goes out in turn with the
+    /// acknowledgements of the PUBLISHes before it.
+    RefusePublish {
+        conn: ConnId,
+        kind: AckKind,
+        packet_id: u16,
+        reason: ReasonCode,
+    },
     /// The connection ended; `publish_will` is false only after a normal DISCONNECT.
     Disconnect {
         conn: ConnId,
@@ -1101,6 +1110,26 @@ impl Router {
                 reply,
             } => self.connect(conn, request, reply),
             Event::Publish { conn, publish } => self.client_publish(conn, publish),
+            Event::RefusePublish {
+                conn,
+                kind,
+                packet_id,
+                reason,
+            } => {
+                let handle = self
+                    .connections
+                    .get(&conn)
+                    .and_then(|client| self.sessions.get(client))
+                    .and_then(|session| session.connection.clone());
+                if let Some(handle) = handle {
+                    let ack = Outgoing::Ack {
+                        kind,
+                        packet_id,
+                        reason,
+                    };
+                    self.core.send(&handle, ack);
+                }
+            }
             Event::PubAck { conn, packet_id } => self.with_session(conn, |core, s| {
                 core.complete(s, packet_id, Phase::AwaitPubAck)
             }),

@@ -9,8 +9,11 @@
 //! good (too large, not authorized) is dropped, counted and logged with its rule.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fleetmq_storage::KvEngine;
@@ -36,6 +39,31 @@ const IN_FLIGHT: usize = 10_000;
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Pause after librdkafka said its own queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
+
+/// Resolves once a bridged message is where its rules' acknowledgement modes say:
+/// the publisher's acknowledgement may go then. Owns what it waits for.
+pub struct BridgeAck(Pin<Box<dyn Future<Output = Result<(), BridgeError>> + Send>>);
+
+impl BridgeAck {
+    /// An acknowledgement already refused, answered in its turn like the others.
+    pub fn refused(error: BridgeError) -> BridgeAck {
+        BridgeAck(Box::pin(std::future::ready(Err(error))))
+    }
+}
+
+impl Future for BridgeAck {
+    type Output = Result<(), BridgeError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for BridgeAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BridgeAck")
+    }
+}
 
 /// The MQTT → Kafka side of one node's bridge.
 pub struct Egress {
@@ -114,15 +142,19 @@ impl Egress {
             .collect()
     }
 
-    /// Bridges `message` with `rules` ([`Egress::rules_for`] its topic): resolves once
-    /// every rule has it where its acknowledgement mode says (the outbox, or Kafka).
-    /// Errors: the outbox is full under `when_full = "refuse"`
-    /// ([`BridgeError::OutboxFull`]), or Kafka refused an `after-kafka` record for good.
-    pub async fn publish(
+    /// Bridges `message` with `rules` ([`Egress::rules_for`] its topic): hands its
+    /// records to the outbox and to librdkafka behind everything submitted before, and
+    /// returns what resolves once every rule has it where its acknowledgement mode says
+    /// (the outbox, durable; or Kafka). Waits only while the outbox writer's or
+    /// librdkafka's queue is full, so one publisher can have many messages on their way.
+    /// Errors, now or from the returned future: the outbox is full under
+    /// `when_full = "refuse"` ([`BridgeError::OutboxFull`]), or Kafka refused an
+    /// `after-kafka` record for good.
+    pub async fn submit(
         &self,
         rules: &[&EgressRule],
         message: &BridgedMessage,
-    ) -> Result<(), BridgeError> {
+    ) -> Result<BridgeAck, BridgeError> {
         let mut to_outbox = Vec::new();
         let mut direct = Vec::new();
         for rule in rules {
@@ -136,26 +168,30 @@ impl Egress {
         for record in direct {
             deliveries.push((record.rule.clone(), enqueue(&self.producer, &record).await?));
         }
-        self.outbox.append(to_outbox).await?;
-        for (rule, delivery) in deliveries {
-            let result = delivery.await.map_err(|_| BridgeError::Stopped)?;
-            let counters = self.metrics.rule(&rule);
-            match result {
-                Ok(_) => {
-                    if let Some(c) = counters {
-                        c.produced.fetch_add(1, Ordering::Relaxed);
+        let durable = self.outbox.submit(to_outbox).await?;
+        let metrics = self.metrics.clone();
+        Ok(BridgeAck(Box::pin(async move {
+            durable.await?;
+            for (rule, delivery) in deliveries {
+                let result = delivery.await.map_err(|_| BridgeError::Stopped)?;
+                let counters = metrics.rule(&rule);
+                match result {
+                    Ok(_) => {
+                        if let Some(c) = counters {
+                            c.produced.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                }
-                Err((e, _)) => {
-                    if let Some(c) = counters {
-                        c.failed.fetch_add(1, Ordering::Relaxed);
+                    Err((e, _)) => {
+                        if let Some(c) = counters {
+                            c.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        error!(rule = %rule, error = %e, "kafka refused a record");
+                        return Err(BridgeError::Kafka(e));
                     }
-                    error!(rule = %rule, error = %e, "kafka refused a record");
-                    return Err(BridgeError::Kafka(e));
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })))
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {

@@ -22,7 +22,7 @@ pub mod template;
 pub use config::{
     AckMode, EgressRule, IngressRule, KafkaConfig, OutboxConfig, OutboxFullPolicy, PayloadFormat,
 };
-pub use egress::Egress;
+pub use egress::{BridgeAck, Egress};
 pub use errors::{BridgeError, ConfigError};
 pub use ingress::Ingress;
 pub use metrics::BridgeMetrics;

@@ -6,6 +6,7 @@
 //! clients published.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -38,8 +39,8 @@ pub struct Outbox {
     config: OutboxConfig,
     metrics: Arc<BridgeMetrics>,
     pending: Mutex<Pending>,
-    /// Woken when records are appended.
-    appended: Notify,
+    /// Woken by the writer when appended records are durable.
+    appended: Arc<Notify>,
     appends: mpsc::Sender<Append>,
 }
 
@@ -82,15 +83,16 @@ impl Outbox {
             .store(pending.records.len() as u64, Ordering::Relaxed);
         metrics.outbox_bytes.store(pending.bytes, Ordering::Relaxed);
         let (appends, rx) = mpsc::channel(APPEND_QUEUE);
+        let appended = Arc::new(Notify::new());
         let outbox = Arc::new(Outbox {
             engine: engine.clone(),
             config,
             metrics,
             pending: Mutex::new(pending),
-            appended: Notify::new(),
+            appended: appended.clone(),
             appends,
         });
-        tokio::spawn(run_writer(engine, rx));
+        tokio::spawn(run_writer(engine, rx, appended));
         Ok(outbox)
     }
 
@@ -111,83 +113,105 @@ impl Outbox {
     /// configured policy refuses them ([`BridgeError::OutboxFull`]) or drops the oldest
     /// records to make room.
     pub async fn append(&self, records: Vec<KafkaRecord>) -> Result<(), BridgeError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let (append, done) = {
-            let mut pending = self.lock();
-            let incoming: u64 = records.iter().map(KafkaRecord::size).sum();
-            let count = records.len() as u64;
-            let over = |p: &Pending| {
-                p.records.len() as u64 + count > self.config.max_records
-                    || p.bytes + incoming > self.config.max_bytes
+        self.submit(records).await?.await
+    }
+
+    /// Adds `records` behind everything submitted before, and returns what resolves once
+    /// they are durable. Returns at once unless the writer's queue is full: callers that
+    /// submit one after the other keep their order without waiting for each fsync.
+    pub async fn submit(
+        &self,
+        records: Vec<KafkaRecord>,
+    ) -> Result<impl Future<Output = Result<(), BridgeError>> + Send + 'static, BridgeError> {
+        let done = if records.is_empty() {
+            None
+        } else {
+            let (append, done) = self.reserve(records)?;
+            // Visible to the producer only once durable: it reads from the store. The
+            // queue's permits are first come, first served, so the order of reservation
+            // is the order of writing.
+            self.appends
+                .send(append)
+                .await
+                .map_err(|_| BridgeError::Stopped)?;
+            Some(done)
+        };
+        Ok(async move {
+            let Some(done) = done else {
+                return Ok(());
             };
-            let mut dropped = Vec::new();
-            if over(&pending) {
-                match self.config.when_full {
-                    OutboxFullPolicy::Refuse => {
-                        self.metrics
-                            .refused_outbox_full
-                            .fetch_add(count, Ordering::Relaxed);
-                        return Err(BridgeError::OutboxFull {
-                            records: pending.records.len() as u64,
-                            bytes: pending.bytes,
-                        });
+            match done.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(BridgeError::Corrupt {
+                    seq: 0,
+                    detail: format!("outbox write failed: {e}"),
+                }),
+                Err(_) => Err(BridgeError::Stopped),
+            }
+        })
+    }
+
+    /// Numbers `records` and counts them in, applying the bound's policy.
+    fn reserve(
+        &self,
+        records: Vec<KafkaRecord>,
+    ) -> Result<(Append, oneshot::Receiver<Result<(), String>>), BridgeError> {
+        let mut pending = self.lock();
+        let incoming: u64 = records.iter().map(KafkaRecord::size).sum();
+        let count = records.len() as u64;
+        let over = |p: &Pending| {
+            p.records.len() as u64 + count > self.config.max_records
+                || p.bytes + incoming > self.config.max_bytes
+        };
+        let mut dropped = Vec::new();
+        if over(&pending) {
+            match self.config.when_full {
+                OutboxFullPolicy::Refuse => {
+                    self.metrics
+                        .refused_outbox_full
+                        .fetch_add(count, Ordering::Relaxed);
+                    return Err(BridgeError::OutboxFull {
+                        records: pending.records.len() as u64,
+                        bytes: pending.bytes,
+                    });
+                }
+                OutboxFullPolicy::DropOldest => {
+                    while over(&pending) {
+                        let Some((seq, size)) = pending.records.pop_front() else {
+                            break;
+                        };
+                        pending.bytes -= size;
+                        dropped.push(seq);
                     }
-                    OutboxFullPolicy::DropOldest => {
-                        while over(&pending) {
-                            let Some((seq, size)) = pending.records.pop_front() else {
-                                break;
-                            };
-                            pending.bytes -= size;
-                            dropped.push(seq);
-                        }
-                        self.metrics
-                            .dropped_outbox_full
-                            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
-                    }
+                    self.metrics
+                        .dropped_outbox_full
+                        .fetch_add(dropped.len() as u64, Ordering::Relaxed);
                 }
             }
-            let mut numbered = Vec::with_capacity(records.len());
-            for record in records {
-                let seq = pending.next_seq;
-                pending.next_seq += 1;
-                pending.records.push_back((seq, record.size()));
-                pending.bytes += record.size();
-                numbered.push((seq, record));
-            }
-            self.metrics
-                .outbox_records
-                .store(pending.records.len() as u64, Ordering::Relaxed);
-            self.metrics
-                .outbox_bytes
-                .store(pending.bytes, Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
-            (
-                Append {
-                    records: numbered,
-                    dropped,
-                    done: tx,
-                },
-                rx,
-            )
-        };
-        // Visible to the producer only once durable: it reads from the store.
-        self.appends
-            .send(append)
-            .await
-            .map_err(|_| BridgeError::Stopped)?;
-        match done.await {
-            Ok(Ok(())) => {
-                self.appended.notify_one();
-                Ok(())
-            }
-            Ok(Err(e)) => Err(BridgeError::Corrupt {
-                seq: 0,
-                detail: format!("outbox write failed: {e}"),
-            }),
-            Err(_) => Err(BridgeError::Stopped),
         }
+        let mut numbered = Vec::with_capacity(records.len());
+        for record in records {
+            let seq = pending.next_seq;
+            pending.next_seq += 1;
+            pending.records.push_back((seq, record.size()));
+            pending.bytes += record.size();
+            numbered.push((seq, record));
+        }
+        self.metrics
+            .outbox_records
+            .store(pending.records.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .outbox_bytes
+            .store(pending.bytes, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        Ok((
+            Append {
+                records: numbered,
+                dropped,
+                done: tx,
+            },
+            rx,
+        ))
     }
 
     /// Up to `max` durable records with a sequence number of at least `from`, in order.
@@ -259,7 +283,11 @@ impl Outbox {
 }
 
 /// Writes appends in order, merging what queued into one write and one fsync.
-async fn run_writer(engine: Arc<dyn KvEngine>, mut appends: mpsc::Receiver<Append>) {
+async fn run_writer(
+    engine: Arc<dyn KvEngine>,
+    mut appends: mpsc::Receiver<Append>,
+    appended: Arc<Notify>,
+) {
     let mut queued = Vec::new();
     while appends.recv_many(&mut queued, MAX_APPENDS_PER_FLUSH).await > 0 {
         let mut batch = WriteBatch::new();
@@ -282,6 +310,9 @@ async fn run_writer(engine: Arc<dyn KvEngine>, mut appends: mpsc::Receiver<Appen
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("writer task failed: {e}")),
         };
+        if result.is_ok() {
+            appended.notify_one();
+        }
         for append in queued.drain(..) {
             let _ = append.done.send(result.clone());
         }

@@ -3,7 +3,7 @@
 //! keep-alive deadline and shutdown. Connection-scoped protocol state lives here:
 //! topic aliases both ways, the client's Receive Maximum quota, packet size limits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +19,9 @@ use fleetmq_codec::{
     DisconnectProperties, Packet, ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode,
     Subscribe,
 };
-use fleetmq_kafka::{BridgeError, BridgedMessage, Egress};
+use fleetmq_kafka::{BridgeAck, BridgeError, BridgedMessage, Egress};
 use fleetmq_topic::{validate_topic_name, TopicFilter};
+use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -46,6 +47,21 @@ const CONNECT_PACKET_TYPE: u8 = 1;
 const WRITE_COALESCE_BYTES: usize = 64 * 1024;
 /// Outbox items gathered before one socket write.
 const WRITE_COALESCE_ITEMS: usize = 256;
+
+/// Events held behind a bridge acknowledgement, beyond the server's Receive Maximum,
+/// before the connection stops reading: room for QoS 0 PUBLISHes and acknowledgements
+/// between a client's QoS 1/2 PUBLISHes.
+const HELD_BEYOND_RECEIVE_MAXIMUM: usize = 256;
+/// How long a DISCONNECT waits for the bridge acknowledgements it arrived behind.
+const HELD_DRAIN_AT_DISCONNECT: Duration = Duration::from_secs(5);
+
+/// An event of this connection for the router, waiting in arrival order.
+struct HeldEvent {
+    event: Event,
+    /// For a PUBLISH a Kafka egress rule took: the bridge's word that the message is
+    /// where the rule's acknowledgement mode says.
+    bridged: Option<BridgeAck>,
+}
 
 /// Why the connection loop ended.
 enum Ending {
@@ -90,6 +106,8 @@ pub async fn serve_connection(
         inbound_aliases: HashMap::new(),
         outbound_aliases: HashMap::new(),
         unacked_incoming: HashSet::new(),
+        held: VecDeque::new(),
+        held_max: usize::from(ctx.config.broker.receive_maximum) + HELD_BEYOND_RECEIVE_MAXIMUM,
     };
     conn.run(shutdown).instrument(span).await;
     Metrics::gauge_add(&ctx.metrics.connections_current, -1);
@@ -114,6 +132,11 @@ struct Connection {
     /// Packet ids of QoS 1/2 PUBLISHes received and not yet fully acknowledged;
     /// its size is what the server's Receive Maximum limits.
     unacked_incoming: HashSet<u16>,
+    /// Events waiting, in arrival order, behind a bridged PUBLISH whose acknowledgement
+    /// has not come: the router takes a connection's events in the order they arrived,
+    /// while the client goes on sending. At `held_max` the connection stops reading.
+    held: VecDeque<HeldEvent>,
+    held_max: usize,
 }
 
 impl Connection {
@@ -393,19 +416,38 @@ impl Connection {
         let mut deadline = grace.map(|g| Instant::now() + g);
         loop {
             // Packets already buffered are handled before reading more.
-            match self.handle_buffered().await {
-                Ok(None) => {}
-                Ok(Some(ending)) => return ending,
+            let ending = match self.handle_buffered().await {
+                Ok(None) => None,
+                Ok(Some(ending)) => Some(ending),
                 Err(ending) => return ending,
+            };
+            if let Some(ending) = ending {
+                if let Ending::ClientDisconnect { .. } = ending {
+                    if let Err(ending) = self.drain_held(shutdown).await {
+                        return ending;
+                    }
+                }
+                return ending;
             }
+            // While full of held events, the connection reads nothing, so the client's
+            // silence is not its own: the keep-alive waits.
+            let reading = self.held.len() < self.held_max;
             tokio::select! {
-                read = self.stream.read_buf(&mut self.read_buf) => match read {
+                read = self.stream.read_buf(&mut self.read_buf), if reading => match read {
                     Ok(0) | Err(_) => return Ending::Lost,
                     Ok(n) => {
                         Metrics::add(&self.ctx.metrics.bytes_received, n as u64);
                         deadline = grace.map(|g| Instant::now() + g);
                     }
                 },
+                result = head_of_held(&mut self.held), if !self.held.is_empty() => {
+                    if let Err(ending) = self.release_held(result).await {
+                        return ending;
+                    }
+                    if !reading {
+                        deadline = grace.map(|g| Instant::now() + g);
+                    }
+                }
                 item = end.outbox.recv() => match item {
                     Some(item) => {
                         if let Err(ending) = self.write_outgoing(item, &mut end.outbox).await {
@@ -422,7 +464,7 @@ impl Connection {
                     let reason = if changed.is_ok() { *end.close.borrow() } else { None };
                     return Ending::Server(reason.unwrap_or(ReasonCode::AdministrativeAction), None);
                 }
-                _ = wait_deadline(deadline) => {
+                _ = wait_deadline(deadline), if reading => {
                     debug!("keep alive expired");
                     return Ending::Server(ReasonCode::KeepAliveTimeout, None);
                 }
@@ -433,10 +475,49 @@ impl Connection {
         }
     }
 
+    /// Hands the router the held event at the head, whose bridge acknowledgement
+    /// resolved with `result`, and every event behind it that is ready too.
+    async fn release_held(&mut self, result: Result<(), BridgeError>) -> Result<(), Ending> {
+        let mut result = Some(result);
+        while let Some(head) = self.held.front_mut() {
+            let ready = match (result.take(), head.bridged.as_mut()) {
+                (Some(result), _) => result,
+                (None, None) => Ok(()),
+                (None, Some(ack)) => match ack.now_or_never() {
+                    Some(result) => result,
+                    None => break,
+                },
+            };
+            if let Some(held) = self.held.pop_front() {
+                self.forward(held.event, ready).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a DISCONNECT: waits for what the client sent before it, in order, for at
+    /// most [`HELD_DRAIN_AT_DISCONNECT`]. What is still waiting then was never
+    /// acknowledged, so the client knows to send it again.
+    async fn drain_held(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Ending> {
+        let give_up = sleep_until(Instant::now() + HELD_DRAIN_AT_DISCONNECT);
+        tokio::pin!(give_up);
+        while !self.held.is_empty() {
+            tokio::select! {
+                result = head_of_held(&mut self.held) => self.release_held(result).await?,
+                () = &mut give_up => {
+                    warn!(held = self.held.len(), "gave up waiting for the kafka bridge at disconnect");
+                    self.held.clear();
+                }
+                _ = shutdown.changed() => return Err(Ending::Server(ReasonCode::ServerShuttingDown, None)),
+            }
+        }
+        Ok(())
+    }
+
     /// Decodes and handles every whole packet in the read buffer.
     async fn handle_buffered(&mut self) -> Result<Option<Ending>, Ending> {
         let max = self.ctx.config.broker.max_packet_size as usize;
-        loop {
+        while self.held.len() < self.held_max {
             let packet = match decode(&mut self.read_buf, self.version, max) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return Ok(None),
@@ -453,6 +534,7 @@ impl Connection {
                 return Ok(Some(ending));
             }
         }
+        Ok(None)
     }
 
     async fn handle_packet(&mut self, packet: Packet) -> Result<Option<Ending>, Ending> {
@@ -465,7 +547,12 @@ impl Connection {
                         .packet_id
                         .is_some_and(|id| self.unacked_incoming.contains(&id));
                 let event = self.inbound_publish(publish)?;
-                if !resent && self.bridge(&event).await? {
+                let bridged = match resent {
+                    true => None,
+                    false => self.submit_to_bridge(&event).await,
+                };
+                if bridged.is_some() || !self.held.is_empty() {
+                    self.held.push_back(HeldEvent { event, bridged });
                     return Ok(None);
                 }
                 event
@@ -518,8 +605,13 @@ impl Connection {
                 )))
             }
         };
-        if self.ctx.events.send(event).await.is_err() {
-            return Err(Ending::Server(ReasonCode::ServerShuttingDown, None));
+        if self.held.is_empty() {
+            self.forward(event, Ok(())).await?;
+        } else {
+            self.held.push_back(HeldEvent {
+                event,
+                bridged: None,
+            });
         }
         Ok(None)
     }
@@ -595,19 +687,16 @@ impl Connection {
         })
     }
 
-    /// Hands a PUBLISH that a Kafka egress rule takes to the bridge, and waits until the
-    /// rule's acknowledgement mode allows the publisher's acknowledgement. True when the
-    /// bridge refused it and the refusal has been answered (MQTT 5: PUBACK/PUBREC with
-    /// 0x97 when the outbox is full, 0x80 when Kafka refused the record; QoS 0: dropped
-    /// and counted). MQTT 3.1.1 cannot refuse a PUBLISH: the connection is closed, and
-    /// the client sends it again once reconnected.
-    async fn bridge(&mut self, event: &Event) -> Result<bool, Ending> {
+    /// Hands a PUBLISH that Kafka egress rules take to the bridge, behind the ones this
+    /// connection sent before; what comes back resolves when the publisher may be
+    /// acknowledged. None when no rule takes it.
+    async fn submit_to_bridge(&mut self, event: &Event) -> Option<BridgeAck> {
         let (Some(egress), Event::Publish { publish, .. }) = (&self.ctx.egress, event) else {
-            return Ok(false);
+            return None;
         };
         let rules = egress.rules_for(&publish.topic);
         if rules.is_empty() {
-            return Ok(false);
+            return None;
         }
         let message = BridgedMessage {
             topic: publish.topic.to_string(),
@@ -620,35 +709,57 @@ impl Connection {
             content_type: publish.properties.content_type.clone(),
             received_at_ms: now_ms(),
         };
-        let Err(error) = egress.publish(&rules, &message).await else {
-            return Ok(false);
+        Some(match egress.submit(&rules, &message).await {
+            Ok(ack) => ack,
+            Err(error) => BridgeAck::refused(error),
+        })
+    }
+
+    /// Sends `event` to the router, or, when the Kafka bridge refused its PUBLISH
+    /// (`bridged` is the error), refuses it: MQTT 5 gets PUBACK/PUBREC with 0x97 when
+    /// the outbox is full and 0x80 when Kafka refused the record, in turn with the other
+    /// acknowledgements; QoS 0 is dropped (and counted by the bridge). MQTT 3.1.1 cannot
+    /// refuse a PUBLISH: the connection is closed, and the client sends it again once
+    /// reconnected.
+    async fn forward(
+        &mut self,
+        event: Event,
+        bridged: Result<(), BridgeError>,
+    ) -> Result<(), Ending> {
+        let event = match (bridged, event) {
+            (Ok(()), event) => event,
+            (Err(error), Event::Publish { conn, publish }) => {
+                let reason = match error {
+                    BridgeError::OutboxFull { .. } => ReasonCode::QuotaExceeded,
+                    _ => ReasonCode::UnspecifiedError,
+                };
+                warn!(topic = %publish.topic, %error, "the kafka bridge refused a publish");
+                let Some(packet_id) = publish.packet_id.filter(|_| publish.qos != QoS::AtMostOnce)
+                else {
+                    return Ok(());
+                };
+                if !self.version.is_v5() {
+                    return Err(Ending::Server(reason, Some(error.to_string())));
+                }
+                self.unacked_incoming.remove(&packet_id);
+                let kind = match publish.qos {
+                    QoS::ExactlyOnce => AckKind::PubRec,
+                    _ => AckKind::PubAck,
+                };
+                Event::RefusePublish {
+                    conn,
+                    kind,
+                    packet_id,
+                    reason,
+                }
+            }
+            // Only PUBLISHes are bridged.
+            (Err(_), event) => event,
         };
-        let reason = match error {
-            BridgeError::OutboxFull { .. } => ReasonCode::QuotaExceeded,
-            _ => ReasonCode::UnspecifiedError,
-        };
-        warn!(topic = %publish.topic, %error, "the kafka bridge refused a publish");
-        let Some(packet_id) = publish.packet_id.filter(|_| publish.qos != QoS::AtMostOnce) else {
-            return Ok(true);
-        };
-        if !self.version.is_v5() {
-            return Err(Ending::Server(reason, Some(error.to_string())));
+        if self.ctx.events.send(event).await.is_err() {
+            return Err(Ending::Server(ReasonCode::ServerShuttingDown, None));
         }
-        let kind = if publish.qos == QoS::ExactlyOnce {
-            AckKind::PubRec
-        } else {
-            AckKind::PubAck
-        };
-        self.unacked_incoming.remove(&packet_id);
-        let refusal = Outgoing::Ack {
-            kind,
-            packet_id,
-            reason,
-        };
-        if let Some(packet) = refusal.into_packet() {
-            self.write_packet_now(&packet, self.version).await;
-        }
-        Ok(true)
+        Ok(())
     }
 
     fn inbound_subscribe(&mut self, subscribe: Subscribe) -> Result<Event, Ending> {
@@ -869,6 +980,15 @@ fn strip_problem_info(packet: &mut Packet) {
         Packet::SubAck(a) => a.properties = Default::default(),
         Packet::UnsubAck(a) => a.properties = Default::default(),
         _ => {}
+    }
+}
+
+/// The bridge acknowledgement of the oldest held event (ready at once for an event that
+/// waits only for those before it).
+async fn head_of_held(held: &mut VecDeque<HeldEvent>) -> Result<(), BridgeError> {
+    match held.front_mut().and_then(|h| h.bridged.as_mut()) {
+        Some(ack) => ack.await,
+        None => Ok(()),
     }
 }
 
