@@ -112,3 +112,33 @@ fn failover_of_the_leader() {
     assert!(median(&r, "first_puback_ms").is_finite(), "{r:#}");
     assert_eq!(r["runs"][0]["resumed"], 5, "{r:#}");
 }
+
+#[test]
+fn kafka_egress_through_the_bridge() {
+    // The development Kafka (deploy/kafka/kafka.sh): the bench starts it when nothing
+    // answers at the default address.
+    let r = must_run(&[
+        "kafka-egress",
+        "--publishers",
+        "2",
+        "--inflight",
+        "50",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "1s",
+        "--drain",
+        "60s",
+        "--runs",
+        "1",
+    ]);
+    assert_eq!(r["scenario"], "kafka-egress");
+    assert!(median(&r, "acked_per_s") > 0.0, "{r:#}");
+    assert!(median(&r, "produced_per_s") > 0.0, "{r:#}");
+    assert_eq!(median(&r, "lost"), 0.0, "{r:#}");
+    let run = &r["runs"][0];
+    let acked = run["acked"].as_u64().expect("acked");
+    assert!(acked > 0, "{r:#}");
+    assert!(run["records"].as_u64() >= Some(acked), "{r:#}");
+    assert_eq!(r["problems"].as_array().map(Vec::len), Some(0), "{r:#}");
+}

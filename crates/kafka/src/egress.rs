@@ -159,6 +159,20 @@ impl Egress {
         let mut direct = Vec::new();
         for rule in rules {
             let record = KafkaRecord::build(rule, message);
+            if record.topic.is_empty() {
+                // The template names a topic level this message's topic lacks: no
+                // Kafka topic can take it, now or later, so it is not stored.
+                if let Some(c) = self.metrics.rule(&rule.name) {
+                    c.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                warn!(rule = %rule.name, topic = %message.topic, "the kafka topic template renders empty for this message; not bridged");
+                if rule.ack == AckMode::AfterKafka {
+                    return Err(BridgeError::NoKafkaTopic {
+                        rule: rule.name.to_string(),
+                    });
+                }
+                continue;
+            }
             match rule.ack {
                 AckMode::AfterOutbox => to_outbox.push(record),
                 AckMode::AfterKafka => direct.push(record),
@@ -348,5 +362,114 @@ async fn run_drain(
         if let Err(e) = outbox.remove(&done) {
             error!(error = %e, "removing produced records from the kafka outbox failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetmq_storage::MemoryEngine;
+
+    /// Egress with the rules in `rules_toml`; nothing listens at its bootstrap address,
+    /// so what reaches the outbox stays there.
+    fn egress(rules_toml: &str) -> (Arc<Egress>, Arc<BridgeMetrics>) {
+        let text = format!("bootstrap_servers = \"127.0.0.1:9\"\n{rules_toml}");
+        let config: KafkaConfig = toml::from_str(&text).unwrap();
+        let rules = config.rules().unwrap();
+        let metrics = Arc::new(BridgeMetrics::for_rules(rules.iter().map(|r| &r.name)));
+        let engine = Arc::new(MemoryEngine::new());
+        (
+            Egress::start(&config, engine, metrics.clone()).unwrap(),
+            metrics,
+        )
+    }
+
+    fn message(topic: &str) -> BridgedMessage {
+        BridgedMessage {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"21.5"),
+            qos: 1,
+            retain: false,
+            client_id: "dev-1".into(),
+            username: None,
+            user_properties: vec![],
+            content_type: None,
+            received_at_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_whose_kafka_topic_renders_empty_is_counted_failed_and_not_stored() {
+        let (egress, metrics) = egress(
+            r##"
+[[egress]]
+name = "third-level"
+mqtt_filter = "#"
+kafka_topic = "${topic.3}"
+"##,
+        );
+        let rules = egress.rules_for("a/b");
+        let ack = egress.submit(&rules, &message("a/b")).await.unwrap();
+        ack.await.unwrap();
+        assert_eq!(egress.outbox().len(), 0);
+        assert_eq!(
+            metrics
+                .rule("third-level")
+                .unwrap()
+                .failed
+                .load(Ordering::Relaxed),
+            1
+        );
+        // A topic with a third level goes to the outbox.
+        let rules = egress.rules_for("a/b/c");
+        let ack = egress.submit(&rules, &message("a/b/c")).await.unwrap();
+        ack.await.unwrap();
+        assert_eq!(egress.outbox().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn with_ack_after_kafka_a_message_with_no_kafka_topic_is_refused() {
+        let (egress, _) = egress(
+            r##"
+[[egress]]
+name = "third-level"
+mqtt_filter = "#"
+kafka_topic = "${topic.3}"
+ack = "after-kafka"
+"##,
+        );
+        let rules = egress.rules_for("a/b");
+        let err = egress.submit(&rules, &message("a/b")).await.unwrap_err();
+        assert!(matches!(err, BridgeError::NoKafkaTopic { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn submissions_keep_their_order_in_the_outbox_without_waiting_for_each_fsync() {
+        let (egress, _) = egress(
+            r##"
+[[egress]]
+name = "all"
+mqtt_filter = "#"
+kafka_topic = "t"
+"##,
+        );
+        let mut acks = Vec::new();
+        for n in 0..50u64 {
+            let mut m = message("a/b");
+            m.received_at_ms = n;
+            let rules = egress.rules_for("a/b");
+            acks.push(egress.submit(&rules, &m).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        let stamps: Vec<u64> = egress
+            .outbox()
+            .read(0, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.timestamp_ms)
+            .collect();
+        assert_eq!(stamps, (0..50).collect::<Vec<_>>());
     }
 }

@@ -31,6 +31,8 @@ pub enum BridgeError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the outbox is full ({records} records, {bytes} bytes)")]
     OutboxFull { records: u64, bytes: u64 },
+    #[error("rule {rule}: the kafka topic template renders empty for this message")]
+    NoKafkaTopic { rule: String },
     #[error("the bridge has stopped")]
     Stopped,
 }

@@ -186,7 +186,7 @@ fn scan<P>(
 
 /// Makes a rendered name a legal Kafka topic name: Kafka allows only ASCII letters,
 /// digits, `.`, `_` and `-`, at most 249 of them. Every other character (an MQTT `/`
-/// above all) becomes `_`; an empty name stays empty (the caller refuses it).
+/// above all) becomes `_`; an empty name stays empty (the bridge counts such a record as failed and drops it).
 pub fn kafka_topic_name(rendered: &str) -> String {
     let mut name: String = rendered
         .chars()
