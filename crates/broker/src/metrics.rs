@@ -22,16 +22,20 @@ pub enum DropReason {
     ForwardQueueFull,
     /// A forwarded message for a session that is no longer on this node.
     NotLocal,
+    /// A client's PUBLISH still waiting for the Kafka bridge when its connection ended
+    /// (never acknowledged: a QoS 1/2 publisher sends it again).
+    BridgePending,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 6] = [
+    const ALL: [DropReason; 7] = [
         DropReason::QueueFull,
         DropReason::Expired,
         DropReason::PacketTooLarge,
         DropReason::OutboxFull,
         DropReason::ForwardQueueFull,
         DropReason::NotLocal,
+        DropReason::BridgePending,
     ];
 
     fn label(self) -> &'static str {
@@ -42,6 +46,7 @@ impl DropReason {
             DropReason::OutboxFull => "outbox_full",
             DropReason::ForwardQueueFull => "forward_queue_full",
             DropReason::NotLocal => "not_local",
+            DropReason::BridgePending => "bridge_pending",
         }
     }
 }
@@ -72,7 +77,7 @@ pub struct Metrics {
     pub messages_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
-    dropped: [AtomicU64; 6],
+    dropped: [AtomicU64; DropReason::ALL.len()],
     pub sessions_current: AtomicI64,
     pub subscriptions_current: AtomicI64,
     pub retained_current: AtomicI64,

@@ -165,6 +165,11 @@ impl Connection {
         };
         tracing::Span::current().record("client_id", &*self.client_id);
         let ending = self.serve(end, &mut shutdown).await;
+        for held in self.held.drain(..) {
+            if let Event::Publish { .. } = held.event {
+                self.ctx.metrics.dropped(DropReason::BridgePending);
+            }
+        }
         let (publish_will, session_expiry, close_reason) = match &ending {
             Ending::ClientDisconnect {
                 with_will,
@@ -506,7 +511,7 @@ impl Connection {
                 result = head_of_held(&mut self.held) => self.release_held(result).await?,
                 () = &mut give_up => {
                     warn!(held = self.held.len(), "gave up waiting for the kafka bridge at disconnect");
-                    self.held.clear();
+                    return Ok(());
                 }
                 _ = shutdown.changed() => return Err(Ending::Server(ReasonCode::ServerShuttingDown, None)),
             }
