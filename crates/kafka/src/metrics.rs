@@ -46,6 +46,8 @@ pub struct RuleMetrics {
     /// Records produced again from the outbox after a restart (some may have reached
     /// Kafka before it).
     pub retried: AtomicU64,
+    /// Records of this rule waiting in the outbox (a gauge).
+    pub outbox_records: AtomicU64,
 }
 
 impl BridgeMetrics {
@@ -62,6 +64,22 @@ impl BridgeMetrics {
 
     pub fn rule(&self, name: &str) -> Option<&RuleMetrics> {
         self.rules.get(name)
+    }
+
+    /// Counts a record of rule `name` into the outbox's per-rule depth; returns the
+    /// rule's shared name to uncount it with (None: no such rule configured now, as
+    /// for a record an earlier configuration left).
+    pub fn count_outbox(&self, name: &str) -> Option<Arc<str>> {
+        let (name, counters) = self.rules.get_key_value(name)?;
+        counters.outbox_records.fetch_add(1, Ordering::Relaxed);
+        Some(name.clone())
+    }
+
+    /// Takes a record counted by [`BridgeMetrics::count_outbox`] out of the depth.
+    pub fn uncount_outbox(&self, name: Option<&Arc<str>>) {
+        if let Some(counters) = name.and_then(|name| self.rules.get(name)) {
+            counters.outbox_records.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Adds counters for the ingress rules named `rules`.
@@ -127,6 +145,13 @@ impl BridgeMetrics {
             "counter",
             "Records Kafka refused for good, per egress rule.",
             egress(|m| &m.failed),
+        );
+        family(
+            out,
+            "fleetmq_kafka_outbox_rule_records",
+            "gauge",
+            "Records waiting in the Kafka outbox, per egress rule.",
+            egress(|m| &m.outbox_records),
         );
         family(
             out,

@@ -25,10 +25,20 @@ const APPEND_QUEUE: usize = 1024;
 /// Appends merged into one write and one fsync at most.
 const MAX_APPENDS_PER_FLUSH: usize = 512;
 
-/// What the outbox holds, in memory: sequence number and size of each record.
+/// One record the outbox holds, as remembered in memory.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    size: u64,
+    /// The rule that made it, when the configuration still has that rule (its per-rule
+    /// depth is counted).
+    rule: Option<Arc<str>>,
+}
+
+/// What the outbox holds, in memory.
 #[derive(Debug, Default)]
 struct Pending {
-    records: VecDeque<(u64, u64)>,
+    records: VecDeque<Held>,
     bytes: u64,
     next_seq: u64,
 }
@@ -74,7 +84,12 @@ impl Outbox {
         for (key, value) in engine.scan_prefix(OUTBOX_TREE, &[])? {
             let seq = seq_of(&key)?;
             let record = decode(seq, &value)?;
-            pending.records.push_back((seq, record.size()));
+            let rule = metrics.count_outbox(&record.rule);
+            pending.records.push_back(Held {
+                seq,
+                size: record.size(),
+                rule,
+            });
             pending.bytes += record.size();
             pending.next_seq = seq + 1;
         }
@@ -177,11 +192,12 @@ impl Outbox {
                 }
                 OutboxFullPolicy::DropOldest => {
                     while over(&pending) {
-                        let Some((seq, size)) = pending.records.pop_front() else {
+                        let Some(held) = pending.records.pop_front() else {
                             break;
                         };
-                        pending.bytes -= size;
-                        dropped.push(seq);
+                        pending.bytes -= held.size;
+                        self.metrics.uncount_outbox(held.rule.as_ref());
+                        dropped.push(held.seq);
                     }
                     self.metrics
                         .dropped_outbox_full
@@ -193,7 +209,12 @@ impl Outbox {
         for record in records {
             let seq = pending.next_seq;
             pending.next_seq += 1;
-            pending.records.push_back((seq, record.size()));
+            let rule = self.metrics.count_outbox(&record.rule);
+            pending.records.push_back(Held {
+                seq,
+                size: record.size(),
+                rule,
+            });
             pending.bytes += record.size();
             numbered.push((seq, record));
         }
@@ -219,12 +240,12 @@ impl Outbox {
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, KafkaRecord)>, BridgeError> {
         let seqs: Vec<u64> = {
             let pending = self.lock();
-            let start = pending.records.partition_point(|(seq, _)| *seq < from);
+            let start = pending.records.partition_point(|held| held.seq < from);
             pending
                 .records
                 .range(start..)
                 .take(max)
-                .map(|(seq, _)| *seq)
+                .map(|held| held.seq)
                 .collect()
         };
         let mut out = Vec::with_capacity(seqs.len());
@@ -259,10 +280,11 @@ impl Outbox {
         let mut pending = self.lock();
         let gone: std::collections::HashSet<u64> = seqs.iter().copied().collect();
         let mut freed = 0;
-        pending.records.retain(|(seq, size)| {
-            let keep = !gone.contains(seq);
+        pending.records.retain(|held| {
+            let keep = !gone.contains(&held.seq);
             if !keep {
-                freed += size;
+                freed += held.size;
+                self.metrics.uncount_outbox(held.rule.as_ref());
             }
             keep
         });
@@ -361,7 +383,7 @@ mod tests {
         max_records: u64,
         when_full: OutboxFullPolicy,
     ) -> (Arc<Outbox>, Arc<BridgeMetrics>) {
-        let metrics = Arc::new(BridgeMetrics::default());
+        let metrics = Arc::new(BridgeMetrics::for_rules([&Arc::from("r")]));
         let outbox = Outbox::open(
             Arc::new(MemoryEngine::new()),
             config(max_records, when_full),
@@ -379,6 +401,15 @@ mod tests {
             .iter()
             .map(|(_, r)| r.timestamp_ms)
             .collect()
+    }
+
+    /// Records of the test rule "r" in the outbox, by its per-rule gauge.
+    fn rule_depth(metrics: &BridgeMetrics) -> u64 {
+        metrics
+            .rule("r")
+            .unwrap()
+            .outbox_records
+            .load(Ordering::Relaxed)
     }
 
     fn config(max_records: u64, when_full: OutboxFullPolicy) -> OutboxConfig {
@@ -405,6 +436,7 @@ mod tests {
             .unwrap();
         assert_eq!(outbox.len(), 6);
         assert_eq!(metrics.outbox_records.load(Ordering::Relaxed), 6);
+        assert_eq!(rule_depth(&metrics), 6);
         assert_eq!(outbox.read(0, 1).unwrap()[0].1.timestamp_ms, 4);
     }
 
@@ -432,6 +464,7 @@ mod tests {
         }
         assert_eq!(stamps(&outbox), [2, 3, 4]);
         assert_eq!(metrics.dropped_outbox_full.load(Ordering::Relaxed), 2);
+        assert_eq!(rule_depth(&metrics), 3);
     }
 
     #[tokio::test]
@@ -458,7 +491,7 @@ mod tests {
         // Lets the writer task see its channel close and let go of the store.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let engine: Arc<dyn KvEngine> = Arc::new(SledEngine::open(&path).unwrap());
-        let metrics = Arc::new(BridgeMetrics::default());
+        let metrics = Arc::new(BridgeMetrics::for_rules([&Arc::from("r")]));
         let outbox = Outbox::open(
             engine,
             config(100, OutboxFullPolicy::Refuse),
@@ -467,6 +500,7 @@ mod tests {
         .unwrap();
         assert_eq!(stamps(&outbox), [2, 3, 4]);
         assert_eq!(metrics.outbox_records.load(Ordering::Relaxed), 3);
+        assert_eq!(rule_depth(&metrics), 3);
         // New records continue after the old ones.
         outbox.append(vec![record(9, 8)]).await.unwrap();
         let last = outbox.read(0, 10).unwrap().last().unwrap().1.timestamp_ms;
