@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, on a fresh Debian machine or a used one.
 #
-#   - Debian packages: mosquitto-clients (mosquitto_pub / mosquitto_sub) and, when the
+#   - Debian packages: mosquitto-clients (mosquitto_pub / mosquitto_sub), openssl (test
+#     certificates), a JDK and Maven (Kafka) and, when the
 #     python3 on PATH cannot create a virtual environment, python3-venv.
 #   - cargo-fuzz (for crates/codec/fuzz/run.sh), when `cargo +nightly fuzz` does not run.
 #   - A Python virtual environment at $FLEETMQ_VENV (default: <repo>/.venv) with the exact
@@ -26,6 +27,8 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
     apt_packages+=(mosquitto-clients)
 fi
 command -v "$PYTHON" >/dev/null 2>&1 || apt_packages+=(python3)
+# The TLS listener tests make their certificates with the openssl command-line tool.
+command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
 # The Kafka bridge tests run a real Apache Kafka (deploy/kafka/kafka.sh): a JDK 17 or
 # newer runs it, Maven fetches it from Maven Central.
 java_major() {
@@ -53,7 +56,7 @@ if ((${#apt_packages[@]})); then
         || die "apt-get install ${apt_packages[*]} failed"
 fi
 
-for cmd in mosquitto_pub mosquitto_sub "$PYTHON" java javac mvn; do
+for cmd in mosquitto_pub mosquitto_sub openssl "$PYTHON" java javac mvn; do
     command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' is still missing after installation"
 done
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 \

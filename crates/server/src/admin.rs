@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use fleetmq_broker::Metrics;
 use fleetmq_kafka::BridgeMetrics;
+
+use crate::listener::ListenersMetrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -15,6 +17,7 @@ pub async fn serve_admin(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     bridge: Option<Arc<BridgeMetrics>>,
+    listeners: Arc<ListenersMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -23,8 +26,9 @@ pub async fn serve_admin(
                 let Ok((stream, _)) = accepted else { continue };
                 let metrics = metrics.clone();
                 let bridge = bridge.clone();
+                let listeners = listeners.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = answer(stream, &metrics, bridge.as_deref()).await {
+                    if let Err(error) = answer(stream, &metrics, bridge.as_deref(), &listeners).await {
                         debug!(%error, "admin request failed");
                     }
                 });
@@ -38,6 +42,7 @@ async fn answer(
     mut stream: TcpStream,
     metrics: &Metrics,
     bridge: Option<&BridgeMetrics>,
+    listeners: &ListenersMetrics,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -67,6 +72,7 @@ async fn answer(
         ("GET", "/healthz") | ("GET", "/readyz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/metrics") => {
             let mut text = metrics.render();
+            listeners.render(&mut text);
             if let Some(bridge) = bridge {
                 bridge.render(&mut text);
             }

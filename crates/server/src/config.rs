@@ -12,6 +12,8 @@ use fleetmq_broker::{BrokerConfig, QueueFullPolicy};
 use fleetmq_kafka::KafkaConfig;
 use serde::Deserialize;
 
+use crate::listener::{ListenerSpec, TlsSettings, Transport};
+
 /// The schema version this build reads.
 pub const CONFIG_VERSION: u32 = 1;
 
@@ -28,7 +30,7 @@ pub enum ConfigError {
     Invalid { key: String, problem: String },
 }
 
-fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         problem: problem.into(),
@@ -47,12 +49,54 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[kafka]`: the Kafka bridge; absent means no bridge.
     pub kafka: Option<KafkaConfig>,
+    /// `[[listeners]]`: MQTT listeners besides `mqtt.listen` (TLS, WebSocket, ...).
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Names the listener in logs and metrics.
+    pub name: String,
+    /// `tcp`, `tls`, `ws` (MQTT over WebSocket) or `wss` (over secure WebSocket).
+    pub kind: String,
+    pub listen: String,
+    /// Require a PROXY protocol (v1 or v2) header from a load balancer.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// `ws` and `wss`: the HTTP path of the upgrade (default `/mqtt`).
+    pub ws_path: Option<String>,
+    /// `tls` and `wss`: certificates.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's `tls` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the server's certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM: the CAs whose client certificates are accepted (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate (needs `client_ca_file`).
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// The client certificate's common name is the MQTT username; the CONNECT's is
+    /// ignored (needs `client_ca_file`).
+    #[serde(default)]
+    pub cn_as_username: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
+    /// The plain TCP listener, named `mqtt`; empty: none.
     pub listen: String,
+    /// Require a PROXY protocol header on `listen`.
+    pub proxy_protocol: bool,
     pub max_packet_size: u32,
     pub receive_maximum: u16,
     pub max_inflight: u16,
@@ -99,6 +143,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             storage: StorageConfig::default(),
             kafka: None,
+            listeners: Vec::new(),
         }
     }
 }
@@ -108,6 +153,7 @@ impl Default for MqttConfig {
         let core = BrokerConfig::default();
         MqttConfig {
             listen: "0.0.0.0:1883".into(),
+            proxy_protocol: false,
             max_packet_size: core.max_packet_size,
             receive_maximum: core.receive_maximum,
             max_inflight: core.max_inflight,
@@ -161,7 +207,8 @@ pub enum StorageEngineKind {
 pub struct ValidConfig {
     pub node_id: u64,
     pub data_dir: PathBuf,
-    pub mqtt_listen: SocketAddr,
+    /// Every MQTT listener: `mqtt` (from `mqtt.listen`) first, then `[[listeners]]`.
+    pub listeners: Vec<ListenerSpec>,
     pub admin_listen: SocketAddr,
     pub grpc_listen: SocketAddr,
     pub peers: BTreeMap<u64, String>,
@@ -214,7 +261,7 @@ impl Config {
             return Err(invalid("data_dir", "must not be empty"));
         }
         let m = &self.mqtt;
-        let mqtt_listen = parse_addr("mqtt.listen", &m.listen)?;
+        let listeners = self.listener_specs()?;
         let admin_listen = parse_addr("admin.listen", &self.admin.listen)?;
         let grpc_listen = parse_addr("cluster.grpc_listen", &self.cluster.grpc_listen)?;
         if m.max_packet_size < 64 {
@@ -292,7 +339,7 @@ impl Config {
         Ok(ValidConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
-            mqtt_listen,
+            listeners,
             admin_listen,
             grpc_listen,
             peers,
@@ -316,6 +363,104 @@ impl Config {
             },
             kafka: self.kafka.clone(),
         })
+    }
+}
+
+impl Config {
+    /// `mqtt.listen` as the listener named `mqtt`, then every `[[listeners]]` entry.
+    fn listener_specs(&self) -> Result<Vec<ListenerSpec>, ConfigError> {
+        let mut specs: Vec<ListenerSpec> = Vec::new();
+        if !self.mqtt.listen.is_empty() {
+            specs.push(ListenerSpec {
+                name: "mqtt".into(),
+                transport: Transport::Tcp,
+                listen: parse_addr("mqtt.listen", &self.mqtt.listen)?,
+                proxy_protocol: self.mqtt.proxy_protocol,
+                ws_path: String::new(),
+                tls: None,
+            });
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let key = |field: &str| format!("listeners[{i}].{field}");
+            let named = !l.name.is_empty()
+                && l.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !named {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?}: use letters, digits, - and _", l.name),
+                ));
+            }
+            if specs.iter().any(|s| *s.name == *l.name) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is taken (mqtt.listen is named \"mqtt\")", l.name),
+                ));
+            }
+            let transport = Transport::parse(&l.kind).ok_or_else(|| {
+                invalid(
+                    &key("kind"),
+                    format!(
+                        "must be \"tcp\", \"tls\", \"ws\" or \"wss\", not {:?}",
+                        l.kind
+                    ),
+                )
+            })?;
+            let listen = parse_addr(&key("listen"), &l.listen)?;
+            if let Some(other) = specs.iter().find(|s| s.listen == listen) {
+                return Err(invalid(
+                    &key("listen"),
+                    format!("{listen} is also listener {:?}'s address", other.name),
+                ));
+            }
+            let is_ws = matches!(transport, Transport::Ws | Transport::Wss);
+            let ws_path = match (&l.ws_path, is_ws) {
+                (Some(path), true) if path.starts_with('/') => path.clone(),
+                (Some(path), true) => {
+                    return Err(invalid(
+                        &key("ws_path"),
+                        format!("{path:?} must start with /"),
+                    ))
+                }
+                (None, true) => "/mqtt".to_string(),
+                (Some(_), false) => {
+                    return Err(invalid(
+                        &key("ws_path"),
+                        "only ws and wss listeners take one",
+                    ))
+                }
+                (None, false) => String::new(),
+            };
+            let tls = match (&l.tls, transport.uses_tls()) {
+                (Some(tls), true) => Some(TlsSettings::load(&key("tls"), tls)?),
+                (None, true) => {
+                    return Err(invalid(
+                        &key("tls"),
+                        format!("a {} listener needs cert_file and key_file", l.kind),
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(invalid(&key("tls"), "only tls and wss listeners take one"))
+                }
+                (None, false) => None,
+            };
+            specs.push(ListenerSpec {
+                name: l.name.as_str().into(),
+                transport,
+                listen,
+                proxy_protocol: l.proxy_protocol,
+                ws_path,
+                tls,
+            });
+        }
+        if specs.is_empty() {
+            return Err(invalid(
+                "mqtt.listen",
+                "is empty and no [[listeners]] are configured: clients could not connect",
+            ));
+        }
+        Ok(specs)
     }
 }
 
@@ -371,7 +516,8 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_match_the_documented_ones() {
         let v = Config::default().validate().unwrap();
-        assert_eq!(v.mqtt_listen.to_string(), "0.0.0.0:1883");
+        assert_eq!(v.listeners.len(), 1);
+        assert_eq!(v.listeners[0].listen.to_string(), "0.0.0.0:1883");
         assert_eq!(v.data_dir, PathBuf::from("./data"));
         assert_eq!(v.storage, StorageEngineKind::Sled);
     }
@@ -440,6 +586,58 @@ mod tests {
         );
         c.node_id = 5000;
         assert!(c.validate().unwrap_err().to_string().contains("`node_id`"));
+    }
+
+    fn listeners_error(toml: &str) -> String {
+        let config = Config::from_toml(toml).unwrap();
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn listeners_are_checked_and_errors_name_the_entry() {
+        let config = Config::from_toml(
+            "[[listeners]]\nname = \"ws\"\nkind = \"ws\"\nlisten = \"127.0.0.1:8083\"\n",
+        )
+        .unwrap();
+        let valid = config.validate().unwrap();
+        let names: Vec<&str> = valid.listeners.iter().map(|l| &*l.name).collect();
+        assert_eq!(names, ["mqtt", "ws"]);
+        assert_eq!(valid.listeners[1].ws_path, "/mqtt");
+        assert_eq!(valid.listeners[1].transport, Transport::Ws);
+
+        let one = |body: &str| {
+            format!("[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:9000\"\n{body}")
+        };
+        let err = listeners_error(&one("kind = \"quic\""));
+        assert!(err.contains("listeners[0].kind"), "{err}");
+        let err = listeners_error(&one("kind = \"tls\""));
+        assert!(
+            err.contains("listeners[0].tls") && err.contains("cert_file"),
+            "{err}"
+        );
+        let err = listeners_error(&one("kind = \"tcp\"\nws_path = \"/mqtt\""));
+        assert!(err.contains("listeners[0].ws_path"), "{err}");
+        let err = listeners_error(&one("kind = \"ws\"\nws_path = \"mqtt\""));
+        assert!(err.contains("listeners[0].ws_path"), "{err}");
+        let err = listeners_error(
+            "[[listeners]]\nname = \"mqtt\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:9000\"\n",
+        );
+        assert!(
+            err.contains("listeners[0].name") && err.contains("taken"),
+            "{err}"
+        );
+        let err = listeners_error(
+            "[[listeners]]\nname = \"b\"\nkind = \"tcp\"\nlisten = \"0.0.0.0:1883\"\n",
+        );
+        assert!(err.contains("listeners[0].listen"), "{err}");
+        let err = listeners_error(&one(
+            "kind = \"tls\"\n[listeners.tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"",
+        ));
+        assert!(err.contains("listeners[0].tls.cert_file"), "{err}");
+        let err = listeners_error("[mqtt]\nlisten = \"\"\n");
+        assert!(err.contains("mqtt.listen"), "{err}");
+        let err = Config::from_toml(&one("kind = \"tcp\"\nproxy = true")).unwrap_err();
+        assert!(err.contains("proxy"), "{err}");
     }
 
     #[test]

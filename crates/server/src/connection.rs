@@ -4,7 +4,6 @@
 //! topic aliases both ways, the client's Receive Maximum quota, packet size limits.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +21,13 @@ use fleetmq_codec::{
 use fleetmq_kafka::{BridgeAck, BridgeError, BridgedMessage, Egress};
 use fleetmq_topic::{validate_topic_name, TopicFilter};
 use futures::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::ValidConfig;
+use crate::listener::PeerInfo;
 
 /// What every connection task shares.
 pub struct ConnectionContext {
@@ -76,19 +75,27 @@ enum Ending {
     Server(ReasonCode, Option<String>),
 }
 
-pub async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+pub async fn serve_connection<S>(
+    stream: S,
+    peer: PeerInfo,
     ctx: Arc<ConnectionContext>,
     shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let conn_id = ctx.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", node_id = ctx.config.node_id, conn_id, %peer, client_id = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        node_id = ctx.config.node_id,
+        conn_id,
+        peer = %peer.addr,
+        listener = %peer.listener,
+        client_id = tracing::field::Empty
+    );
     ctx.metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     Metrics::gauge_add(&ctx.metrics.connections_current, 1);
-    let _ = stream.set_nodelay(true);
     let mut conn = Connection {
         stream,
         read_buf: BytesMut::with_capacity(4096),
@@ -108,13 +115,14 @@ pub async fn serve_connection(
         unacked_incoming: HashSet::new(),
         held: VecDeque::new(),
         held_max: usize::from(ctx.config.broker.receive_maximum) + HELD_BEYOND_RECEIVE_MAXIMUM,
+        peer,
     };
     conn.run(shutdown).instrument(span).await;
     Metrics::gauge_add(&ctx.metrics.connections_current, -1);
 }
 
-struct Connection {
-    stream: TcpStream,
+struct Connection<S> {
+    stream: S,
     read_buf: BytesMut,
     write_buf: BytesMut,
     ctx: Arc<ConnectionContext>,
@@ -137,9 +145,10 @@ struct Connection {
     /// while the client goes on sending. At `held_max` the connection stops reading.
     held: VecDeque<HeldEvent>,
     held_max: usize,
+    peer: PeerInfo,
 }
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
         let connect_timeout = self.ctx.config.connect_timeout;
         let connect = match tokio::time::timeout(connect_timeout, self.read_connect()).await {
@@ -290,7 +299,13 @@ impl Connection {
             }
         }
         self.client_id = client_id.clone();
-        self.username = connect.username.clone();
+        // On a listener that names users by their client certificate, the CONNECT's
+        // username is not believed: the certificate's common name, or none.
+        self.username = if self.peer.cn_as_username {
+            self.peer.common_name.clone()
+        } else {
+            connect.username.clone()
+        };
         self.session_expiry = if v5 {
             props
                 .session_expiry_interval
@@ -392,6 +407,7 @@ impl Connection {
         }
         info!(
             client_id = %self.client_id,
+            username = self.username.as_deref().unwrap_or(""),
             protocol = ?self.version,
             session_present = reply.session_present,
             session_expiry = self.session_expiry,
@@ -936,7 +952,10 @@ impl Connection {
             return Ok(());
         }
         let n = self.write_buf.len();
-        if self.stream.write_all(&self.write_buf).await.is_err() {
+        // Flushed too: TLS and WebSocket streams buffer what is written.
+        if self.stream.write_all(&self.write_buf).await.is_err()
+            || self.stream.flush().await.is_err()
+        {
             return Err(Ending::Lost);
         }
         Metrics::add(&self.ctx.metrics.bytes_sent, n as u64);

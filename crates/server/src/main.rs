@@ -12,6 +12,7 @@ mod admin;
 mod config;
 mod connection;
 mod ctl;
+mod listener;
 mod server;
 
 use config::Config;
@@ -143,7 +144,7 @@ struct ServeArgs {
     #[arg(
         long,
         env = "FLEETMQ_LOG",
-        default_value = "info,openraft=warn,sled=warn"
+        default_value = "info,openraft=warn,sled=warn,rustls=error"
     )]
     log_level: String,
     #[arg(long, env = "FLEETMQ_LOG_FORMAT", value_enum, default_value = "human")]

@@ -19,7 +19,8 @@ use tracing::{info, warn};
 
 use crate::admin::serve_admin;
 use crate::config::{StorageEngineKind, ValidConfig};
-use crate::connection::{serve_connection, ConnectionContext};
+use crate::connection::ConnectionContext;
+use crate::listener::{run_listener, ListenerMetrics, ListenersMetrics};
 
 /// Capacity of the channel from connection tasks to the router.
 const ROUTER_EVENTS: usize = 16 * 1024;
@@ -115,14 +116,26 @@ pub async fn run(
         }
     };
 
-    let mqtt = TcpListener::bind(config.mqtt_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for MQTT on {} (mqtt.listen)",
-                config.mqtt_listen
-            )
+    let mut mqtt = Vec::with_capacity(config.listeners.len());
+    for (i, spec) in config.listeners.iter().enumerate() {
+        let listener = TcpListener::bind(spec.listen).await.with_context(|| {
+            // The first is mqtt.listen when that is set; the rest are [[listeners]].
+            let key = if &*spec.name == "mqtt" && i == 0 {
+                "mqtt.listen".to_string()
+            } else {
+                format!("listener {:?}", spec.name)
+            };
+            format!("cannot listen for MQTT on {} ({key})", spec.listen)
         })?;
+        info!(
+            listener = %spec.name,
+            transport = spec.transport.label(),
+            addr = %listener.local_addr()?,
+            proxy_protocol = spec.proxy_protocol,
+            "mqtt listener ready"
+        );
+        mqtt.push((listener, Arc::new(spec.clone())));
+    }
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| {
@@ -133,7 +146,6 @@ pub async fn run(
         })?;
     info!(
         node_id = config.node_id,
-        mqtt = %mqtt.local_addr()?,
         admin = %admin.local_addr()?,
         data_dir = %config.data_dir.display(),
         storage = ?config.storage,
@@ -155,10 +167,23 @@ pub async fn run(
         None => (None, None),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let listener_metrics = Arc::new(ListenersMetrics {
+        listeners: mqtt
+            .iter()
+            .map(|(_, spec)| {
+                (
+                    spec.name.clone(),
+                    spec.transport.label(),
+                    Arc::new(ListenerMetrics::default()),
+                )
+            })
+            .collect(),
+    });
     let admin_task = tokio::spawn(serve_admin(
         admin,
         metrics.clone(),
         egress.as_ref().map(|(_, m)| m.clone()),
+        listener_metrics.clone(),
         shutdown_rx.clone(),
     ));
     let egress = egress.map(|(e, _)| e);
@@ -169,38 +194,25 @@ pub async fn run(
         config: config.clone(),
         egress: egress.clone(),
     });
+    // One limit for the node, shared by its listeners.
     let slots = Arc::new(Semaphore::new(config.max_connections));
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            accepted = mqtt.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    warn!(%peer, max = config.max_connections, "connection limit reached; refusing");
-                    drop(stream);
-                    continue;
-                };
-                let ctx = ctx.clone();
-                let shutdown = shutdown_rx.clone();
-                tokio::spawn(async move {
-                    serve_connection(stream, peer, ctx, shutdown).await;
-                    drop(permit);
-                });
-            }
-            _ = &mut stop => break,
-        }
+    let mut accepting = Vec::with_capacity(mqtt.len());
+    for ((listener, spec), (_, _, counters)) in mqtt.into_iter().zip(&listener_metrics.listeners) {
+        accepting.push(tokio::spawn(run_listener(
+            listener,
+            spec,
+            ctx.clone(),
+            slots.clone(),
+            counters.clone(),
+            shutdown_rx.clone(),
+        )));
     }
+    stop.await;
     info!("shutting down: closing connections");
-    drop(mqtt);
     let _ = shutdown_tx.send(true);
+    for task in accepting {
+        let _ = task.await;
+    }
     // Connection tasks hold permits; wait (bounded) until they have all said goodbye.
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;

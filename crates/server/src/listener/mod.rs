@@ -1,0 +1,235 @@
+//! The node's MQTT listeners: plain TCP, TLS, WebSocket and secure WebSocket, each
+//! optionally behind a load balancer that speaks the PROXY protocol. A listener
+//! accepts, takes a connection slot, completes the transport's handshakes within the
+//! connect timeout (PROXY header, then TLS, then the WebSocket upgrade) and hands the
+//! byte stream to a connection task.
+
+pub mod proxy;
+pub mod tls;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::{timeout_at, Instant};
+use tracing::{debug, warn};
+
+use crate::connection::{serve_connection, ConnectionContext};
+pub use tls::TlsSettings;
+
+/// How MQTT travels on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl Transport {
+    pub fn parse(text: &str) -> Option<Transport> {
+        Some(match text {
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
+            _ => return None,
+        })
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+}
+
+/// One listener, validated.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub name: Arc<str>,
+    pub transport: Transport,
+    pub listen: SocketAddr,
+    pub proxy_protocol: bool,
+    /// The HTTP path of the WebSocket upgrade.
+    pub ws_path: String,
+    /// Set exactly when the transport uses TLS.
+    pub tls: Option<TlsSettings>,
+}
+
+/// Who is on the other end of a connection, as its transport learned it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The client's address: the socket's peer, or what the PROXY header said.
+    pub addr: SocketAddr,
+    pub listener: Arc<str>,
+    /// The listener takes the client certificate's common name as the username (in
+    /// place of the CONNECT's).
+    pub cn_as_username: bool,
+    /// The verified client certificate's common name, when there is one and the
+    /// listener takes it.
+    pub common_name: Option<String>,
+}
+
+/// One listener's counters.
+#[derive(Debug, Default)]
+pub struct ListenerMetrics {
+    /// TCP connections accepted.
+    pub accepted: AtomicU64,
+    /// Closed before MQTT began: PROXY header, TLS or WebSocket handshake failed or
+    /// took longer than the connect timeout.
+    pub handshake_failed: AtomicU64,
+    /// Closed at once: the node's connection limit was reached.
+    pub refused_at_limit: AtomicU64,
+}
+
+/// Every listener's counters, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ListenersMetrics {
+    pub listeners: Vec<(Arc<str>, &'static str, Arc<ListenerMetrics>)>,
+}
+
+impl ListenersMetrics {
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        type Pick = fn(&ListenerMetrics) -> &AtomicU64;
+        let families: [(&str, &str, Pick); 3] = [
+            (
+                "fleetmq_listener_accepted_total",
+                "TCP connections accepted, per listener.",
+                |m| &m.accepted,
+            ),
+            (
+                "fleetmq_listener_handshake_failed_total",
+                "Connections closed before MQTT began (PROXY header, TLS or WebSocket handshake failed or too slow), per listener.",
+                |m| &m.handshake_failed,
+            ),
+            (
+                "fleetmq_listener_refused_total",
+                "Connections closed at once because the node's connection limit was reached, per listener.",
+                |m| &m.refused_at_limit,
+            ),
+        ];
+        for (name, help, pick) in families {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (listener, transport, m) in &self.listeners {
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{listener}\",transport=\"{transport}\"}} {}",
+                    pick(m).load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}
+
+/// Accepts on `listener` until shutdown; each connection takes one of `slots` for its
+/// lifetime.
+pub async fn run_listener(
+    listener: TcpListener,
+    spec: Arc<ListenerSpec>,
+    ctx: Arc<ConnectionContext>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<ListenerMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(listener = %spec.name, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics.refused_at_limit.fetch_add(1, Ordering::Relaxed);
+            warn!(listener = %spec.name, %peer, max = ctx.config.max_connections, "connection limit reached; refusing");
+            continue;
+        };
+        let (spec, ctx, metrics, shutdown) =
+            (spec.clone(), ctx.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            open(stream, peer, &spec, ctx, &metrics, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The transport's handshakes, then the MQTT connection.
+async fn open(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    spec: &ListenerSpec,
+    ctx: Arc<ConnectionContext>,
+    metrics: &ListenerMetrics,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + ctx.config.connect_timeout;
+    let failed = |stage: &str, error: &dyn std::fmt::Display| {
+        metrics.handshake_failed.fetch_add(1, Ordering::Relaxed);
+        debug!(listener = %spec.name, %peer, stage, %error, "connection closed before MQTT");
+    };
+    let mut info = PeerInfo {
+        addr: peer,
+        listener: spec.name.clone(),
+        cn_as_username: spec.tls.as_ref().is_some_and(|t| t.cn_as_username),
+        common_name: None,
+    };
+    if spec.proxy_protocol {
+        match timeout_at(deadline, proxy::read_header(&mut stream)).await {
+            Ok(Ok(Some(client))) => info.addr = client,
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => return failed("proxy", &error),
+            Err(_) => return failed("proxy", &"timed out"),
+        }
+    }
+    let max_packet = ctx.config.broker.max_packet_size as usize;
+    if !spec.transport.uses_tls() {
+        if spec.transport == Transport::Tcp {
+            return serve_connection(stream, info, ctx, shutdown).await;
+        }
+        return match timeout_at(deadline, ws::accept(stream, &spec.ws_path, max_packet)).await {
+            Ok(Ok(ws)) => serve_connection(ws, info, ctx, shutdown).await,
+            Ok(Err(error)) => failed("websocket", &error),
+            Err(_) => failed("websocket", &"timed out"),
+        };
+    }
+    let Some(settings) = &spec.tls else {
+        return failed("tls", &"no TLS settings");
+    };
+    let tls = match timeout_at(deadline, settings.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return failed("tls", &error),
+        Err(_) => return failed("tls", &"timed out"),
+    };
+    if settings.cn_as_username {
+        info.common_name = tls::common_name(tls.get_ref().1.peer_certificates());
+    }
+    if spec.transport == Transport::Tls {
+        return serve_connection(tls, info, ctx, shutdown).await;
+    }
+    match timeout_at(deadline, ws::accept(tls, &spec.ws_path, max_packet)).await {
+        Ok(Ok(ws)) => serve_connection(ws, info, ctx, shutdown).await,
+        Ok(Err(error)) => failed("websocket", &error),
+        Err(_) => failed("websocket", &"timed out"),
+    }
+}
