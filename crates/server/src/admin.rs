@@ -7,6 +7,7 @@ use std::time::Duration;
 use fleetmq_broker::Metrics;
 use fleetmq_kafka::BridgeMetrics;
 
+use crate::access::AccessMetrics;
 use crate::listener::ListenersMetrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +19,7 @@ pub async fn serve_admin(
     metrics: Arc<Metrics>,
     bridge: Option<Arc<BridgeMetrics>>,
     listeners: Arc<ListenersMetrics>,
+    access: Arc<AccessMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -26,9 +28,10 @@ pub async fn serve_admin(
                 let Ok((stream, _)) = accepted else { continue };
                 let metrics = metrics.clone();
                 let bridge = bridge.clone();
-                let listeners = listeners.clone();
+                let (listeners, access) = (listeners.clone(), access.clone());
                 tokio::spawn(async move {
-                    if let Err(error) = answer(stream, &metrics, bridge.as_deref(), &listeners).await {
+                    let extra = Extra { bridge: bridge.as_deref(), listeners: &listeners, access: &access };
+                    if let Err(error) = answer(stream, &metrics, extra).await {
                         debug!(%error, "admin request failed");
                     }
                 });
@@ -38,12 +41,14 @@ pub async fn serve_admin(
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-    bridge: Option<&BridgeMetrics>,
-    listeners: &ListenersMetrics,
-) -> std::io::Result<()> {
+/// The server's metrics besides the broker core's.
+struct Extra<'a> {
+    bridge: Option<&'a BridgeMetrics>,
+    listeners: &'a ListenersMetrics,
+    access: &'a AccessMetrics,
+}
+
+async fn answer(mut stream: TcpStream, metrics: &Metrics, extra: Extra<'_>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     // Only the request line matters; read until the end of the headers.
@@ -72,8 +77,9 @@ async fn answer(
         ("GET", "/healthz") | ("GET", "/readyz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/metrics") => {
             let mut text = metrics.render();
-            listeners.render(&mut text);
-            if let Some(bridge) = bridge {
+            extra.listeners.render(&mut text);
+            extra.access.render(&mut text);
+            if let Some(bridge) = extra.bridge {
                 bridge.render(&mut text);
             }
             ("200 OK", "text/plain; version=0.0.4", text)

@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use fleetmq_auth::{AclConfig, AclRules, Authenticator, JwtConfig, JwtVerifier, PasswordFile};
 use fleetmq_broker::persist;
 use fleetmq_broker::{BrokerConfig, QueueFullPolicy};
 use fleetmq_kafka::KafkaConfig;
@@ -51,6 +53,32 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     /// `[[listeners]]`: MQTT listeners besides `mqtt.listen` (TLS, WebSocket, ...).
     pub listeners: Vec<ListenerConfig>,
+    /// `[auth]`: who may connect.
+    pub auth: AuthConfig,
+    /// `[acl]`: what clients may publish and subscribe to.
+    pub acl: AclConfig,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether clients without credentials may connect.
+    pub allow_anonymous: bool,
+    /// `username:argon2-hash` lines, as `fleetmq passwd` writes them.
+    pub password_file: Option<PathBuf>,
+    /// `[auth.jwt]`: tokens as passwords.
+    pub jwt: Option<JwtConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: true,
+            password_file: None,
+            jwt: None,
+        }
+    }
 }
 
 /// One `[[listeners]]` entry.
@@ -144,6 +172,8 @@ impl Default for Config {
             storage: StorageConfig::default(),
             kafka: None,
             listeners: Vec::new(),
+            auth: AuthConfig::default(),
+            acl: AclConfig::default(),
         }
     }
 }
@@ -217,6 +247,9 @@ pub struct ValidConfig {
     pub max_connections: usize,
     pub broker: BrokerConfig,
     pub kafka: Option<KafkaConfig>,
+    pub auth: Arc<Authenticator>,
+    /// The node's access rules (a client's token may carry its own instead).
+    pub acl: Arc<AclRules>,
 }
 
 impl Config {
@@ -336,6 +369,21 @@ impl Config {
         if let Some(kafka) = &self.kafka {
             kafka.validate().map_err(|e| invalid(&e.key, e.problem))?;
         }
+        let from_auth = |e: fleetmq_auth::ConfigError| invalid(&e.key, e.problem);
+        let auth = Authenticator {
+            allow_anonymous: self.auth.allow_anonymous,
+            passwords: match &self.auth.password_file {
+                Some(path) => {
+                    Some(PasswordFile::load("auth.password_file", path).map_err(from_auth)?)
+                }
+                None => None,
+            },
+            jwt: match &self.auth.jwt {
+                Some(jwt) => Some(JwtVerifier::new("auth.jwt", jwt).map_err(from_auth)?),
+                None => None,
+            },
+        };
+        let acl = self.acl.build("acl").map_err(from_auth)?;
         Ok(ValidConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
@@ -362,6 +410,8 @@ impl Config {
                 outbox_capacity: 4096,
             },
             kafka: self.kafka.clone(),
+            auth: Arc::new(auth),
+            acl: Arc::new(acl),
         })
     }
 }
@@ -638,6 +688,20 @@ mod tests {
         assert!(err.contains("mqtt.listen"), "{err}");
         let err = Config::from_toml(&one("kind = \"tcp\"\nproxy = true")).unwrap_err();
         assert!(err.contains("proxy"), "{err}");
+    }
+
+    #[test]
+    fn auth_and_acl_errors_name_their_key() {
+        let err = listeners_error("[auth]\npassword_file = \"/nonexistent/passwd\"\n");
+        assert!(err.contains("auth.password_file"), "{err}");
+        let err = listeners_error("[auth.jwt]\nhs256_secret = \"short\"\n");
+        assert!(err.contains("auth.jwt.hs256_secret"), "{err}");
+        let err = listeners_error(
+            "[[acl.rules]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"a/#/b\"\n",
+        );
+        assert!(err.contains("acl.rules[0].topic"), "{err}");
+        let err = Config::from_toml("[acl]\nno_match = \"sometimes\"\n").unwrap_err();
+        assert!(err.contains("no_match"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use fleetmq_auth::{AclRules, Action, AuthError, Credentials, Identity, Who};
 use fleetmq_broker::{
     now_ms, AckKind, CloseReason, ConnId, ConnectRequest, ConnectionEnd, ConnectionHandle,
     DropReason, Event, Metrics, Outgoing, OutgoingPublish,
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::access::AccessMetrics;
 use crate::config::ValidConfig;
 use crate::listener::PeerInfo;
 
@@ -38,6 +40,7 @@ pub struct ConnectionContext {
     /// The Kafka bridge, when configured: PUBLISHes its rules take go there before
     /// the router, and the publisher's acknowledgement waits for it.
     pub egress: Option<Arc<Egress>>,
+    pub access: Arc<AccessMetrics>,
 }
 
 const CONNECT_PACKET_TYPE: u8 = 1;
@@ -115,6 +118,7 @@ pub async fn serve_connection<S>(
         unacked_incoming: HashSet::new(),
         held: VecDeque::new(),
         held_max: usize::from(ctx.config.broker.receive_maximum) + HELD_BEYOND_RECEIVE_MAXIMUM,
+        acl: ctx.config.acl.clone(),
         peer,
     };
     conn.run(shutdown).instrument(span).await;
@@ -145,6 +149,8 @@ struct Connection<S> {
     /// while the client goes on sending. At `held_max` the connection stops reading.
     held: VecDeque<HeldEvent>,
     held_max: usize,
+    /// The access rules for this client: the node's, or its token's.
+    acl: Arc<AclRules>,
     peer: PeerInfo,
 }
 
@@ -299,13 +305,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
         }
         self.client_id = client_id.clone();
-        // On a listener that names users by their client certificate, the CONNECT's
-        // username is not believed: the certificate's common name, or none.
-        self.username = if self.peer.cn_as_username {
-            self.peer.common_name.clone()
-        } else {
-            connect.username.clone()
+        let identity = match self.authenticate(&connect).await {
+            Ok(identity) => identity,
+            Err(error) => {
+                let (code, counter) = match &error {
+                    AuthError::BadCredentials(_) => (
+                        ReasonCode::BadUserNameOrPassword,
+                        &self.ctx.access.bad_credentials,
+                    ),
+                    AuthError::NotAuthorized(_) => {
+                        (ReasonCode::NotAuthorized, &self.ctx.access.not_authorized)
+                    }
+                };
+                AccessMetrics::count(counter);
+                info!(client_id = %client_id, %error, "authentication failed");
+                return self.refuse(code).await;
+            }
         };
+        self.username = identity.username;
+        if let Some(acl) = identity.acl {
+            self.acl = acl;
+        }
+        if let Some(will) = &connect.will {
+            if !self.allowed(Action::Publish, &will.topic) {
+                AccessMetrics::count(&self.ctx.access.not_authorized);
+                info!(client_id = %client_id, topic = %will.topic, "the access rules refuse the will's topic");
+                return self.refuse(ReasonCode::NotAuthorized).await;
+            }
+        }
         self.session_expiry = if v5 {
             props
                 .session_expiry_interval
@@ -414,6 +441,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             "client connected"
         );
         Some(end)
+    }
+
+    /// Who the client is: a verified certificate, a password, a token, or nobody. On a
+    /// listener that names users by certificate the CONNECT's username is not believed.
+    /// The check runs on a blocking thread where it verifies credentials (argon2 takes
+    /// tens of milliseconds on purpose).
+    fn authenticate(
+        &self,
+        connect: &Connect,
+    ) -> impl std::future::Future<Output = Result<Identity, AuthError>> + Send + 'static {
+        let auth = self.ctx.config.auth.clone();
+        let (username, certificate_user) = if self.peer.cn_as_username {
+            (None, self.peer.common_name.clone())
+        } else {
+            (connect.username.clone(), None)
+        };
+        let password = connect.password.clone();
+        async move {
+            let slow = auth.checks_credentials();
+            let check = move || {
+                auth.authenticate(Credentials {
+                    username: username.as_deref(),
+                    password: password.as_deref(),
+                    certificate_user: certificate_user.as_deref(),
+                })
+            };
+            if !slow {
+                return check();
+            }
+            tokio::task::spawn_blocking(check)
+                .await
+                .unwrap_or_else(|e| Err(AuthError::NotAuthorized(format!("the check failed: {e}"))))
+        }
+    }
+
+    /// Whether this client's access rules allow `action` on `target` (a topic for
+    /// PUBLISH, a filter without `$share/group/` for SUBSCRIBE).
+    fn allowed(&self, action: Action, target: &str) -> bool {
+        if self.acl.allows_everything() {
+            return true;
+        }
+        let who = Who {
+            username: self.username.as_deref(),
+            client_id: &self.client_id,
+        };
+        self.acl.check(action, target, who).allowed()
     }
 
     async fn refuse<T>(&mut self, code: ReasonCode) -> Option<T> {
@@ -568,9 +641,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         .packet_id
                         .is_some_and(|id| self.unacked_incoming.contains(&id));
                 let event = self.inbound_publish(publish)?;
-                let bridged = match resent {
-                    true => None,
-                    false => self.submit_to_bridge(&event).await,
+                let Some(event) = self.publish_access(event) else {
+                    return Ok(None);
+                };
+                let bridged = match (resent, &event) {
+                    (_, Event::RefusePublish { .. }) | (true, _) => None,
+                    (false, _) => self.submit_to_bridge(&event).await,
                 };
                 if bridged.is_some() || !self.held.is_empty() {
                     self.held.push_back(HeldEvent { event, bridged });
@@ -635,6 +711,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             });
         }
         Ok(None)
+    }
+
+    /// Applies the access rules to a PUBLISH: the event itself when allowed; when
+    /// refused, a QoS 0 message is dropped (`None`) and a QoS 1/2 one is answered in
+    /// turn with 0x87 (MQTT 3.1.1 has no refusal: a plain PUBACK/PUBREC, nothing
+    /// routed, as Mosquitto does), so that the client does not send it again.
+    fn publish_access(&mut self, event: Event) -> Option<Event> {
+        let Event::Publish { conn, publish } = &event else {
+            return Some(event);
+        };
+        if self.allowed(Action::Publish, &publish.topic) {
+            return Some(event);
+        }
+        AccessMetrics::count(&self.ctx.access.denied_publish);
+        debug!(topic = %publish.topic, "the access rules refuse the publish");
+        let packet_id = publish
+            .packet_id
+            .filter(|_| publish.qos != QoS::AtMostOnce)?;
+        self.unacked_incoming.remove(&packet_id);
+        Some(Event::RefusePublish {
+            conn: *conn,
+            kind: if publish.qos == QoS::ExactlyOnce {
+                AckKind::PubRec
+            } else {
+                AckKind::PubAck
+            },
+            packet_id,
+            reason: ReasonCode::NotAuthorized,
+        })
     }
 
     fn inbound_publish(&mut self, mut publish: Publish) -> Result<Event, Ending> {
@@ -795,7 +900,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     if filter.share_group().is_some() && item.options.no_local {
                         return Err(protocol_error("No Local on a shared subscription"));
                     }
-                    filters.push(Ok((filter, item.options)));
+                    if self.allowed(Action::Subscribe, filter.filter()) {
+                        filters.push(Ok((filter, item.options)));
+                    } else {
+                        AccessMetrics::count(&self.ctx.access.denied_subscribe);
+                        debug!(filter = %item.filter, "the access rules refuse the subscription");
+                        filters.push(Err(if self.version.is_v5() {
+                            ReasonCode::NotAuthorized
+                        } else {
+                            ReasonCode::UnspecifiedError
+                        }));
+                    }
                 }
                 None => {
                     debug!(filter = %item.filter, "invalid topic filter");

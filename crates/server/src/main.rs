@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+mod access;
 mod admin;
 mod config;
 mod connection;
@@ -42,6 +43,14 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Add a user to a password file (auth.password_file), or change their password.
+    /// The password is read from the terminal without echo, or as the first line of
+    /// standard input when that is not a terminal.
+    Passwd {
+        /// The password file; created (mode 0600) when missing.
+        file: PathBuf,
+        username: String,
     },
     /// Ask a running node about its cluster.
     Ctl {
@@ -261,6 +270,50 @@ fn ctl(grpc: &str, output: OutputFormat, command: CtlCommand) -> anyhow::Result<
         .context("cannot write to stdout")
 }
 
+fn passwd(file: &std::path::Path, username: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("password for {username}: "))?;
+        let again = rpassword::prompt_password("again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    let hash = fleetmq_auth::password::hash_password(password.as_bytes())
+        .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("read {}", file.display())),
+    };
+    let text =
+        fleetmq_auth::password::set_user(&text, username, &hash).map_err(|e| anyhow::anyhow!(e))?;
+    // Written beside the file and renamed over it: a reader never sees half a file.
+    let tmp = file.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut out = options
+            .open(&tmp)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        out.write_all(text.as_bytes())?;
+        out.sync_all()?;
+    }
+    std::fs::rename(&tmp, file).with_context(|| format!("replace {}", file.display()))?;
+    eprintln!("{}: {username} set", file.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -270,6 +323,7 @@ fn main() -> ExitCode {
             output,
             command,
         } => ctl(&grpc, output, command),
+        Command::Passwd { file, username } => passwd(&file, &username),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => Config::from_file(&file)

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
+use crate::access::AccessMetrics;
 use crate::admin::serve_admin;
 use crate::config::{StorageEngineKind, ValidConfig};
 use crate::connection::ConnectionContext;
@@ -179,11 +180,13 @@ pub async fn run(
             })
             .collect(),
     });
+    let access_metrics = Arc::new(AccessMetrics::default());
     let admin_task = tokio::spawn(serve_admin(
         admin,
         metrics.clone(),
         egress.as_ref().map(|(_, m)| m.clone()),
         listener_metrics.clone(),
+        access_metrics.clone(),
         shutdown_rx.clone(),
     ));
     let egress = egress.map(|(e, _)| e);
@@ -193,6 +196,7 @@ pub async fn run(
         next_conn_id: AtomicU64::new(1),
         config: config.clone(),
         egress: egress.clone(),
+        access: access_metrics.clone(),
     });
     // One limit for the node, shared by its listeners.
     let slots = Arc::new(Semaphore::new(config.max_connections));

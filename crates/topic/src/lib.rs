@@ -32,6 +32,7 @@
 
 mod error;
 mod filter;
+pub mod relation;
 mod trie;
 
 pub use error::TopicError;
