@@ -109,6 +109,15 @@ def _metric(broker, name: str, listener: str, transport: str) -> float:
     return broker.metrics().get(f'{name}{{listener="{listener}",transport="{transport}"}}', 0)
 
 
+def _wait_metric(broker, name: str, listener: str, transport: str, at_least: float) -> None:
+    """Waits until the counter reaches `at_least`: the server counts a failed handshake
+    after it has answered it."""
+    deadline = time.monotonic() + WAIT
+    while (value := _metric(broker, name, listener, transport)) < at_least:
+        assert time.monotonic() < deadline, f"{name}{{listener={listener}}} is {value}, not {at_least}"
+        time.sleep(0.05)
+
+
 def test_mosquitto_clients_over_tls_reach_plain_tcp_clients_and_back(secured, certs):
     broker, ports = secured
     sub = subprocess.Popen(
@@ -145,10 +154,7 @@ def test_plain_mqtt_on_the_tls_port_is_closed_and_counted(secured):
         except ConnectionResetError:
             pass
     assert b"\x20" not in answer[:1], f"no CONNACK may come back, got {answer!r}"
-    deadline = time.monotonic() + WAIT
-    while _metric(broker, "fleetmq_listener_handshake_failed_total", "tls", "tls") < 1:
-        assert time.monotonic() < deadline, "the failed handshake was not counted"
-        time.sleep(0.05)
+    _wait_metric(broker, "fleetmq_listener_handshake_failed_total", "tls", "tls", 1)
 
 
 def test_mutual_tls_takes_the_certificate_common_name_as_username(secured, certs):
@@ -172,7 +178,7 @@ def test_mutual_tls_takes_the_certificate_common_name_as_username(secured, certs
     assert rogue.returncode != 0, "a certificate from an untrusted CA got in"
     connected = [l for l in broker.log_tail().splitlines() if "client connected" in l]
     assert not any("mtls-none" in l or "mtls-rogue" in l for l in connected)
-    assert _metric(broker, "fleetmq_listener_handshake_failed_total", "mtls", "tls") >= 2
+    _wait_metric(broker, "fleetmq_listener_handshake_failed_total", "mtls", "tls", 2)
 
 
 def _paho(port: int, version: int, certs: Path | None, path: str = "/mqtt") -> tuple:
@@ -231,7 +237,7 @@ def test_websocket_upgrade_needs_the_path_and_the_mqtt_subprotocol(secured):
     assert " 404 " in _upgrade(ports["ws"], "/other", "mqtt") + " "
     assert " 400 " in _upgrade(ports["ws"], "/mqtt", None) + " "
     assert " 400 " in _upgrade(ports["ws"], "/mqtt", "chat") + " "
-    assert _metric(broker, "fleetmq_listener_handshake_failed_total", "ws", "ws") >= 3
+    _wait_metric(broker, "fleetmq_listener_handshake_failed_total", "ws", "ws", 3)
 
 
 def test_a_bad_tls_file_names_its_key(tmp_path, certs):
