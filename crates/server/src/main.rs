@@ -314,8 +314,57 @@ fn passwd(file: &std::path::Path, username: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `serve` flags and the variables that override them: (flag, variable, takes a value).
+const OVERRIDDEN_BY_ENV: [(&str, &str, bool); 11] = [
+    ("--config", "FLEETMQ_CONFIG", true),
+    ("--node-id", "FLEETMQ_NODE_ID", true),
+    (
+        "--node-id-from-hostname",
+        "FLEETMQ_NODE_ID_FROM_HOSTNAME",
+        false,
+    ),
+    ("--data-dir", "FLEETMQ_DATA_DIR", true),
+    ("--mqtt-listen", "FLEETMQ_MQTT_LISTEN", true),
+    ("--grpc-listen", "FLEETMQ_GRPC_LISTEN", true),
+    ("--admin-listen", "FLEETMQ_ADMIN_LISTEN", true),
+    ("--peers", "FLEETMQ_PEERS", true),
+    ("--storage", "FLEETMQ_STORAGE", true),
+    ("--log-level", "FLEETMQ_LOG", true),
+    ("--log-format", "FLEETMQ_LOG_FORMAT", true),
+];
+
+/// The command line with every flag whose `FLEETMQ_*` variable is set left out, so that
+/// the variable decides: variables override flags, flags override the file
+/// (docs/configuration.md). clap alone would let the flag win.
+fn args_with_env_precedence(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    var_is_set: impl Fn(&str) -> bool,
+) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy().into_owned();
+        let overridden = OVERRIDDEN_BY_ENV.iter().find(|(flag, var, _)| {
+            (text == *flag || text.starts_with(&format!("{flag}="))) && var_is_set(var)
+        });
+        match overridden {
+            Some((flag, _, true)) if text == *flag => {
+                args.next();
+            }
+            Some(_) => {}
+            None => out.push(arg),
+        }
+        if text == "--" {
+            out.extend(args.by_ref());
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args_with_env_precedence(std::env::args_os(), |var| {
+        std::env::var_os(var).is_some()
+    }));
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Ctl {
@@ -337,5 +386,40 @@ fn main() -> ExitCode {
             eprintln!("fleetmq: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn args(line: &str) -> Vec<OsString> {
+        line.split(' ').map(OsString::from).collect()
+    }
+
+    #[test]
+    fn a_set_variable_drops_its_flag_and_only_its_flag() {
+        let set = |var: &str| var == "FLEETMQ_NODE_ID" || var == "FLEETMQ_NODE_ID_FROM_HOSTNAME";
+        let kept = args_with_env_precedence(
+            args("fleetmq serve --node-id 3 --data-dir d --node-id=4 --node-id-from-hostname --peers 1=a:1"),
+            set,
+        );
+        assert_eq!(kept, args("fleetmq serve --data-dir d --peers 1=a:1"));
+        let none = args_with_env_precedence(args("fleetmq serve --node-id 3"), |_| false);
+        assert_eq!(none, args("fleetmq serve --node-id 3"));
+    }
+
+    #[test]
+    fn the_variable_wins_over_the_flag_after_parsing() {
+        let line = args_with_env_precedence(args("fleetmq serve --storage memory"), |v| {
+            v == "FLEETMQ_STORAGE"
+        });
+        let cli = Cli::try_parse_from(line).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("serve");
+        };
+        // Parsed without the flag, clap takes FLEETMQ_STORAGE (unset here: None).
+        assert_eq!(serve.storage, None);
     }
 }
