@@ -5,6 +5,7 @@
 #     certificates), a JDK and Maven (Kafka) and, when the
 #     python3 on PATH cannot create a virtual environment, python3-venv.
 #   - cargo-fuzz (for crates/codec/fuzz/run.sh), when `cargo +nightly fuzz` does not run.
+#   - helm (for the Helm chart checks), built with `go install` when missing.
 #   - A Python virtual environment at $FLEETMQ_VENV (default: <repo>/.venv) with the exact
 #     versions pinned in tests/python/requirements.txt.
 #
@@ -71,6 +72,16 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo +nightly install --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz \
         || die "cargo install cargo-fuzz failed"
     cargo +nightly fuzz --version >/dev/null 2>&1 || die "cargo fuzz does not run after install"
+fi
+
+# --- helm, for the chart checks (tests/python/test_deploy.py): built from the Go module
+# proxy (no prebuilt binaries can be downloaded here), once; cached in $(go env GOPATH)/bin.
+HELM_VERSION=v3.22.0
+GOBIN_DIR="$(go env GOPATH 2>/dev/null)/bin"
+if ! "$GOBIN_DIR/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION"; then
+    command -v go >/dev/null 2>&1 || die "Go is needed to build helm (golang from Debian, or the Go toolchain)"
+    log "building helm $HELM_VERSION from the Go module proxy (a few minutes, once)"
+    go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "go install helm failed"
 fi
 
 # --- Apache Kafka for the bridge tests (jars from Maven Central, cached) ------------------
