@@ -488,3 +488,49 @@ async fn a_cut_off_node_keeps_serving_qos0_and_clean_sessions_among_its_own_clie
         cluster.log_tails(30)
     );
 }
+
+/// `GET /readyz` on `node` until `want` (200 or 503), within `within`; the last answer.
+fn must_readyz(cluster: &Cluster, node: u64, want: u16, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = cluster.node(node).http_get("/readyz");
+        if let Ok((status, body)) = &answer {
+            if *status == want {
+                return body.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node}: /readyz did not answer {want} within {within:?}; last: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_is_not_ready_until_it_rejoins() {
+    let mut cluster = Cluster::start_proxied();
+    for cut in [Cut::Follower, Cut::Leader] {
+        let (m, majority) = choose(&mut cluster, cut);
+        must_isolate(&cluster, m);
+        // Within an election timeout or so it knows no leader (or, leading, hears no
+        // quorum), and says why.
+        let why = must_readyz(&cluster, m, 503, Duration::from_secs(10));
+        assert!(why.starts_with("not ready: "), "{why}");
+        for id in &majority {
+            must_readyz(&cluster, *id, 200, Duration::from_secs(10));
+        }
+        let metrics = cluster.node(m).metrics();
+        assert_eq!(metrics.value("fleetmq_ready", &[]), Some(0.0), "{cut:?}");
+        cluster.heal(m);
+        must_readyz(&cluster, m, 200, Duration::from_secs(15));
+        cluster.must_agree(&cluster.ids());
+        let leader = cluster.leader();
+        let metrics = cluster.node(leader).metrics();
+        assert_eq!(metrics.value("fleetmq_raft_is_leader", &[]), Some(1.0));
+        assert_eq!(
+            metrics.value("fleetmq_raft_leader_id", &[]),
+            Some(leader as f64)
+        );
+    }
+}

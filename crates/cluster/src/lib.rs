@@ -3,6 +3,7 @@
 
 pub mod committer;
 pub mod failover;
+pub mod health;
 pub mod leader_watch;
 pub mod network;
 pub mod node;

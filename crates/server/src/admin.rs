@@ -1,11 +1,15 @@
-//! The admin HTTP listener: `/healthz`, `/readyz` and `/metrics`. A deliberately
-//! small HTTP/1.1 responder; the JSON API arrives with the operations work.
+//! The admin HTTP listener: `/healthz` (the process answers), `/readyz` (joined and
+//! caught up: 503 with the reason otherwise) and `/metrics`. A deliberately small
+//! HTTP/1.1 responder; the JSON API arrives with the operations work.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleetmq_broker::Metrics;
+use fleetmq_cluster::health::RaftHealth;
+use fleetmq_cluster::TypeConfig;
 use fleetmq_kafka::BridgeMetrics;
+use openraft::Raft;
 
 use crate::access::AccessMetrics;
 use crate::listener::ListenersMetrics;
@@ -20,6 +24,7 @@ pub async fn serve_admin(
     bridge: Option<Arc<BridgeMetrics>>,
     listeners: Arc<ListenersMetrics>,
     access: Arc<AccessMetrics>,
+    raft: Option<Raft<TypeConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -28,9 +33,14 @@ pub async fn serve_admin(
                 let Ok((stream, _)) = accepted else { continue };
                 let metrics = metrics.clone();
                 let bridge = bridge.clone();
-                let (listeners, access) = (listeners.clone(), access.clone());
+                let (listeners, access, raft) = (listeners.clone(), access.clone(), raft.clone());
                 tokio::spawn(async move {
-                    let extra = Extra { bridge: bridge.as_deref(), listeners: &listeners, access: &access };
+                    let extra = Extra {
+                        bridge: bridge.as_deref(),
+                        listeners: &listeners,
+                        access: &access,
+                        raft: raft.as_ref(),
+                    };
                     if let Err(error) = answer(stream, &metrics, extra).await {
                         debug!(%error, "admin request failed");
                     }
@@ -46,6 +56,8 @@ struct Extra<'a> {
     bridge: Option<&'a BridgeMetrics>,
     listeners: &'a ListenersMetrics,
     access: &'a AccessMetrics,
+    /// The node's Raft group; none with the memory engine (always ready).
+    raft: Option<&'a Raft<TypeConfig>>,
 }
 
 async fn answer(mut stream: TcpStream, metrics: &Metrics, extra: Extra<'_>) -> std::io::Result<()> {
@@ -73,10 +85,25 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, extra: Extra<'_>) -> s
     let mut parts = request.split_whitespace();
     let method = parts.next().unwrap_or("");
     let path = parts.next().unwrap_or("");
+    let health = extra
+        .raft
+        .map(|raft| RaftHealth::read(&raft.metrics().borrow()));
     let (status, content_type, body) = match (method, path) {
-        ("GET", "/healthz") | ("GET", "/readyz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        // Ready: joined and caught up (fleetmq_cluster::health).
+        ("GET", "/readyz") => match health.as_ref().and_then(|h| h.not_ready.clone()) {
+            None => ("200 OK", "text/plain", "ready\n".to_string()),
+            Some(why) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         ("GET", "/metrics") => {
             let mut text = metrics.render();
+            if let Some(health) = &health {
+                health.render(&mut text);
+            }
             extra.listeners.render(&mut text);
             extra.access.render(&mut text);
             if let Some(bridge) = extra.bridge {

@@ -187,6 +187,7 @@ pub async fn run(
         egress.as_ref().map(|(_, m)| m.clone()),
         listener_metrics.clone(),
         access_metrics.clone(),
+        raft_node.as_ref().map(|node| node.raft.clone()),
         shutdown_rx.clone(),
     ));
     let egress = egress.map(|(e, _)| e);
