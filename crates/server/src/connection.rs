@@ -510,18 +510,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut deadline = grace.map(|g| Instant::now() + g);
         loop {
             // Packets already buffered are handled before reading more.
-            let ending = match self.handle_buffered().await {
-                Ok(None) => None,
-                Ok(Some(ending)) => Some(ending),
-                Err(ending) => return ending,
-            };
-            if let Some(ending) = ending {
-                if let Ending::ClientDisconnect { .. } = ending {
-                    if let Err(ending) = self.drain_held(shutdown).await {
-                        return ending;
-                    }
+            match self.handle_buffered().await {
+                Ok(None) => {}
+                Ok(Some(ending @ Ending::ClientDisconnect { .. })) => {
+                    return self.drain_held(shutdown).await.err().unwrap_or(ending);
                 }
-                return ending;
+                Ok(Some(ending)) | Err(ending) => return ending,
             }
             // While full of held events, the connection reads nothing, so the client's
             // silence is not its own: the keep-alive waits.
@@ -644,9 +638,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 let Some(event) = self.publish_access(event) else {
                     return Ok(None);
                 };
-                let bridged = match (resent, &event) {
-                    (_, Event::RefusePublish { .. }) | (true, _) => None,
-                    (false, _) => self.submit_to_bridge(&event).await,
+                // A refusal is not a PUBLISH: the bridge does not take it.
+                let bridged = match resent {
+                    true => None,
+                    false => self.submit_to_bridge(&event).await,
                 };
                 if bridged.is_some() || !self.held.is_empty() {
                     self.held.push_back(HeldEvent { event, bridged });
@@ -726,19 +721,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         AccessMetrics::count(&self.ctx.access.denied_publish);
         debug!(topic = %publish.topic, "the access rules refuse the publish");
+        self.refusal(*conn, publish, ReasonCode::NotAuthorized)
+    }
+
+    /// The refusal of a QoS 1/2 PUBLISH, answered in turn by the router with `reason`
+    /// in its PUBACK/PUBREC, the packet id freed; `None` for QoS 0 (nothing to answer).
+    fn refusal(&mut self, conn: ConnId, publish: &Publish, reason: ReasonCode) -> Option<Event> {
         let packet_id = publish
             .packet_id
             .filter(|_| publish.qos != QoS::AtMostOnce)?;
         self.unacked_incoming.remove(&packet_id);
+        let kind = match publish.qos {
+            QoS::ExactlyOnce => AckKind::PubRec,
+            _ => AckKind::PubAck,
+        };
         Some(Event::RefusePublish {
-            conn: *conn,
-            kind: if publish.qos == QoS::ExactlyOnce {
-                AckKind::PubRec
-            } else {
-                AckKind::PubAck
-            },
+            conn,
+            kind,
             packet_id,
-            reason: ReasonCode::NotAuthorized,
+            reason,
         })
     }
 
@@ -860,23 +861,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     _ => ReasonCode::UnspecifiedError,
                 };
                 warn!(topic = %publish.topic, %error, "the kafka bridge refused a publish");
-                let Some(packet_id) = publish.packet_id.filter(|_| publish.qos != QoS::AtMostOnce)
-                else {
+                if publish.qos == QoS::AtMostOnce {
                     return Ok(());
-                };
+                }
                 if !self.version.is_v5() {
                     return Err(Ending::Server(reason, Some(error.to_string())));
                 }
-                self.unacked_incoming.remove(&packet_id);
-                let kind = match publish.qos {
-                    QoS::ExactlyOnce => AckKind::PubRec,
-                    _ => AckKind::PubAck,
-                };
-                Event::RefusePublish {
-                    conn,
-                    kind,
-                    packet_id,
-                    reason,
+                match self.refusal(conn, &publish, reason) {
+                    Some(refusal) => refusal,
+                    None => return Ok(()),
                 }
             }
             // Only PUBLISHes are bridged.
