@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,6 +20,7 @@ use futures::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
@@ -162,9 +162,7 @@ impl Egress {
             if record.topic.is_empty() {
                 // The template names a topic level this message's topic lacks: no
                 // Kafka topic can take it, now or later, so it is not stored.
-                if let Some(c) = self.metrics.rule(&rule.name) {
-                    c.failed.fetch_add(1, Ordering::Relaxed);
-                }
+                self.metrics.count(&rule.name, |c| &c.failed);
                 warn!(rule = %rule.name, topic = %message.topic, "the kafka topic template renders empty for this message; not bridged");
                 if rule.ack == AckMode::AfterKafka {
                     return Err(BridgeError::NoKafkaTopic {
@@ -188,21 +186,7 @@ impl Egress {
             durable.await?;
             for (rule, delivery) in deliveries {
                 let result = delivery.await.map_err(|_| BridgeError::Stopped)?;
-                let counters = metrics.rule(&rule);
-                match result {
-                    Ok(_) => {
-                        if let Some(c) = counters {
-                            c.produced.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err((e, _)) => {
-                        if let Some(c) = counters {
-                            c.failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        error!(rule = %rule, error = %e, "kafka refused a record");
-                        return Err(BridgeError::Kafka(e));
-                    }
-                }
+                settle(&metrics, &rule, result).map_err(BridgeError::Kafka)?;
             }
             Ok(())
         })))
@@ -225,6 +209,26 @@ impl Egress {
         let _ = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(grace))).await;
         if let Err(e) = self.outbox.flush() {
             warn!(error = %e, "flushing the kafka outbox at shutdown failed");
+        }
+    }
+}
+
+/// Counts what Kafka said of one record of `rule`, and logs a refusal (for good: the
+/// producer never gives up on a record that can still be delivered).
+fn settle(
+    metrics: &BridgeMetrics,
+    rule: &str,
+    result: OwnedDeliveryResult,
+) -> Result<(), KafkaError> {
+    match result {
+        Ok(_) => {
+            metrics.count(rule, |c| &c.produced);
+            Ok(())
+        }
+        Err((e, _)) => {
+            metrics.count(rule, |c| &c.failed);
+            error!(rule = %rule, error = %e, "kafka refused a record for good");
+            Err(e)
         }
     }
 }
@@ -284,9 +288,7 @@ async fn run_drain(
                             Ok(delivery) => {
                                 if replayed > 0 {
                                     replayed -= 1;
-                                    if let Some(c) = metrics.rule(&record.rule) {
-                                        c.retried.fetch_add(1, Ordering::Relaxed);
-                                    }
+                                    metrics.count(&record.rule, |c| &c.retried);
                                 }
                                 in_flight.push_back((seq, record.rule, delivery));
                                 next = seq + 1;
@@ -295,9 +297,7 @@ async fn run_drain(
                                 // A record librdkafka will not take at all (bad topic
                                 // name, too large): it can never be produced.
                                 error!(rule = %record.rule, error = %e, "dropping a record kafka cannot take");
-                                if let Some(c) = metrics.rule(&record.rule) {
-                                    c.failed.fetch_add(1, Ordering::Relaxed);
-                                }
+                                metrics.count(&record.rule, |c| &c.failed);
                                 if let Err(e) = outbox.remove(&[seq]) {
                                     error!(error = %e, "removing a record from the kafka outbox failed");
                                 }
@@ -328,27 +328,17 @@ async fn run_drain(
             _ = stop.changed() => continue,
         };
         let mut done = Vec::new();
-        let mut settle = |seq: u64, rule: &str, result: Result<_, _>| {
-            let counters = metrics.rule(rule);
-            match result {
-                Ok(Ok(_)) => {
-                    if let Some(c) = counters {
-                        c.produced.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(Err((e, _))) => {
-                    error!(rule = %rule, error = %e, "kafka refused a record for good; dropped");
-                    if let Some(c) = counters {
-                        c.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                // The producer is gone (shutting down): keep the record for next time.
-                Err(_) => return,
-            }
+        let mut settle_in_flight = |seq: u64, rule: &str, result: Result<_, _>| {
+            // The producer is gone (shutting down): keep the record for next time.
+            let Ok(result) = result else {
+                return;
+            };
+            // Refused for good: dropped (settle logs and counts it).
+            let _ = settle(&metrics, rule, result);
             done.push(seq);
         };
         if let Some((seq, rule, _)) = in_flight.pop_front() {
-            settle(seq, &rule, result);
+            settle_in_flight(seq, &rule, result);
         }
         // Everything behind it that is already acknowledged, in one removal.
         while let Some((_, _, next_front)) = in_flight.front_mut() {
@@ -356,7 +346,7 @@ async fn run_drain(
                 break;
             };
             if let Some((seq, rule, _)) = in_flight.pop_front() {
-                settle(seq, &rule, result);
+                settle_in_flight(seq, &rule, result);
             }
         }
         if let Err(e) = outbox.remove(&done) {
@@ -369,6 +359,7 @@ async fn run_drain(
 mod tests {
     use super::*;
     use fleetmq_storage::MemoryEngine;
+    use std::sync::atomic::Ordering;
 
     /// Egress with the rules in `rules_toml`; nothing listens at its bootstrap address,
     /// so what reaches the outbox stays there.
@@ -444,7 +435,7 @@ ack = "after-kafka"
     }
 
     #[tokio::test]
-    async fn submissions_keep_their_order_in_the_outbox_without_waiting_for_each_fsync() {
+    async fn submissions_keep_their_order_in_the_outbox() {
         let (egress, _) = egress(
             r##"
 [[egress]]

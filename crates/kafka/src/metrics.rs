@@ -66,6 +66,14 @@ impl BridgeMetrics {
         self.rules.get(name)
     }
 
+    /// Adds one to the counter `pick` chooses of rule `name` (none for a rule the
+    /// configuration no longer has, as for a record an earlier run left).
+    pub fn count(&self, name: &str, pick: fn(&RuleMetrics) -> &AtomicU64) {
+        if let Some(counters) = self.rules.get(name) {
+            pick(counters).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a record of rule `name` into the outbox's per-rule depth; returns the
     /// rule's shared name to uncount it with (None: no such rule configured now, as
     /// for a record an earlier configuration left).
