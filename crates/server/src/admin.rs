@@ -85,13 +85,16 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, extra: Extra<'_>) -> s
     let mut parts = request.split_whitespace();
     let method = parts.next().unwrap_or("");
     let path = parts.next().unwrap_or("");
-    let health = extra
-        .raft
-        .map(|raft| RaftHealth::read(&raft.metrics().borrow()));
+    // Read only where it is answered: /healthz must not depend on Raft.
+    let health = || {
+        extra
+            .raft
+            .map(|raft| RaftHealth::read(&raft.metrics().borrow()))
+    };
     let (status, content_type, body) = match (method, path) {
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         // Ready: joined and caught up (fleetmq_cluster::health).
-        ("GET", "/readyz") => match health.as_ref().and_then(|h| h.not_ready.clone()) {
+        ("GET", "/readyz") => match health().and_then(|h| h.not_ready) {
             None => ("200 OK", "text/plain", "ready\n".to_string()),
             Some(why) => (
                 "503 Service Unavailable",
@@ -101,7 +104,7 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, extra: Extra<'_>) -> s
         },
         ("GET", "/metrics") => {
             let mut text = metrics.render();
-            if let Some(health) = &health {
+            if let Some(health) = health() {
                 health.render(&mut text);
             }
             extra.listeners.render(&mut text);

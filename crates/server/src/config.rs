@@ -423,10 +423,9 @@ impl Config {
         if !self.mqtt.listen.is_empty() {
             specs.push(ListenerSpec {
                 name: "mqtt".into(),
-                transport: Transport::Tcp,
                 listen: parse_addr("mqtt.listen", &self.mqtt.listen)?,
                 proxy_protocol: self.mqtt.proxy_protocol,
-                ws_path: String::new(),
+                ws_path: None,
                 tls: None,
             });
         }
@@ -464,23 +463,22 @@ impl Config {
                     format!("{listen} is also listener {:?}'s address", other.name),
                 ));
             }
-            let is_ws = matches!(transport, Transport::Ws | Transport::Wss);
-            let ws_path = match (&l.ws_path, is_ws) {
-                (Some(path), true) if path.starts_with('/') => path.clone(),
+            let ws_path = match (&l.ws_path, transport.uses_websocket()) {
+                (Some(path), true) if path.starts_with('/') => Some(path.clone()),
                 (Some(path), true) => {
                     return Err(invalid(
                         &key("ws_path"),
                         format!("{path:?} must start with /"),
                     ))
                 }
-                (None, true) => "/mqtt".to_string(),
+                (None, true) => Some("/mqtt".to_string()),
                 (Some(_), false) => {
                     return Err(invalid(
                         &key("ws_path"),
                         "only ws and wss listeners take one",
                     ))
                 }
-                (None, false) => String::new(),
+                (None, false) => None,
             };
             let tls = match (&l.tls, transport.uses_tls()) {
                 (Some(tls), true) => Some(TlsSettings::load(&key("tls"), tls)?),
@@ -497,7 +495,6 @@ impl Config {
             };
             specs.push(ListenerSpec {
                 name: l.name.as_str().into(),
-                transport,
                 listen,
                 proxy_protocol: l.proxy_protocol,
                 ws_path,
@@ -652,8 +649,8 @@ mod tests {
         let valid = config.validate().unwrap();
         let names: Vec<&str> = valid.listeners.iter().map(|l| &*l.name).collect();
         assert_eq!(names, ["mqtt", "ws"]);
-        assert_eq!(valid.listeners[1].ws_path, "/mqtt");
-        assert_eq!(valid.listeners[1].transport, Transport::Ws);
+        assert_eq!(valid.listeners[1].ws_path.as_deref(), Some("/mqtt"));
+        assert_eq!(valid.listeners[1].transport(), "ws");
 
         let one = |body: &str| {
             format!("[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:9000\"\n{body}")

@@ -130,7 +130,7 @@ pub async fn run(
         })?;
         info!(
             listener = %spec.name,
-            transport = spec.transport.label(),
+            transport = spec.transport(),
             addr = %listener.local_addr()?,
             proxy_protocol = spec.proxy_protocol,
             "mqtt listener ready"
@@ -174,7 +174,7 @@ pub async fn run(
             .map(|(_, spec)| {
                 (
                     spec.name.clone(),
-                    spec.transport.label(),
+                    spec.transport(),
                     Arc::new(ListenerMetrics::default()),
                 )
             })

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{timeout_at, Instant};
@@ -21,7 +22,7 @@ use tracing::{debug, warn};
 use crate::connection::{serve_connection, ConnectionContext};
 pub use tls::TlsSettings;
 
-/// How MQTT travels on a listener.
+/// How MQTT travels on a listener, as the configuration names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Tcp,
@@ -41,17 +42,12 @@ impl Transport {
         })
     }
 
-    pub fn label(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-            Transport::Ws => "ws",
-            Transport::Wss => "wss",
-        }
-    }
-
     pub fn uses_tls(self) -> bool {
         matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    pub fn uses_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
     }
 }
 
@@ -59,13 +55,24 @@ impl Transport {
 #[derive(Debug, Clone)]
 pub struct ListenerSpec {
     pub name: Arc<str>,
-    pub transport: Transport,
     pub listen: SocketAddr,
     pub proxy_protocol: bool,
-    /// The HTTP path of the WebSocket upgrade.
-    pub ws_path: String,
-    /// Set exactly when the transport uses TLS.
+    /// TLS listeners' settings.
     pub tls: Option<TlsSettings>,
+    /// WebSocket listeners' HTTP path of the upgrade.
+    pub ws_path: Option<String>,
+}
+
+impl ListenerSpec {
+    /// "tcp", "tls", "ws" or "wss", for logs and metric labels.
+    pub fn transport(&self) -> &'static str {
+        match (self.tls.is_some(), self.ws_path.is_some()) {
+            (false, false) => "tcp",
+            (true, false) => "tls",
+            (false, true) => "ws",
+            (true, true) => "wss",
+        }
+    }
 }
 
 /// Who is on the other end of a connection, as its transport learned it.
@@ -185,8 +192,7 @@ async fn open(
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + ctx.config.connect_timeout;
     let failed = |stage: &str, error: &dyn std::fmt::Display| {
-        metrics.handshake_failed.fetch_add(1, Ordering::Relaxed);
-        debug!(listener = %spec.name, %peer, stage, %error, "connection closed before MQTT");
+        handshake_failed(metrics, spec, peer, stage, error)
     };
     let mut info = PeerInfo {
         addr: peer,
@@ -202,19 +208,8 @@ async fn open(
             Err(_) => return failed("proxy", &"timed out"),
         }
     }
-    let max_packet = ctx.config.broker.max_packet_size as usize;
-    if !spec.transport.uses_tls() {
-        if spec.transport == Transport::Tcp {
-            return serve_connection(stream, info, ctx, shutdown).await;
-        }
-        return match timeout_at(deadline, ws::accept(stream, &spec.ws_path, max_packet)).await {
-            Ok(Ok(ws)) => serve_connection(ws, info, ctx, shutdown).await,
-            Ok(Err(error)) => failed("websocket", &error),
-            Err(_) => failed("websocket", &"timed out"),
-        };
-    }
     let Some(settings) = &spec.tls else {
-        return failed("tls", &"no TLS settings");
+        return serve_transport(stream, spec, info, ctx, metrics, shutdown, deadline).await;
     };
     let tls = match timeout_at(deadline, settings.acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -224,12 +219,41 @@ async fn open(
     if settings.cn_as_username {
         info.common_name = tls::common_name(tls.get_ref().1.peer_certificates());
     }
-    if spec.transport == Transport::Tls {
-        return serve_connection(tls, info, ctx, shutdown).await;
-    }
-    match timeout_at(deadline, ws::accept(tls, &spec.ws_path, max_packet)).await {
+    serve_transport(tls, spec, info, ctx, metrics, shutdown, deadline).await
+}
+
+/// Counts and logs a connection closed before MQTT began.
+fn handshake_failed(
+    metrics: &ListenerMetrics,
+    spec: &ListenerSpec,
+    peer: SocketAddr,
+    stage: &str,
+    error: &dyn std::fmt::Display,
+) {
+    metrics.handshake_failed.fetch_add(1, Ordering::Relaxed);
+    debug!(listener = %spec.name, %peer, stage, %error, "connection closed before MQTT");
+}
+
+/// The MQTT connection on `stream`, after the WebSocket upgrade on a WebSocket listener.
+async fn serve_transport<S>(
+    stream: S,
+    spec: &ListenerSpec,
+    info: PeerInfo,
+    ctx: Arc<ConnectionContext>,
+    metrics: &ListenerMetrics,
+    shutdown: watch::Receiver<bool>,
+    deadline: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(path) = &spec.ws_path else {
+        return serve_connection(stream, info, ctx, shutdown).await;
+    };
+    let max_packet = ctx.config.broker.max_packet_size as usize;
+    let peer = info.addr;
+    match timeout_at(deadline, ws::accept(stream, path, max_packet)).await {
         Ok(Ok(ws)) => serve_connection(ws, info, ctx, shutdown).await,
-        Ok(Err(error)) => failed("websocket", &error),
-        Err(_) => failed("websocket", &"timed out"),
+        Ok(Err(error)) => handshake_failed(metrics, spec, peer, "websocket", &error),
+        Err(_) => handshake_failed(metrics, spec, peer, "websocket", &"timed out"),
     }
 }
