@@ -12,6 +12,8 @@
 //! rule naming `%u` does not apply to a client without a username, nor to one whose
 //! username or client id holds `+`, `#` or `/` (it would widen the pattern).
 
+use std::borrow::Cow;
+
 use fleetmq_topic::relation::{covers, overlaps};
 use fleetmq_topic::TopicFilter;
 use serde::Deserialize;
@@ -154,19 +156,20 @@ impl AclRule {
         self
     }
 
-    /// The pattern with `%u` and `%c` filled in for `who`; `None` when it cannot be.
-    fn pattern_for(&self, who: Who<'_>) -> Option<String> {
+    /// The pattern with `%u` and `%c` filled in for `who` (borrowed, without a copy,
+    /// when it has neither); `None` when it cannot be.
+    fn pattern_for(&self, who: Who<'_>) -> Option<Cow<'_, str>> {
         let unsafe_value = |v: &str| v.contains(['+', '#', '/']);
-        let mut pattern = self.pattern.clone();
+        let mut pattern = Cow::Borrowed(self.pattern.as_str());
         if pattern.contains("%u") {
             let user = who.username.filter(|u| !unsafe_value(u))?;
-            pattern = pattern.replace("%u", user);
+            pattern = Cow::Owned(pattern.replace("%u", user));
         }
         if pattern.contains("%c") {
             if unsafe_value(who.client_id) {
                 return None;
             }
-            pattern = pattern.replace("%c", who.client_id);
+            pattern = Cow::Owned(pattern.replace("%c", who.client_id));
         }
         Some(pattern)
     }
@@ -189,12 +192,11 @@ impl AclRule {
         let Some(pattern) = self.pattern_for(who) else {
             return false;
         };
+        // A topic name is a filter without wildcards: the pattern matches it exactly
+        // when it covers it, so PUBLISH needs no parsing per message either.
         match (action, self.permission) {
-            (Action::Publish, _) => {
-                TopicFilter::parse(&pattern).is_ok_and(|filter| filter.matches(target))
-            }
-            (Action::Subscribe, Permission::Allow) => covers(&pattern, target),
             (Action::Subscribe, Permission::Deny) => overlaps(&pattern, target),
+            _ => covers(&pattern, target),
         }
     }
 }
