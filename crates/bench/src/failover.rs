@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use crate::fleetmq::{cluster_status, status_client, Cluster, LogIssues, NodeMetrics, RaftState};
 use crate::payload::{us_of, Stamp};
 use crate::publisher::{lock, Publisher, PublisherSpec};
-use crate::stats::{Aim, Spread};
+use crate::stats::{self, Aim, Spread};
 use crate::sysinfo::{self, note, LoadGate};
 use crate::{clients, parse_duration, Common, Outcome};
 
@@ -237,23 +237,8 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
             text.push_str(&format!("  {label:<17} median {}\n", s.line(0, "ms")));
         }
     }
-    for a in &aims {
-        text.push_str(&format!(
-            "  aim: {} -> {} ({})\n",
-            a.aim,
-            a.measured,
-            if a.met { "met" } else { "MISSED" }
-        ));
-    }
-    let runs_json = runs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| match r {
-            Ok(r) => serde_json::to_value(r)
-                .unwrap_or_else(|e| json!({"run": i + 1, "error": e.to_string()})),
-            Err(e) => json!({"run": i + 1, "error": e}),
-        })
-        .collect();
+    text.push_str(&stats::aim_lines(&aims));
+    let runs_json = stats::runs_json(&runs);
     Ok(Outcome {
         scenario: "failover",
         params: json!({

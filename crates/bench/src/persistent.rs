@@ -193,9 +193,7 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
         }
     }
     let ok: Vec<&RunResult> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let mut summary: BTreeMap<&'static str, Spread> = BTreeMap::new();
-    type Figure = (&'static str, fn(&RunResult) -> f64);
-    let figures: [Figure; 12] = [
+    let figures: [stats::Figure<RunResult>; 12] = [
         ("delivered_per_s", |r| r.delivered_per_s),
         ("acked_per_s", |r| r.acked_per_s),
         ("puback_p50_ms", |r| r.puback_latency.p50_ms),
@@ -209,11 +207,7 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
         ("lost", |r| r.lost as f64),
         ("load1_at_start", |r| r.load.load1_at_start),
     ];
-    for (key, f) in figures {
-        if let Some(s) = Spread::of(&ok.iter().map(|r| f(r)).collect::<Vec<_>>()) {
-            summary.insert(key, s);
-        }
-    }
+    let summary = stats::summarize(&ok, &figures);
     let aims = aims(args, &summary);
     let mut text = String::new();
     text.push_str(&format!(
@@ -256,31 +250,9 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
         ("CPU per 1M msgs", "cpu_s_per_million", 1, "s"),
         ("broker RSS (sum)", "rss_mib_total", 0, "MiB"),
     ];
-    for (label, key, decimals, unit) in lines {
-        if let Some(s) = summary.get(key) {
-            text.push_str(&format!(
-                "  {label:<17} median {}\n",
-                s.line(decimals, unit)
-            ));
-        }
-    }
-    for a in &aims {
-        text.push_str(&format!(
-            "  aim: {} -> {} ({})\n",
-            a.aim,
-            a.measured,
-            if a.met { "met" } else { "MISSED" }
-        ));
-    }
-    let runs_json: Vec<serde_json::Value> = runs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| match r {
-            Ok(r) => serde_json::to_value(r)
-                .unwrap_or_else(|e| json!({"run": i + 1, "error": e.to_string()})),
-            Err(e) => json!({"run": i + 1, "error": e}),
-        })
-        .collect();
+    text.push_str(&stats::median_lines(&summary, &lines));
+    text.push_str(&stats::aim_lines(&aims));
+    let runs_json = stats::runs_json(&runs);
     Ok(Outcome {
         scenario: "persistent-qos1",
         params: json!({

@@ -1,7 +1,10 @@
 //! Latency histograms and the summary of repeated runs.
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use serde_json::json;
 
 /// Largest latency a histogram holds, in microseconds (larger values are clamped).
 const MAX_LATENCY_US: u64 = 600_000_000;
@@ -119,6 +122,60 @@ pub struct Aim {
     pub aim: String,
     pub measured: String,
     pub met: bool,
+}
+
+/// A figure of a run: its key in the summary and how to read it.
+pub type Figure<R> = (&'static str, fn(&R) -> f64);
+
+/// The spread of each figure over `runs` (those that went through).
+pub fn summarize<R>(runs: &[&R], figures: &[Figure<R>]) -> BTreeMap<&'static str, Spread> {
+    figures
+        .iter()
+        .filter_map(|(key, f)| {
+            Spread::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>()).map(|s| (*key, s))
+        })
+        .collect()
+}
+
+/// One "label  median ..." line per `(label, key, decimals, unit)` the summary has.
+pub fn median_lines(
+    summary: &BTreeMap<&'static str, Spread>,
+    lines: &[(&str, &str, usize, &str)],
+) -> String {
+    lines
+        .iter()
+        .filter_map(|(label, key, decimals, unit)| {
+            summary
+                .get(key)
+                .map(|s| format!("  {label:<17} median {}\n", s.line(*decimals, unit)))
+        })
+        .collect()
+}
+
+/// One line per aim: what it asks, what was measured, met or MISSED.
+pub fn aim_lines(aims: &[Aim]) -> String {
+    aims.iter()
+        .map(|a| {
+            format!(
+                "  aim: {} -> {} ({})\n",
+                a.aim,
+                a.measured,
+                if a.met { "met" } else { "MISSED" }
+            )
+        })
+        .collect()
+}
+
+/// Every run as JSON: its figures, or the error that stopped it.
+pub fn runs_json<R: Serialize>(runs: &[Result<R, String>]) -> Vec<serde_json::Value> {
+    runs.iter()
+        .enumerate()
+        .map(|(i, r)| match r {
+            Ok(r) => serde_json::to_value(r)
+                .unwrap_or_else(|e| json!({"run": i + 1, "error": e.to_string()})),
+            Err(e) => json!({"run": i + 1, "error": e}),
+        })
+        .collect()
 }
 
 #[cfg(test)]
