@@ -25,8 +25,10 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A broker with one egress rule taking `t14/<run>/+/temp` to Kafka topic `t14-<run>`.
-fn bridged_broker(run: &str, bootstrap: &str) -> BrokerProcess {
+/// A broker with one egress rule, "temperature", taking `t14/<run>/+/temp` to Kafka
+/// topic `t14-<run>`; `rule` is TOML added to the rule (its ack mode), `tables` TOML
+/// added after it (`[kafka.outbox]`).
+fn bridged_broker_with(run: &str, bootstrap: &str, rule: &str, tables: &str) -> BrokerProcess {
     let config = format!(
         r#"
 [kafka]
@@ -36,9 +38,15 @@ bootstrap_servers = "{bootstrap}"
 name = "temperature"
 mqtt_filter = "t14/{run}/+/temp"
 kafka_topic = "t14-{run}"
+{rule}
+{tables}
 "#
     );
     BrokerProcess::start(BrokerOptions::new().config(&config))
+}
+
+fn bridged_broker(run: &str, bootstrap: &str) -> BrokerProcess {
+    bridged_broker_with(run, bootstrap, "", "")
 }
 
 /// Publishes `per_device` QoS 1 messages from each device, interleaved, and waits for
@@ -198,19 +206,7 @@ async fn with_ack_after_kafka_an_outage_holds_back_acknowledgements_not_the_conn
     let _one = ONE_AT_A_TIME.lock().await;
     let bootstrap = must_start_kafka();
     let run = unique_id("a");
-    let config = format!(
-        r#"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-
-[[kafka.egress]]
-name = "temperature"
-mqtt_filter = "t14/{run}/+/temp"
-kafka_topic = "t14-{run}"
-ack = "after-kafka"
-"#
-    );
-    let broker = BrokerProcess::start(BrokerOptions::new().config(&config));
+    let broker = bridged_broker_with(&run, &bootstrap, r#"ack = "after-kafka""#, "");
     // The first record creates the Kafka topic while Kafka is up.
     publish_from(&broker, &run, &["d1"], 0..1).await;
     must_kafka_sh(&["stop"]);
@@ -282,23 +278,12 @@ ack = "after-kafka"
 async fn a_full_outbox_refuses_mqtt5_publishes_with_0x97_in_turn() {
     // Nothing listens at the bootstrap address: every record stays in the outbox.
     let run = unique_id("f");
-    let config = format!(
-        r#"
-[kafka]
-bootstrap_servers = "127.0.0.1:{port}"
-
-[kafka.outbox]
-max_records = 5
-when_full = "refuse"
-
-[[kafka.egress]]
-name = "temperature"
-mqtt_filter = "t14/{run}/+/temp"
-kafka_topic = "t14-{run}"
-"#,
-        port = free_port()
+    let broker = bridged_broker_with(
+        &run,
+        &format!("127.0.0.1:{}", free_port()),
+        "",
+        "[kafka.outbox]\nmax_records = 5\nwhen_full = \"refuse\"",
     );
-    let broker = BrokerProcess::start(BrokerOptions::new().config(&config));
     let mut device = V5Client::must_connect(&broker, &format!("{run}-d1")).await;
     for seq in 0..8 {
         device
