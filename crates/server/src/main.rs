@@ -409,17 +409,4 @@ mod tests {
         let none = args_with_env_precedence(args("fleetmq serve --node-id 3"), |_| false);
         assert_eq!(none, args("fleetmq serve --node-id 3"));
     }
-
-    #[test]
-    fn the_variable_wins_over_the_flag_after_parsing() {
-        let line = args_with_env_precedence(args("fleetmq serve --storage memory"), |v| {
-            v == "FLEETMQ_STORAGE"
-        });
-        let cli = Cli::try_parse_from(line).unwrap();
-        let Command::Serve(serve) = cli.command else {
-            panic!("serve");
-        };
-        // Parsed without the flag, clap takes FLEETMQ_STORAGE (unset here: None).
-        assert_eq!(serve.storage, None);
-    }
 }
