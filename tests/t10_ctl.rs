@@ -1,5 +1,5 @@
-//! `fleetmq ctl` against running nodes: `status` (members, leader and state) and
-//! `members list|add|remove`, for people and as JSON.
+//! `fleetmq ctl` against running nodes, through their admin API: `status` (members,
+//! leader and state) and `members list|add|remove`, for people and as JSON.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -19,8 +19,9 @@ fn ctl(args: &[&str]) -> std::process::Output {
 fn status_shows_the_single_node_as_leader_and_only_member() {
     let broker = BrokerProcess::start_default();
     let grpc = broker.grpc_addr.to_string();
+    let admin = broker.admin_addr.to_string();
 
-    let out = ctl(&["status", "--grpc", &grpc, "--output", "json"]);
+    let out = ctl(&["status", "--admin", &admin, "--output", "json"]);
     assert!(
         out.status.success(),
         "ctl failed: {}",
@@ -37,7 +38,10 @@ fn status_shows_the_single_node_as_leader_and_only_member() {
     assert_eq!(members[0]["address"], grpc.as_str());
     assert!(status["last_applied"].as_u64().is_some_and(|i| i >= 1));
 
-    let out = ctl(&["--grpc", &grpc, "status"]);
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["draining"], false);
+
+    let out = ctl(&["--admin", &admin, "status"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("node 1 is leader"), "{text}");
@@ -47,11 +51,11 @@ fn status_shows_the_single_node_as_leader_and_only_member() {
 
 #[test]
 fn status_of_an_unreachable_node_fails_and_says_where() {
-    let out = ctl(&["status", "--grpc", "127.0.0.1:1"]);
+    let out = ctl(&["status", "--admin", "127.0.0.1:1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("127.0.0.1:1") && err.contains("--grpc"),
+        err.contains("127.0.0.1:1") && err.contains("--admin"),
         "{err}"
     );
 }
@@ -94,8 +98,9 @@ fn roles(value: &serde_json::Value) -> Vec<(u64, String)> {
 fn members_list_shows_the_single_node_as_leader() {
     let broker = BrokerProcess::start_default();
     let grpc = broker.grpc_addr.to_string();
+    let admin = broker.admin_addr.to_string();
 
-    let list = must_ctl_json(&["members", "list", "--grpc", &grpc]);
+    let list = must_ctl_json(&["members", "list", "--admin", &admin]);
     assert_eq!(list["leader_id"], 1);
     assert_eq!(roles(&list), vec![(1, "leader".to_owned())]);
     assert_eq!(list["members"][0]["address"], grpc.as_str());
@@ -104,7 +109,7 @@ fn members_list_shows_the_single_node_as_leader() {
     assert_eq!(list["members"][0]["state"], "leader");
     assert!(list["members"][0]["last_applied"].as_u64().is_some());
 
-    let text = must_ctl(&["--grpc", &grpc, "members", "list"]);
+    let text = must_ctl(&["--admin", &admin, "members", "list"]);
     assert!(text.contains("leader: 1"), "{text}");
     assert!(text.contains(&grpc) && text.contains("leader"), "{text}");
 }
@@ -112,28 +117,28 @@ fn members_list_shows_the_single_node_as_leader() {
 #[test]
 fn members_changes_that_cannot_be_made_fail_with_the_reason() {
     let broker = BrokerProcess::start_default();
-    let grpc = broker.grpc_addr.to_string();
+    let admin = broker.admin_addr.to_string();
 
-    let out = ctl(&["members", "remove", "1", "--grpc", &grpc]);
+    let out = ctl(&["members", "remove", "1", "--admin", &admin]);
     assert!(!out.status.success(), "removing the only voter must fail");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("removing node 1") && err.contains(&grpc),
+        err.contains("removing node 1") && err.contains(&admin),
         "{err}"
     );
 
-    let out = ctl(&["members", "remove", "7", "--grpc", &grpc]);
+    let out = ctl(&["members", "remove", "7", "--admin", &admin]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("node 7 is not a member"), "{err}");
 
-    let out = ctl(&["members", "add", "2", "no-port", "--grpc", &grpc]);
+    let out = ctl(&["members", "add", "2", "no-port", "--admin", &admin]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a host:port address"), "{err}");
 
     // Nothing changed.
-    let list = must_ctl_json(&["members", "list", "--grpc", &grpc]);
+    let list = must_ctl_json(&["members", "list", "--admin", &admin]);
     assert_eq!(roles(&list), vec![(1, "leader".to_owned())]);
 }
 
@@ -141,11 +146,14 @@ fn members_changes_that_cannot_be_made_fail_with_the_reason() {
 fn members_add_and_remove_a_second_node_through_either_node() {
     let first = BrokerProcess::start_default();
     let first_grpc = first.grpc_addr.to_string();
+    let first_admin = first.admin_addr.to_string();
     // A node that knows the cluster but is not in it yet: it is not the lowest id, so
     // it waits to be added instead of starting a group of its own.
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let second_grpc_addr = loopback(free_port());
     let second_grpc = second_grpc_addr.to_string();
+    let second_admin_addr = loopback(free_port());
+    let second_admin = second_admin_addr.to_string();
     let mut second = BrokerProcess::launch(
         BrokerOptions::new()
             .node_id(2)
@@ -153,17 +161,13 @@ fn members_add_and_remove_a_second_node_through_either_node() {
                 "--peers".to_owned(),
                 format!("1={first_grpc},2={second_grpc}"),
             ])
-            .addrs(
-                loopback(free_port()),
-                loopback(free_port()),
-                second_grpc_addr,
-            ),
+            .addrs(loopback(free_port()), second_admin_addr, second_grpc_addr),
     )
     .expect("launch node 2");
     assert_eq!(second.grpc_addr.to_string(), second_grpc);
 
     // The leader waits until node 2 has caught up, however long node 2 takes to start.
-    let added = must_ctl_json(&["members", "add", "2", &second_grpc, "--grpc", &first_grpc]);
+    let added = must_ctl_json(&["members", "add", "2", &second_grpc, "--admin", &first_admin]);
     assert_eq!(
         roles(&added),
         vec![(1, "leader".to_owned()), (2, "voter".to_owned())]
@@ -178,7 +182,7 @@ fn members_add_and_remove_a_second_node_through_either_node() {
     // The new member knows the membership and the leader.
     let deadline = std::time::Instant::now() + fleetmq_tests::WAIT;
     loop {
-        let list = must_ctl_json(&["members", "list", "--grpc", &second_grpc]);
+        let list = must_ctl_json(&["members", "list", "--admin", &second_admin]);
         if list["leader_id"] == 1
             && roles(&list) == vec![(1, "leader".to_owned()), (2, "voter".to_owned())]
         {
@@ -192,8 +196,8 @@ fn members_add_and_remove_a_second_node_through_either_node() {
     }
 
     // Asked through the follower, `remove` follows its answer to the leader.
-    let text = must_ctl(&["members", "remove", "2", "--grpc", &second_grpc]);
+    let text = must_ctl(&["members", "remove", "2", "--admin", &second_admin]);
     assert!(text.contains("node 2 removed"), "{text}");
-    let list = must_ctl_json(&["members", "list", "--grpc", &first_grpc]);
+    let list = must_ctl_json(&["members", "list", "--admin", &first_admin]);
     assert_eq!(roles(&list), vec![(1, "leader".to_owned())]);
 }

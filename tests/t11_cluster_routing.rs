@@ -578,8 +578,8 @@ async fn ctl_members_list_shows_every_nodes_state() {
         .expect("a follower");
     let list = |cluster: &Cluster| -> serde_json::Value {
         let out = std::process::Command::new(fleetmq_tests::broker_binary())
-            .args(["ctl", "members", "list", "--output", "json", "--grpc"])
-            .arg(cluster.node(asked).grpc_addr.to_string())
+            .args(["ctl", "members", "list", "--output", "json", "--admin"])
+            .arg(cluster.node(asked).admin_addr.to_string())
             .output()
             .expect("run fleetmq ctl");
         assert!(

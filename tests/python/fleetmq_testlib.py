@@ -260,6 +260,7 @@ class Connack:
 class Disconnected:
     reason_code: int
     properties: Properties | None
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -636,7 +637,7 @@ class ClusterNode(Broker):
     def status(self, timeout: float = 10.0) -> dict:
         """`fleetmq ctl status --output json` of this node."""
         out = subprocess.run(
-            [str(self.binary), "ctl", "status", "--grpc", f"{self.host}:{self.grpc_port}",
+            [str(self.binary), "ctl", "status", "--admin", f"{self.host}:{self.admin_port}",
              "--output", "json"],
             capture_output=True, timeout=timeout, env=self._env(), check=False)
         if out.returncode != 0:

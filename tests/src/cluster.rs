@@ -195,23 +195,23 @@ pub fn ctl(args: &[&str], timeout: Duration) -> Result<Output, String> {
         .map_err(|e| format!("read the output of fleetmq ctl: {e}"))
 }
 
-/// `fleetmq ctl status --grpc ADDR --output json`, parsed.
-pub fn status_at(grpc: SocketAddr) -> Result<NodeStatus, String> {
-    let addr = grpc.to_string();
+/// `fleetmq ctl status --admin ADDR --output json`, parsed.
+pub fn status_at(admin: SocketAddr) -> Result<NodeStatus, String> {
+    let addr = admin.to_string();
     let out = ctl(
-        &["status", "--grpc", &addr, "--output", "json"],
+        &["status", "--admin", &addr, "--output", "json"],
         Duration::from_secs(10),
     )?;
     if !out.status.success() {
         return Err(format!(
-            "ctl status --grpc {addr} failed ({}): {}",
+            "ctl status --admin {addr} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
         format!(
-            "ctl status --grpc {addr} printed no JSON ({e}): {}",
+            "ctl status --admin {addr} printed no JSON ({e}): {}",
             String::from_utf8_lossy(&out.stdout)
         )
     })?;
@@ -622,7 +622,7 @@ impl Cluster {
 
     /// `fleetmq ctl status` of node `id`.
     pub fn status(&self, id: u64) -> Result<NodeStatus, String> {
-        status_at(self.node(id).grpc_addr)
+        status_at(self.node(id).admin_addr)
     }
 
     /// `fleetmq ctl status` of node `id`; panics with the node's log when it fails.

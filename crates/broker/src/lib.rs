@@ -4,6 +4,7 @@
 //! drain a bounded outbox per connection ([`ConnectionHandle`]); it writes to
 //! storage through [`fleetmq_storage::KvEngine`], group-committed.
 
+pub mod admin;
 pub mod config;
 pub mod connection;
 pub mod message;
@@ -14,6 +15,7 @@ pub mod router;
 pub mod service;
 pub mod session;
 
+pub use admin::{AdminRequest, RetainedView, SessionDetail, SessionView, SubscriptionView};
 pub use config::{BrokerConfig, QueueFullPolicy};
 pub use connection::{AckKind, ConnId, ConnectionEnd, ConnectionHandle, Outgoing, OutgoingPublish};
 pub use message::{now_ms, Message, MessageProperties};

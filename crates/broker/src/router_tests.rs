@@ -12,6 +12,7 @@ use fleetmq_storage::{KvEngine, MemoryEngine};
 use fleetmq_topic::TopicFilter;
 use tokio::sync::oneshot;
 
+use crate::admin::AdminRequest;
 use crate::config::{BrokerConfig, QueueFullPolicy};
 use crate::connection::{ConnectionEnd, ConnectionHandle, Outgoing, OutgoingPublish};
 use crate::metrics::{DropReason, Metrics};
@@ -670,4 +671,104 @@ fn completed_deliveries_leave_no_stored_messages() {
         .scan_prefix(persist::MESSAGES, &[])
         .unwrap()
         .is_empty());
+}
+
+/// Sends an admin request and settles the round, as the service does.
+fn ask<T>(h: &mut Harness, make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> T {
+    let (tx, mut rx) = oneshot::channel();
+    h.router.handle(Event::Admin(make(tx)));
+    h.settle();
+    rx.try_recv().expect("the router answers at once")
+}
+
+#[test]
+fn admin_sees_a_session_with_its_subscriptions_and_queue() {
+    let mut h = Harness::new(BrokerConfig::default());
+    let sub = h.connect("dev-1", ProtocolVersion::V5, false, 600);
+    h.subscribe(&sub, "b/#", opts(QoS::AtLeastOnce), Some(7));
+    h.subscribe(&sub, "a/+", opts(QoS::AtMostOnce), None);
+    h.disconnect(sub, false);
+    let publisher = h.connect("pub", ProtocolVersion::V5, true, 0);
+    h.publish(&publisher, "b/1", "queued", QoS::AtLeastOnce, 1);
+
+    let view = ask(&mut h, |reply| AdminRequest::Session {
+        client_id: "dev-1".into(),
+        reply,
+    })
+    .expect("the session exists");
+    assert!(!view.connected && view.persistent);
+    let detail = view.detail.expect("held here");
+    assert_eq!((detail.queued, detail.expiry_interval), (1, 600));
+    assert!(detail.disconnected_at_ms.is_some());
+    let filters: Vec<(&str, Option<u32>)> = view
+        .subscriptions
+        .iter()
+        .map(|s| (s.filter.as_str(), s.subscription_id))
+        .collect();
+    assert_eq!(filters, [("a/+", None), ("b/#", Some(7))]);
+
+    let none = ask(&mut h, |reply| AdminRequest::Session {
+        client_id: "nobody".into(),
+        reply,
+    });
+    assert!(none.is_none());
+    let all = ask(&mut h, |reply| AdminRequest::Subscriptions {
+        client_id: None,
+        limit: 1,
+        reply,
+    });
+    assert_eq!(all.len(), 1, "the limit holds");
+}
+
+#[test]
+fn admin_lists_retained_by_filter_and_deletes_durably_without_routing() {
+    let mut h = Harness::new(BrokerConfig::default());
+    let publisher = h.connect("pub", ProtocolVersion::V5, true, 0);
+    for (topic, payload) in [("r/b", "2"), ("r/a", "1"), ("other", "3")] {
+        h.publish_retained(&publisher, topic, payload, QoS::AtLeastOnce, 1);
+    }
+    let mut sub = h.connect("sub", ProtocolVersion::V5, true, 0);
+    h.subscribe(
+        &sub,
+        "r/#",
+        SubscriptionOptions {
+            retain_handling: RetainHandling::DoNotSend,
+            ..opts(QoS::AtLeastOnce)
+        },
+        None,
+    );
+    let listed = ask(&mut h, |reply| AdminRequest::Retained {
+        filter: TopicFilter::parse("r/#").unwrap(),
+        limit: 10,
+        reply,
+    });
+    let topics: Vec<&str> = listed.iter().map(|r| &*r.topic).collect();
+    assert_eq!(topics, ["r/a", "r/b"]);
+
+    let (existed_tx, mut existed) = oneshot::channel();
+    let (done_tx, mut done) = oneshot::channel();
+    h.router.handle(Event::Admin(AdminRequest::DeleteRetained {
+        topic: Arc::from("r/a"),
+        existed: existed_tx,
+        done: done_tx,
+    }));
+    assert!(existed.try_recv().unwrap());
+    assert!(
+        done.try_recv().is_err(),
+        "done waits for the round to be durable"
+    );
+    h.settle();
+    assert!(done.try_recv().is_ok());
+    assert!(
+        publishes(&mut sub).is_empty(),
+        "deleting is not a message for subscribers"
+    );
+    let mut h = h.restart(BrokerConfig::default());
+    let left = ask(&mut h, |reply| AdminRequest::Retained {
+        filter: TopicFilter::parse("#").unwrap(),
+        limit: 10,
+        reply,
+    });
+    let topics: Vec<&str> = left.iter().map(|r| &*r.topic).collect();
+    assert_eq!(topics, ["other", "r/b"], "the deletion was stored");
 }

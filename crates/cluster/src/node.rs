@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::failover::run_failover;
 use crate::leader_watch::{run_leader_watch, LeaderContact, WatchTiming};
 use crate::network::{
-    ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer,
+    DrainHook, ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer,
 };
 use crate::store::{open_raft_storage, stored_applied_index, ApplyFeed, FeedSlot};
 use crate::types::{member_addr, NodeId, TypeConfig};
@@ -67,6 +67,10 @@ pub struct NodeOptions {
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// How long a fresh or restarted single node may take to elect itself and replay its log.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a leaving leader waits for its successor to receive the whole log.
+const HANDOVER_CATCH_UP: Duration = Duration::from_secs(2);
+/// How long a leaving leader waits for the group to elect its successor.
+const HANDOVER_ELECTION: Duration = Duration::from_secs(5);
 
 pub struct RaftNode {
     pub raft: Raft<TypeConfig>,
@@ -75,6 +79,7 @@ pub struct RaftNode {
     feed: FeedSlot,
     forward_sink: ForwardSink,
     view: RoutingView,
+    drain_hook: DrainHook,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     failover: Option<JoinHandle<()>>,
     leader_watch: JoinHandle<()>,
@@ -168,11 +173,13 @@ impl RaftNode {
         ));
         let forward_sink = ForwardSink::default();
         let view = RoutingView::default();
+        let drain_hook = DrainHook::default();
         let peer_service = PeerGrpcServer::with_forward_sink(
             raft.clone(),
             forward_sink.clone(),
             metrics,
             view.clone(),
+            drain_hook.clone(),
         )
         .into_service(MAX_MESSAGE);
         let server = tokio::spawn(async move {
@@ -195,6 +202,7 @@ impl RaftNode {
             feed,
             forward_sink,
             view,
+            drain_hook,
             server: Some((stop_tx, server)),
             failover: None,
             leader_watch,
@@ -269,6 +277,93 @@ impl RaftNode {
         }
     }
 
+    /// When this node leads: the voter that has the most of the log, with its address,
+    /// once it has the whole log (or [`HANDOVER_CATCH_UP`] has passed).
+    async fn successor(&self) -> Option<(NodeId, String)> {
+        let (id, last) = {
+            let metrics = self.raft.metrics().borrow().clone();
+            if metrics.current_leader != Some(self.node_id) {
+                return None;
+            }
+            let voters: Vec<NodeId> = metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|&id| id != self.node_id)
+                .collect();
+            let replication = metrics.replication.unwrap_or_default();
+            let id = voters
+                .into_iter()
+                .max_by_key(|id| replication.get(id).copied().flatten().map(|l| l.index))?;
+            (id, metrics.last_log_index)
+        };
+        let caught_up = self
+            .raft
+            .wait(Some(HANDOVER_CATCH_UP))
+            .metrics(
+                |m| {
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten());
+                    matched.map(|l| l.index) >= last
+                },
+                "the successor has the log",
+            )
+            .await
+            .is_ok();
+        if !caught_up {
+            warn!(
+                node_id = self.node_id,
+                successor = id,
+                "the successor is behind; handing over anyway"
+            );
+        }
+        Some((id, member_addr(&self.raft, id)?))
+    }
+
+    /// Asks node `id` (at `addr`) to stand for election now that this node is quiet.
+    async fn ask_to_campaign(&self, id: NodeId, addr: &str) {
+        let started = tokio::time::Instant::now();
+        let ask = async {
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(HANDOVER_ELECTION + Duration::from_secs(1));
+            let mut client = PeerServiceClient::connect(endpoint)
+                .await
+                .map_err(|e| e.to_string())?;
+            let timeout_ms = u32::try_from(HANDOVER_ELECTION.as_millis()).unwrap_or(u32::MAX);
+            client
+                .campaign(fleetmq_rpc::peer::CampaignRequest {
+                    leaving_node: self.node_id,
+                    timeout_ms,
+                })
+                .await
+                .map(|reply| reply.into_inner().leader_id)
+                .map_err(|e| e.to_string())
+        };
+        match ask.await {
+            Ok(Some(leader)) => info!(
+                node_id = self.node_id,
+                leader,
+                took_ms = started.elapsed().as_millis() as u64,
+                "handed raft leadership over"
+            ),
+            Ok(None) => warn!(
+                node_id = self.node_id,
+                successor = id,
+                "no new leader within {HANDOVER_ELECTION:?}; the group elects one on its own"
+            ),
+            Err(error) => warn!(
+                node_id = self.node_id,
+                successor = id,
+                %error,
+                "could not ask the successor to stand for election"
+            ),
+        }
+    }
+
     /// What the leader says it has applied, or `None` if it cannot be asked now.
     async fn leader_applied(&self, leader: NodeId) -> Option<u64> {
         let addr = member_addr(&self.raft, leader)?;
@@ -319,6 +414,11 @@ impl RaftNode {
         Arc::new(PeerVisibility::new(self.raft.clone()))
     }
 
+    /// What a `Drain` request from another node (or `fleetmq ctl`) calls.
+    pub fn attach_drain(&self, start: Arc<dyn Fn() -> bool + Send + Sync>) {
+        let _ = self.drain_hook.set(start);
+    }
+
     /// Where PUBLISHes forwarded by other nodes go from now on; also starts watching
     /// for dead nodes (when this node leads) now that sessions can move here.
     pub fn attach_router(&mut self, events: mpsc::Sender<Event>) {
@@ -350,14 +450,20 @@ impl RaftNode {
             })
     }
 
-    /// Stops Raft and the gRPC server.
+    /// Stops Raft and the gRPC server. A leader hands leadership over first: it picks
+    /// its most caught-up voter, lets it receive the whole log, goes quiet and asks it
+    /// to stand for election (openraft 0.9 has no leadership transfer of its own).
     pub async fn shutdown(mut self) {
         if let Some(failover) = self.failover.take() {
             failover.abort();
         }
         self.leader_watch.abort();
+        let successor = self.successor().await;
         if let Err(error) = self.raft.shutdown().await {
             warn!(%error, "raft shutdown");
+        }
+        if let Some((id, addr)) = successor {
+            self.ask_to_campaign(id, &addr).await;
         }
         if let Some((stop, mut server)) = self.server.take() {
             let _ = stop.send(());

@@ -129,6 +129,7 @@ impl ForwardServer {
             sink,
             Arc::new(Metrics::default()),
             fleetmq_broker::RoutingView::default(),
+            Default::default(),
         )
         .into_service(MAX_MESSAGE);
         let (stop, stopped) = oneshot::channel::<()>();

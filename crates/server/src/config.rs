@@ -14,6 +14,7 @@ use fleetmq_broker::{BrokerConfig, QueueFullPolicy};
 use fleetmq_kafka::KafkaConfig;
 use serde::Deserialize;
 
+use crate::drain::DrainPlan;
 use crate::listener::{ListenerSpec, TlsSettings, Transport};
 
 /// The schema version this build reads.
@@ -30,6 +31,26 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {problem}")]
     Invalid { key: String, problem: String },
+}
+
+/// The shortest bearer token accepted: guessing must be hopeless.
+const MIN_API_TOKEN: usize = 16;
+
+fn read_api_token(path: &Path) -> Result<Arc<str>, ConfigError> {
+    const KEY: &str = "admin.api_token_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(KEY, format!("cannot read {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.len() < MIN_API_TOKEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            KEY,
+            format!(
+                "{} must hold one token of at least {MIN_API_TOKEN} characters without spaces",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Arc::from(token))
 }
 
 pub(crate) fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
@@ -57,6 +78,36 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[acl]`: what clients may publish and subscribe to.
     pub acl: AclConfig,
+    /// `[drain]`: how the node leaves on SIGTERM or a drain request.
+    pub drain: DrainConfig,
+}
+
+/// `[drain]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Clients told to move per second, so that they do not all reconnect to the
+    /// other nodes in the same moment.
+    pub rate: u32,
+    /// The longest, in seconds, the node takes to tell all its clients, whatever
+    /// `rate` would take.
+    pub spread: u64,
+    /// Seconds the whole drain may take before the remaining connections are closed.
+    pub timeout: u64,
+    /// Sent to MQTT 5 clients as the Server Reference of DISCONNECT 0x9C (use
+    /// another server); empty: DISCONNECT 0x8B (server shutting down).
+    pub server_reference: String,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            rate: 2000,
+            spread: 10,
+            timeout: 30,
+            server_reference: String::new(),
+        }
+    }
 }
 
 /// `[auth]`.
@@ -144,6 +195,9 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: String,
+    /// A file holding the bearer token `/api/v1` requires. Without it the API answers
+    /// requests from the loopback interface only.
+    pub api_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +228,7 @@ impl Default for Config {
             listeners: Vec::new(),
             auth: AuthConfig::default(),
             acl: AclConfig::default(),
+            drain: DrainConfig::default(),
         }
     }
 }
@@ -205,6 +260,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "0.0.0.0:8080".into(),
+            api_token_file: None,
         }
     }
 }
@@ -250,6 +306,9 @@ pub struct ValidConfig {
     pub auth: Arc<Authenticator>,
     /// The node's access rules (a client's token may carry its own instead).
     pub acl: Arc<AclRules>,
+    pub drain: DrainPlan,
+    /// The bearer token of `/api/v1`; none: loopback callers only.
+    pub api_token: Option<Arc<str>>,
 }
 
 impl Config {
@@ -384,6 +443,11 @@ impl Config {
             },
         };
         let acl = self.acl.build("acl").map_err(from_auth)?;
+        let drain = self.drain_plan()?;
+        let api_token = match &self.admin.api_token_file {
+            Some(path) => Some(read_api_token(path)?),
+            None => None,
+        };
         Ok(ValidConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
@@ -412,6 +476,46 @@ impl Config {
             kafka: self.kafka.clone(),
             auth: Arc::new(auth),
             acl: Arc::new(acl),
+            drain,
+            api_token,
+        })
+    }
+
+    fn drain_plan(&self) -> Result<DrainPlan, ConfigError> {
+        let d = &self.drain;
+        if d.rate == 0 {
+            return Err(invalid(
+                "drain.rate",
+                "must be 1 or more clients per second",
+            ));
+        }
+        if d.timeout == 0 {
+            return Err(invalid("drain.timeout", "must be 1 second or more"));
+        }
+        if d.spread >= d.timeout {
+            return Err(invalid(
+                "drain.spread",
+                format!(
+                    "must be shorter than drain.timeout ({} s), not {} s",
+                    d.timeout, d.spread
+                ),
+            ));
+        }
+        let server_reference = match d.server_reference.trim() {
+            "" => None,
+            r if r.len() > usize::from(u16::MAX) => {
+                return Err(invalid(
+                    "drain.server_reference",
+                    "must be at most 65535 bytes (an MQTT string)",
+                ))
+            }
+            r => Some(Arc::from(r)),
+        };
+        Ok(DrainPlan {
+            rate: d.rate,
+            spread: Duration::from_secs(d.spread),
+            timeout: Duration::from_secs(d.timeout),
+            server_reference,
         })
     }
 }

@@ -23,12 +23,14 @@ use fleetmq_kafka::{BridgeAck, BridgeError, BridgedMessage, Egress};
 use fleetmq_topic::{validate_topic_name, TopicFilter};
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::AccessMetrics;
+use crate::clients::{ConnectedClient, ConnectedClients};
 use crate::config::ValidConfig;
+use crate::drain::{Drain, DrainOrder};
 use crate::listener::PeerInfo;
 
 /// What every connection task shares.
@@ -41,6 +43,10 @@ pub struct ConnectionContext {
     /// the router, and the publisher's acknowledgement waits for it.
     pub egress: Option<Arc<Egress>>,
     pub access: Arc<AccessMetrics>,
+    /// Tells connections when to ask their clients to move.
+    pub drain: Arc<Drain>,
+    /// Who is connected here, for the admin API.
+    pub clients: Arc<ConnectedClients>,
 }
 
 const CONNECT_PACKET_TYPE: u8 = 1;
@@ -76,14 +82,12 @@ enum Ending {
     Lost,
     /// The server closes with this reason (DISCONNECT sent first to MQTT 5 clients).
     Server(ReasonCode, Option<String>),
+    /// The node drains: the client is told to move (MQTT 5: where, when configured).
+    Drained(Arc<DrainOrder>),
 }
 
-pub async fn serve_connection<S>(
-    stream: S,
-    peer: PeerInfo,
-    ctx: Arc<ConnectionContext>,
-    shutdown: watch::Receiver<bool>,
-) where
+pub async fn serve_connection<S>(stream: S, peer: PeerInfo, ctx: Arc<ConnectionContext>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn_id = ctx.next_conn_id.fetch_add(1, Ordering::Relaxed);
@@ -120,8 +124,9 @@ pub async fn serve_connection<S>(
         held_max: usize::from(ctx.config.broker.receive_maximum) + HELD_BEYOND_RECEIVE_MAXIMUM,
         acl: ctx.config.acl.clone(),
         peer,
+        kick: Arc::new(Notify::new()),
     };
-    conn.run(shutdown).instrument(span).await;
+    conn.run().instrument(span).await;
     Metrics::gauge_add(&ctx.metrics.connections_current, -1);
 }
 
@@ -152,10 +157,12 @@ struct Connection<S> {
     /// The access rules for this client: the node's, or its token's.
     acl: Arc<AclRules>,
     peer: PeerInfo,
+    /// The admin API's order to close this connection.
+    kick: Arc<Notify>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
-    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(&mut self) {
         let connect_timeout = self.ctx.config.connect_timeout;
         let connect = match tokio::time::timeout(connect_timeout, self.read_connect()).await {
             Ok(Ok(Some(connect))) => connect,
@@ -179,7 +186,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return;
         };
         tracing::Span::current().record("client_id", &*self.client_id);
-        let ending = self.serve(end, &mut shutdown).await;
+        self.ctx.clients.connected(ConnectedClient {
+            conn_id: self.conn_id,
+            client_id: self.client_id.clone(),
+            username: self.username.as_deref().map(Arc::from),
+            peer: self.peer.addr,
+            listener: self.peer.listener.clone(),
+            protocol: self.version,
+            keep_alive_s: self.keep_alive.map_or(0, |k| k.as_secs() as u16),
+            session_expiry_s: self.session_expiry,
+            connected_at_ms: now_ms(),
+            kick: self.kick.clone(),
+        });
+        let ending = self.serve(end).await;
+        self.ctx.clients.gone(&self.client_id, self.conn_id);
         for held in self.held.drain(..) {
             if let Event::Publish { .. } = held.event {
                 self.ctx.metrics.dropped(DropReason::BridgePending);
@@ -192,8 +212,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             } => (*with_will, *session_expiry, CloseReason::ClientDisconnect),
             Ending::Lost => (true, None, CloseReason::ConnectionLost),
             Ending::Server(code, text) => {
-                self.send_disconnect(*code, text.clone()).await;
+                self.send_disconnect(*code, text.clone(), None).await;
                 (true, None, CloseReason::Server(*code))
+            }
+            Ending::Drained(order) => {
+                let code = order.reason_code();
+                let reference = order.plan.server_reference.as_deref().map(str::to_string);
+                self.send_disconnect(code, None, reference).await;
+                (true, None, CloseReason::Server(code))
             }
         };
         let _ = self
@@ -501,19 +527,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         None
     }
 
-    async fn serve(
-        &mut self,
-        mut end: ConnectionEnd,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Ending {
+    async fn serve(&mut self, mut end: ConnectionEnd) -> Ending {
         let grace = self.keep_alive.map(|k| k + k / 2);
         let mut deadline = grace.map(|g| Instant::now() + g);
+        let mut drain = self.ctx.drain.subscribe();
+        // A drain that started while this client was connecting counts too.
+        let mut drain_order = drain.borrow().clone();
         loop {
+            let drain_at = drain_order.as_ref().map(|o| o.deadline_for(self.conn_id));
             // Packets already buffered are handled before reading more.
             match self.handle_buffered().await {
                 Ok(None) => {}
                 Ok(Some(ending @ Ending::ClientDisconnect { .. })) => {
-                    return self.drain_held(shutdown).await.err().unwrap_or(ending);
+                    return self.drain_held().await.err().unwrap_or(ending);
                 }
                 Ok(Some(ending)) | Err(ending) => return ending,
             }
@@ -556,8 +582,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     debug!("keep alive expired");
                     return Ending::Server(ReasonCode::KeepAliveTimeout, None);
                 }
-                _ = shutdown.changed() => {
-                    return Ending::Server(ReasonCode::ServerShuttingDown, None);
+                () = self.kick.notified() => {
+                    info!("closed by an administrator");
+                    return Ending::Server(
+                        ReasonCode::AdministrativeAction,
+                        Some("closed by an administrator".into()),
+                    );
+                }
+                changed = drain.changed(), if drain_order.is_none() => {
+                    drain_order = match changed {
+                        Ok(()) => drain.borrow().clone(),
+                        // The node is going away without a drain order: leave now.
+                        Err(_) => return Ending::Server(ReasonCode::ServerShuttingDown, None),
+                    };
+                }
+                _ = wait_deadline(drain_at) => {
+                    if let Some(order) = drain_order.take() {
+                        return Ending::Drained(order);
+                    }
                 }
             }
         }
@@ -586,7 +628,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// After a DISCONNECT: waits for what the client sent before it, in order, for at
     /// most [`HELD_DRAIN_AT_DISCONNECT`]. What is still waiting then was never
     /// acknowledged, so the client knows to send it again.
-    async fn drain_held(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Ending> {
+    async fn drain_held(&mut self) -> Result<(), Ending> {
         let give_up = sleep_until(Instant::now() + HELD_DRAIN_AT_DISCONNECT);
         tokio::pin!(give_up);
         while !self.held.is_empty() {
@@ -596,7 +638,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     warn!(held = self.held.len(), "gave up waiting for the kafka bridge at disconnect");
                     return Ok(());
                 }
-                _ = shutdown.changed() => return Err(Ending::Server(ReasonCode::ServerShuttingDown, None)),
             }
         }
         Ok(())
@@ -1080,7 +1121,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         encoded && self.flush_write_buf().await.is_ok()
     }
 
-    async fn send_disconnect(&mut self, code: ReasonCode, reason: Option<String>) {
+    async fn send_disconnect(
+        &mut self,
+        code: ReasonCode,
+        reason: Option<String>,
+        server_reference: Option<String>,
+    ) {
         if !self.version.is_v5() {
             return;
         }
@@ -1088,6 +1134,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             reason_code: code,
             properties: DisconnectProperties {
                 reason_string: reason.filter(|_| self.request_problem_info),
+                server_reference,
                 ..DisconnectProperties::default()
             },
         });

@@ -1,218 +1,210 @@
-//! `fleetmq ctl`: asks a node over its gRPC port and prints the answer for people
-//! (default) or as JSON (`--output json`).
+//! `fleetmq ctl`: calls a node's admin API (`/api/v1`, docs/openapi.yaml) and prints
+//! the answer for people (default) or as the API's JSON (`--output json`).
 
-use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use fleetmq_cluster::network::admin;
-use fleetmq_rpc::peer::peer_service_client::PeerServiceClient;
-use fleetmq_rpc::peer::{
-    AddMemberRequest, ClusterStatusReply, Empty, Member, MemberRole, MembershipReply, NodeState,
-    RemoveMemberRequest,
-};
-use serde_json::json;
-use tonic::transport::Channel;
+use anyhow::{anyhow, Context};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
 
-/// How long a status call may take.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a membership change may take: adding a member waits for it to catch up
-/// with the log, which the leader bounds.
-const MEMBERSHIP_TIMEOUT: Duration =
-    Duration::from_secs(admin::ADD_MEMBER_CATCH_UP_TIMEOUT.as_secs() + 30);
+/// How long one call may take; a membership change waits for a new member to catch
+/// up, which the leader bounds at a minute.
+const CALL_TIMEOUT: Duration = Duration::from_secs(100);
 
-fn role_name(role: i32) -> &'static str {
-    match MemberRole::try_from(role) {
-        Ok(MemberRole::Leader) => "leader",
-        Ok(MemberRole::Voter) => "voter",
-        Ok(MemberRole::Learner) => "learner",
-        _ => "unknown",
+/// Where and how to reach the admin API.
+pub struct Api {
+    /// host:port of the node's admin listener.
+    pub admin: String,
+    pub token: Option<String>,
+    pub json: bool,
+}
+
+/// An answer: the status and the JSON body (`null` when there is none).
+struct Answer {
+    status: StatusCode,
+    body: Value,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Answer> {
+        let admin = &self.admin;
+        let stream = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(admin),
+        )
+        .await
+        .map_err(|_| anyhow!("no answer from {admin} within 3 s"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot reach the node's admin API at {admin} (--admin)"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .with_context(|| format!("HTTP handshake with {admin}"))?;
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(HOST, admin.as_str());
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let payload = match body {
+            Some(body) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Bytes::from(body.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = request
+            .body(Full::new(payload))
+            .context("building the request")?;
+        let response = tokio::time::timeout(CALL_TIMEOUT, async {
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, bytes))
+        })
+        .await
+        .map_err(|_| anyhow!("{method} {path} at {admin}: no answer within {CALL_TIMEOUT:?}"))?
+        .with_context(|| format!("{method} {path} at {admin}"))?;
+        let (status, bytes) = response;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&bytes) }))
+        };
+        Ok(Answer { status, body })
+    }
+
+    /// Calls and returns the JSON of a successful answer; a failed one is an error
+    /// naming what was asked, of whom, and the node's reason.
+    async fn must(
+        &self,
+        what: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let answer = self.call(method, path, body).await?;
+        if answer.status.is_success() {
+            return Ok(answer.body);
+        }
+        let reason = answer.body["error"].as_str().unwrap_or("no reason given");
+        Err(anyhow!(
+            "{what} through {} failed ({}): {reason}",
+            self.admin,
+            answer.status
+        ))
+    }
+
+    /// The JSON as is, or `human` made from it.
+    fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) -> String {
+        if self.json {
+            format!("{value:#}\n")
+        } else {
+            human(value)
+        }
     }
 }
 
-fn state_name(state: i32) -> &'static str {
-    match NodeState::try_from(state) {
-        Ok(NodeState::Leader) => "leader",
-        Ok(NodeState::Follower) => "follower",
-        Ok(NodeState::Candidate) => "candidate",
-        Ok(NodeState::Learner) => "learner",
-        Ok(NodeState::Shutdown) => "shutdown",
-        _ => "unknown",
-    }
-}
-
-async fn connect(grpc: &str, timeout: Duration) -> anyhow::Result<PeerServiceClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-        .with_context(|| format!("{grpc:?} is not a host:port address"))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(timeout);
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the node's gRPC port at {grpc} (--grpc)"))?;
-    Ok(PeerServiceClient::new(channel))
-}
-
-async fn fetch_status(grpc: &str) -> anyhow::Result<ClusterStatusReply> {
-    let reply = connect(grpc, STATUS_TIMEOUT)
-        .await?
-        .cluster_status(Empty {})
-        .await
-        .with_context(|| format!("cluster status from {grpc}"))?;
-    Ok(reply.into_inner())
-}
-
-/// A failed call as a message naming the node, the gRPC code and the node's reason.
-fn call_failed(what: &str, grpc: &str, status: &tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{what} through {grpc} failed ({:?}): {}",
-        status.code(),
-        status.message()
-    )
-}
-
-/// Calls `call` on the node at `grpc`; when that node answers UNAVAILABLE naming the
-/// leader's address, calls it once more there.
-async fn call_leader<T, F, Fut>(grpc: &str, what: &str, call: F) -> anyhow::Result<T>
-where
-    F: Fn(PeerServiceClient<Channel>) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let status = match call(connect(grpc, MEMBERSHIP_TIMEOUT).await?).await {
-        Ok(reply) => return Ok(reply.into_inner()),
-        Err(status) => status,
-    };
-    let (leader_id, leader_addr) = admin::leader_hint(&status);
-    let leader_addr = match leader_addr {
-        Some(addr) if status.code() == tonic::Code::Unavailable && addr != grpc => addr,
-        _ => return Err(call_failed(what, grpc, &status)),
-    };
-    let leader =
-        leader_id.map_or_else(|| "the leader".to_owned(), |id| format!("leader node {id}"));
-    let client = connect(&leader_addr, MEMBERSHIP_TIMEOUT)
-        .await
-        .with_context(|| format!("{grpc} is not the leader; {leader} is at {leader_addr}"))?;
-    match call(client).await {
-        Ok(reply) => Ok(reply.into_inner()),
-        Err(status) => Err(call_failed(what, &leader_addr, &status)),
-    }
-}
-
-fn members_json(members: &[Member]) -> serde_json::Value {
-    members
+/// `path?key=value&...` with the values percent-encoded; absent values left out.
+fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
+    let query: Vec<String> = pairs
         .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), for a path
+/// segment or a query value.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "none".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn members_text(members: &Value) -> String {
+    members
+        .as_array()
+        .into_iter()
+        .flatten()
         .map(|m| {
-            json!({
-                "id": m.id,
-                "address": m.address,
-                "role": role_name(m.role),
-            })
+            format!(
+                "  {:<4} {:<24} {}\n",
+                text(&m["id"]),
+                text(&m["address"]),
+                text(&m["role"])
+            )
         })
         .collect()
 }
 
-/// One line per member: id, address, role.
-fn members_text(members: &[Member]) -> String {
-    members
-        .iter()
-        .map(|m| format!("  {:<4} {:<24} {}\n", m.id, m.address, role_name(m.role)))
-        .collect()
+pub async fn status(api: &Api) -> anyhow::Result<String> {
+    let v = api
+        .must("status", Method::GET, "/api/v1/status", None)
+        .await?;
+    Ok(api.print(&v, |v| {
+        let mut out = format!(
+            "node {} is {} (term {})\nleader: {}\nlast log index: {}, last applied: {}\n\
+             ready: {}{}\nclients connected: {}\nmembers:\n",
+            text(&v["node_id"]),
+            text(&v["state"]),
+            text(&v["term"]),
+            text(&v["leader_id"]),
+            text(&v["last_log_index"]),
+            text(&v["last_applied"]),
+            if v["ready"] == json!(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            v["not_ready"]
+                .as_str()
+                .map(|why| format!(" ({why})"))
+                .unwrap_or_default(),
+            text(&v["connections"]),
+        );
+        out.push_str(&members_text(&v["members"]));
+        out
+    }))
 }
 
-fn or_none(value: Option<u64>) -> String {
-    value.map_or_else(|| "none".to_string(), |v| v.to_string())
-}
-
-/// The status as a JSON value, in the shape `--output json` prints.
-pub fn status_json(status: &ClusterStatusReply) -> serde_json::Value {
-    json!({
-        "node_id": status.node_id,
-        "state": state_name(status.state),
-        "leader_id": status.leader_id,
-        "term": status.term,
-        "last_log_index": status.last_log_index,
-        "last_applied": status.last_applied,
-        "members": members_json(&status.members),
-    })
-}
-
-/// The status as lines for a terminal.
-pub fn status_text(status: &ClusterStatusReply) -> String {
-    let mut out = format!(
-        "node {} is {} (term {})\nleader: {}\nlast log index: {}, last applied: {}\nmembers:\n",
-        status.node_id,
-        state_name(status.state),
-        status.term,
-        or_none(status.leader_id),
-        or_none(status.last_log_index),
-        or_none(status.last_applied),
-    );
-    out.push_str(&members_text(&status.members));
-    out
-}
-
-pub async fn status(grpc: &str, json: bool) -> anyhow::Result<String> {
-    let status = fetch_status(grpc).await?;
-    Ok(if json {
-        format!("{:#}\n", status_json(&status))
-    } else {
-        status_text(&status)
-    })
-}
-
-/// What a member says about itself, or why it could not be asked.
-async fn member_view(member: &Member) -> Result<ClusterStatusReply, String> {
-    match tokio::time::timeout(Duration::from_secs(2), fetch_status(&member.address)).await {
-        Ok(Ok(status)) => Ok(status),
-        Ok(Err(e)) => Err(format!("{e:#}")),
-        Err(_) => Err("no answer within 2 s".to_string()),
-    }
-}
-
-/// `ctl members list`: the members as the node at `grpc` sees them, each with its own
-/// state as it reports it (asked directly, at the address the cluster knows it by).
-pub async fn members_list(grpc: &str, json: bool) -> anyhow::Result<String> {
-    let status = fetch_status(grpc).await?;
-    let mut views = Vec::with_capacity(status.members.len());
-    for member in &status.members {
-        views.push(member_view(member).await);
-    }
-    Ok(if json {
-        let members: Vec<serde_json::Value> = status
-            .members
-            .iter()
-            .zip(&views)
-            .map(|(m, view)| {
-                let mut value = json!({
-                    "id": m.id,
-                    "address": m.address,
-                    "role": role_name(m.role),
-                });
-                match view {
-                    Ok(v) => {
-                        value["reachable"] = json!(true);
-                        value["state"] = json!(state_name(v.state));
-                        value["term"] = json!(v.term);
-                        value["last_log_index"] = json!(v.last_log_index);
-                        value["last_applied"] = json!(v.last_applied);
-                    }
-                    Err(e) => {
-                        value["reachable"] = json!(false);
-                        value["error"] = json!(e);
-                    }
-                }
-                value
-            })
-            .collect();
-        let value = json!({
-            "leader_id": status.leader_id,
-            "members": members,
-        });
-        format!("{value:#}\n")
-    } else {
+pub async fn members_list(api: &Api) -> anyhow::Result<String> {
+    let v = api
+        .must("listing members", Method::GET, "/api/v1/members", None)
+        .await?;
+    Ok(api.print(&v, |v| {
         let mut out = format!(
             "leader: {}\nmembers:\n  {:<4} {:<24} {:<8} {:<10} {:>6} {:>10}\n",
-            or_none(status.leader_id),
+            text(&v["leader_id"]),
             "id",
             "address",
             "role",
@@ -220,81 +212,299 @@ pub async fn members_list(grpc: &str, json: bool) -> anyhow::Result<String> {
             "term",
             "applied"
         );
-        for (m, view) in status.members.iter().zip(&views) {
-            let (state, term, applied) = match view {
-                Ok(v) => (
-                    state_name(v.state).to_string(),
-                    v.term.to_string(),
-                    or_none(v.last_applied),
-                ),
-                Err(_) => ("unreachable".to_string(), "-".into(), "-".into()),
+        for m in v["members"].as_array().into_iter().flatten() {
+            let (state, term, applied) = if m["reachable"] == json!(true) {
+                (
+                    text(&m["state"]),
+                    text(&m["term"]),
+                    text(&m["last_applied"]),
+                )
+            } else {
+                ("unreachable".into(), "-".into(), "-".into())
             };
             out.push_str(&format!(
                 "  {:<4} {:<24} {:<8} {:<10} {:>6} {:>10}\n",
-                m.id,
-                m.address,
-                role_name(m.role),
+                text(&m["id"]),
+                text(&m["address"]),
+                text(&m["role"]),
                 state,
                 term,
                 applied
             ));
         }
         out
-    })
+    }))
 }
 
-/// The outcome of a membership change: what happened, then the members.
-fn membership_output(done: &str, reply: &MembershipReply, json: bool) -> String {
-    if json {
-        let value = json!({
-            "leader_id": reply.leader_id,
-            "log_index": reply.log_index,
-            "members": members_json(&reply.members),
-        });
-        format!("{value:#}\n")
+fn membership_text(done: &str, v: &Value) -> String {
+    format!(
+        "{done} (log index {})\nleader: {}\nmembers:\n{}",
+        text(&v["log_index"]),
+        text(&v["leader_id"]),
+        members_text(&v["members"])
+    )
+}
+
+pub async fn members_add(api: &Api, id: u64, address: &str) -> anyhow::Result<String> {
+    let what = format!("adding node {id} at {address}");
+    let body = json!({ "id": id, "address": address });
+    let v = api
+        .must(&what, Method::POST, "/api/v1/members", Some(body))
+        .await?;
+    Ok(api.print(&v, |v| {
+        membership_text(&format!("node {id} added at {address}"), v)
+    }))
+}
+
+pub async fn members_remove(api: &Api, id: u64) -> anyhow::Result<String> {
+    let what = format!("removing node {id}");
+    let path = format!("/api/v1/members/{id}");
+    let v = api.must(&what, Method::DELETE, &path, None).await?;
+    Ok(api.print(&v, |v| membership_text(&format!("node {id} removed"), v)))
+}
+
+fn drain_text(v: &Value) -> String {
+    if v["started"] == json!(true) {
+        format!("node {} is draining\n", text(&v["node_id"]))
     } else {
-        format!(
-            "{done} (log index {})\nleader: {}\nmembers:\n{}",
-            reply.log_index,
-            or_none(reply.leader_id),
-            members_text(&reply.members)
-        )
+        format!("node {} was already draining\n", text(&v["node_id"]))
     }
 }
 
-/// `ctl members add`: adds node `node_id` at `address` as a voter, through the leader.
-pub async fn members_add(
-    grpc: &str,
-    node_id: u64,
-    address: &str,
-    json: bool,
-) -> anyhow::Result<String> {
-    let what = format!("adding node {node_id} at {address}");
-    let reply = call_leader(grpc, &what, |mut client| {
-        let request = AddMemberRequest {
-            node_id,
-            address: address.to_owned(),
-        };
-        async move { client.add_member(request).await }
-    })
-    .await?;
-    Ok(membership_output(
-        &format!("node {node_id} added at {address}"),
-        &reply,
-        json,
-    ))
+pub async fn members_drain(api: &Api, id: u64) -> anyhow::Result<String> {
+    let what = format!("draining node {id}");
+    let path = format!("/api/v1/members/{id}/drain");
+    let v = api.must(&what, Method::POST, &path, None).await?;
+    Ok(api.print(&v, drain_text))
 }
 
-/// `ctl members remove`: removes node `node_id`, through the leader.
-pub async fn members_remove(grpc: &str, node_id: u64, json: bool) -> anyhow::Result<String> {
-    let what = format!("removing node {node_id}");
-    let reply = call_leader(grpc, &what, |mut client| async move {
-        client.remove_member(RemoveMemberRequest { node_id }).await
-    })
-    .await?;
-    Ok(membership_output(
-        &format!("node {node_id} removed"),
-        &reply,
-        json,
-    ))
+/// Drains the node ctl talks to; with `wait`, returns once it has stopped answering
+/// (its process exited), at most `timeout` later.
+pub async fn drain(api: &Api, wait: Option<Duration>) -> anyhow::Result<String> {
+    let v = api
+        .must("draining", Method::POST, "/api/v1/drain", None)
+        .await?;
+    let mut out = api.print(&v, drain_text);
+    if let Some(timeout) = wait {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if api.call(Method::GET, "/api/v1/status", None).await.is_err() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {} still answers {timeout:?} after the drain began",
+                text(&v["node_id"])
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !api.json {
+            out.push_str("drained and stopped\n");
+        }
+    }
+    Ok(out)
+}
+
+fn client_line(c: &Value) -> String {
+    format!(
+        "  {:<32} {:<16} {:<22} {:<8} {:<6} {}\n",
+        text(&c["client_id"]),
+        text(&c["username"]),
+        text(&c["peer"]),
+        text(&c["listener"]),
+        text(&c["protocol"]),
+        text(&c["keep_alive"]),
+    )
+}
+
+pub async fn clients_list(api: &Api, limit: Option<usize>) -> anyhow::Result<String> {
+    let path = with_query(
+        "/api/v1/clients",
+        &[("limit", limit.map(|l| l.to_string()))],
+    );
+    let v = api
+        .must("listing clients", Method::GET, &path, None)
+        .await?;
+    Ok(api.print(&v, |v| {
+        let list = v["clients"].as_array().cloned().unwrap_or_default();
+        let mut out = format!(
+            "{} clients connected to node {}\n  {:<32} {:<16} {:<22} {:<8} {:<6} {}\n",
+            list.len(),
+            text(&v["node_id"]),
+            "client id",
+            "username",
+            "peer",
+            "listener",
+            "mqtt",
+            "keep alive"
+        );
+        out.extend(list.iter().map(client_line));
+        out
+    }))
+}
+
+pub async fn clients_show(api: &Api, client_id: &str) -> anyhow::Result<String> {
+    let path = format!("/api/v1/clients/{}", encode(client_id));
+    let what = format!("showing client {client_id:?}");
+    let v = api.must(&what, Method::GET, &path, None).await?;
+    Ok(api.print(&v, |v| {
+        format!(
+            "client {}\n  username: {}\n  peer: {}\n  listener: {}\n  protocol: {}\n  \
+             keep alive: {} s\n  session expiry interval: {} s\n  connected at (unix ms): {}\n",
+            text(&v["client_id"]),
+            text(&v["username"]),
+            text(&v["peer"]),
+            text(&v["listener"]),
+            text(&v["protocol"]),
+            text(&v["keep_alive"]),
+            text(&v["session_expiry_interval"]),
+            text(&v["connected_at_ms"]),
+        )
+    }))
+}
+
+pub async fn clients_kick(api: &Api, client_id: &str) -> anyhow::Result<String> {
+    let path = format!("/api/v1/clients/{}", encode(client_id));
+    let what = format!("kicking client {client_id:?}");
+    api.must(&what, Method::DELETE, &path, None).await?;
+    let v = json!({ "client_id": client_id, "kicked": true });
+    Ok(api.print(&v, |_| {
+        format!("client {client_id:?} disconnected (0x98); its session stays\n")
+    }))
+}
+
+fn subscription_line(s: &Value) -> String {
+    format!(
+        "  {:<32} {:<40} {:<4} {}\n",
+        text(&s["client_id"]),
+        text(&s["filter"]),
+        text(&s["qos"]),
+        text(&s["node"]),
+    )
+}
+
+pub async fn session_show(api: &Api, client_id: &str) -> anyhow::Result<String> {
+    let path = format!("/api/v1/sessions/{}", encode(client_id));
+    let what = format!("showing the session of {client_id:?}");
+    let v = api.must(&what, Method::GET, &path, None).await?;
+    Ok(api.print(&v, |v| {
+        let mut out = format!(
+            "session {} on node {}\n  connected: {}\n  persistent: {}\n",
+            text(&v["client_id"]),
+            text(&v["node"]),
+            text(&v["connected"]),
+            text(&v["persistent"]),
+        );
+        if !v["protocol"].is_null() {
+            out.push_str(&format!(
+                "  protocol: {}\n  expiry interval: {} s\n  queued: {}\n  inflight: {}\n  \
+                 QoS 2 received, not released: {}\n  will topic: {}\n",
+                text(&v["protocol"]),
+                text(&v["expiry_interval"]),
+                text(&v["queued"]),
+                text(&v["inflight"]),
+                text(&v["incoming_qos2"]),
+                text(&v["will_topic"]),
+            ));
+        }
+        out.push_str("  subscriptions:\n");
+        out.extend(
+            v["subscriptions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| format!("    {:<40} qos {}\n", text(&s["filter"]), text(&s["qos"]))),
+        );
+        out
+    }))
+}
+
+pub async fn subscriptions(
+    api: &Api,
+    client_id: Option<String>,
+    limit: Option<usize>,
+) -> anyhow::Result<String> {
+    let path = with_query(
+        "/api/v1/subscriptions",
+        &[
+            ("client_id", client_id),
+            ("limit", limit.map(|l| l.to_string())),
+        ],
+    );
+    let v = api
+        .must("listing subscriptions", Method::GET, &path, None)
+        .await?;
+    Ok(api.print(&v, |v| {
+        let mut out = format!(
+            "  {:<32} {:<40} {:<4} {}\n",
+            "client id", "filter", "qos", "node"
+        );
+        out.extend(
+            v["subscriptions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(subscription_line),
+        );
+        out
+    }))
+}
+
+pub async fn retained_list(
+    api: &Api,
+    filter: Option<String>,
+    limit: Option<usize>,
+) -> anyhow::Result<String> {
+    let path = with_query(
+        "/api/v1/retained",
+        &[("filter", filter), ("limit", limit.map(|l| l.to_string()))],
+    );
+    let v = api
+        .must("listing retained messages", Method::GET, &path, None)
+        .await?;
+    Ok(api.print(&v, |v| {
+        let mut out = format!(
+            "  {:<40} {:<4} {:>8}  {}\n",
+            "topic", "qos", "bytes", "payload"
+        );
+        for r in v["retained"].as_array().into_iter().flatten() {
+            let payload = match r["payload_utf8"].as_str() {
+                Some(s) if s.chars().count() > 40 => {
+                    format!("{}…", s.chars().take(40).collect::<String>())
+                }
+                Some(s) => s.to_string(),
+                None => "(binary)".to_string(),
+            };
+            out.push_str(&format!(
+                "  {:<40} {:<4} {:>8}  {payload}\n",
+                text(&r["topic"]),
+                text(&r["qos"]),
+                text(&r["payload_bytes"]),
+            ));
+        }
+        out
+    }))
+}
+
+pub async fn retained_delete(api: &Api, topic: &str) -> anyhow::Result<String> {
+    let path = with_query("/api/v1/retained", &[("topic", Some(topic.to_string()))]);
+    let what = format!("deleting the retained message on {topic:?}");
+    api.must(&what, Method::DELETE, &path, None).await?;
+    let v = json!({ "topic": topic, "deleted": true });
+    Ok(api.print(&v, |_| format!("retained message on {topic:?} deleted\n")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_and_path_segments_are_encoded() {
+        assert_eq!(encode("a/b c+#"), "a%2Fb%20c%2B%23");
+        assert_eq!(
+            with_query("/x", &[("filter", Some("s/#".into())), ("limit", None)]),
+            "/x?filter=s%2F%23"
+        );
+        assert_eq!(with_query("/x", &[("limit", None)]), "/x");
+    }
 }

@@ -10,9 +10,11 @@ use tracing_subscriber::EnvFilter;
 
 mod access;
 mod admin;
+mod clients;
 mod config;
 mod connection;
 mod ctl;
+mod drain;
 mod listener;
 mod server;
 
@@ -52,16 +54,20 @@ enum Command {
         file: PathBuf,
         username: String,
     },
-    /// Ask a running node about its cluster.
+    /// Ask or tell a running node, through its admin API (/api/v1).
     Ctl {
-        /// The node's gRPC address (its cluster.grpc_listen).
+        /// The node's admin listener, host:port (its admin.listen).
         #[arg(
             long,
-            env = "FLEETMQ_CTL_GRPC",
-            default_value = "127.0.0.1:7070",
+            env = "FLEETMQ_CTL_ADMIN",
+            default_value = "127.0.0.1:8080",
             global = true
         )]
-        grpc: String,
+        admin: String,
+        /// A file holding the API's bearer token (the node's admin.api_token_file);
+        /// FLEETMQ_API_TOKEN may hold the token itself.
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
         /// How to print the answer.
         #[arg(long, value_enum, default_value = "human", global = true)]
         output: OutputFormat,
@@ -72,12 +78,45 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// This node's Raft state, the leader, and every member with its role.
+    /// This node's Raft state, the leader, readiness, and every member with its role.
     Status,
-    /// List, add or remove the members of the Raft group.
+    /// List, add, remove or drain the members of the cluster.
     Members {
         #[command(subcommand)]
         command: MembersCommand,
+    },
+    /// Drain this node: tell its clients to move, hand leadership over, exit.
+    Drain {
+        /// Return once the node has stopped (its admin API no longer answers).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// The clients connected to this node.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// A client's session, wherever in the cluster it is held.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// Subscriptions in the cluster.
+    Subscriptions {
+        /// Only this client's.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// At most this many (1 to 10000; default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Retained messages.
+    Retained {
+        #[command(subcommand)]
+        command: RetainedCommand,
     },
 }
 
@@ -99,6 +138,46 @@ enum MembersCommand {
         /// The member's node id.
         id: u64,
     },
+    /// Drain a member: its clients are told to move, then it exits.
+    Drain {
+        /// The member's node id.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Clients connected to this node.
+    List {
+        /// At most this many (1 to 10000; default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// One connected client.
+    Show { client_id: String },
+    /// Disconnect a client (MQTT 5: reason 0x98); its session stays.
+    Kick { client_id: String },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// A session's state and subscriptions.
+    Show { client_id: String },
+}
+
+#[derive(Subcommand)]
+enum RetainedCommand {
+    /// Retained messages whose topic matches a filter.
+    List {
+        /// A topic filter (default #).
+        #[arg(long)]
+        filter: Option<String>,
+        /// At most this many (1 to 10000; default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Delete the retained message of a topic, in the whole cluster.
+    Delete { topic: String },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -246,28 +325,60 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(server::run(config, stop_signal()))
 }
 
-fn ctl(grpc: &str, output: OutputFormat, command: CtlCommand) -> anyhow::Result<()> {
+fn ctl(api: ctl::Api, command: CtlCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let json = output == OutputFormat::Json;
-    let text = match command {
-        CtlCommand::Status => runtime.block_on(ctl::status(grpc, json))?,
-        CtlCommand::Members { command } => match command {
-            MembersCommand::List => runtime.block_on(ctl::members_list(grpc, json))?,
-            MembersCommand::Add { id, address } => {
-                runtime.block_on(ctl::members_add(grpc, id, &address, json))?
+    let api = &api;
+    let text = runtime.block_on(async move {
+        match command {
+            CtlCommand::Status => ctl::status(api).await,
+            CtlCommand::Members { command } => match command {
+                MembersCommand::List => ctl::members_list(api).await,
+                MembersCommand::Add { id, address } => ctl::members_add(api, id, &address).await,
+                MembersCommand::Remove { id } => ctl::members_remove(api, id).await,
+                MembersCommand::Drain { id } => ctl::members_drain(api, id).await,
+            },
+            CtlCommand::Drain { wait, timeout } => {
+                ctl::drain(api, wait.then(|| std::time::Duration::from_secs(timeout))).await
             }
-            MembersCommand::Remove { id } => {
-                runtime.block_on(ctl::members_remove(grpc, id, json))?
+            CtlCommand::Clients { command } => match command {
+                ClientsCommand::List { limit } => ctl::clients_list(api, limit).await,
+                ClientsCommand::Show { client_id } => ctl::clients_show(api, &client_id).await,
+                ClientsCommand::Kick { client_id } => ctl::clients_kick(api, &client_id).await,
+            },
+            CtlCommand::Session {
+                command: SessionCommand::Show { client_id },
+            } => ctl::session_show(api, &client_id).await,
+            CtlCommand::Subscriptions { client_id, limit } => {
+                ctl::subscriptions(api, client_id, limit).await
             }
-        },
-    };
+            CtlCommand::Retained { command } => match command {
+                RetainedCommand::List { filter, limit } => {
+                    ctl::retained_list(api, filter, limit).await
+                }
+                RetainedCommand::Delete { topic } => ctl::retained_delete(api, &topic).await,
+            },
+        }
+    })?;
     use std::io::Write as _;
     std::io::stdout()
         .write_all(text.as_bytes())
         .context("cannot write to stdout")
+}
+
+/// The API token: the file's, else FLEETMQ_API_TOKEN's.
+fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--token-file {}", path.display()))?;
+        return Ok(Some(text.trim().to_string()));
+    }
+    Ok(std::env::var("FLEETMQ_API_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| t.trim().to_string()))
 }
 
 fn passwd(file: &std::path::Path, username: &str) -> anyhow::Result<()> {
@@ -368,10 +479,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Ctl {
-            grpc,
+            admin,
+            token_file,
             output,
             command,
-        } => ctl(&grpc, output, command),
+        } => api_token(token_file.as_deref()).and_then(|token| {
+            let api = ctl::Api {
+                admin,
+                token,
+                json: output == OutputFormat::Json,
+            };
+            ctl(api, command)
+        }),
         Command::Passwd { file, username } => passwd(&file, &username),
         Command::Config {
             command: ConfigCommand::Check { file },

@@ -1,7 +1,8 @@
 //! Starts a node: storage, the broker core, the MQTT and admin listeners; and
-//! stops it: stop accepting, close connections, let the core flush.
+//! stops it by draining (crate::drain): stop accepting, move the clients, let the
+//! core flush, hand Raft leadership over.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,15 +19,19 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::access::AccessMetrics;
-use crate::admin::serve_admin;
+use crate::admin::{serve_admin, AdminState};
+use crate::clients::ConnectedClients;
 use crate::config::{StorageEngineKind, ValidConfig};
 use crate::connection::ConnectionContext;
+use crate::drain::Drain;
 use crate::listener::{run_listener, ListenerMetrics, ListenersMetrics};
 
 /// Capacity of the channel from connection tasks to the router.
 const ROUTER_EVENTS: usize = 16 * 1024;
 /// Applied Raft entries waiting for the router; apply waits beyond this.
 const APPLIED_QUEUE: usize = 1024;
+/// The broker core's time for its last writes once the clients have gone.
+const LAST_WRITES: Duration = Duration::from_secs(5);
 
 pub async fn run(
     config: ValidConfig,
@@ -167,7 +172,11 @@ pub async fn run(
         Some((egress, ingress, metrics)) => (Some((egress, metrics)), Some(ingress)),
         None => (None, None),
     };
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Listeners stop when the drain starts; the admin API answers until the end.
+    let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let drain = Drain::new(config.drain.clone());
+    let clients = Arc::new(ConnectedClients::default());
     let listener_metrics = Arc::new(ListenersMetrics {
         listeners: mqtt
             .iter()
@@ -183,21 +192,37 @@ pub async fn run(
     let access_metrics = Arc::new(AccessMetrics::default());
     let admin_task = tokio::spawn(serve_admin(
         admin,
-        metrics.clone(),
-        egress.as_ref().map(|(_, m)| m.clone()),
-        listener_metrics.clone(),
-        access_metrics.clone(),
-        raft_node.as_ref().map(|node| node.raft.clone()),
-        shutdown_rx.clone(),
+        Arc::new(AdminState {
+            node_id: config.node_id,
+            metrics: metrics.clone(),
+            bridge: egress.as_ref().map(|(_, m)| m.clone()),
+            listeners: listener_metrics.clone(),
+            access: access_metrics.clone(),
+            raft: raft_node.as_ref().map(|node| node.raft.clone()),
+            drain: drain.clone(),
+            clients: clients.clone(),
+            events: broker.events(),
+            api_token: config.api_token.clone(),
+        }),
+        admin_stop_rx,
     ));
+    if let Some(node) = &raft_node {
+        let (drain, clients) = (drain.clone(), clients.clone());
+        node.attach_drain(Arc::new(move || {
+            let connections = u64::try_from(clients.len()).unwrap_or(u64::MAX);
+            drain.start("drain request from the cluster", connections)
+        }));
+    }
     let egress = egress.map(|(e, _)| e);
     let ctx = Arc::new(ConnectionContext {
         events: broker.events(),
-        metrics,
+        metrics: metrics.clone(),
         next_conn_id: AtomicU64::new(1),
         config: config.clone(),
         egress: egress.clone(),
         access: access_metrics.clone(),
+        drain: drain.clone(),
+        clients: clients.clone(),
     });
     // One limit for the node, shared by its listeners.
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -209,21 +234,38 @@ pub async fn run(
             ctx.clone(),
             slots.clone(),
             counters.clone(),
-            shutdown_rx.clone(),
+            accept_stop_rx.clone(),
         )));
     }
-    stop.await;
-    info!("shutting down: closing connections");
-    let _ = shutdown_tx.send(true);
+    tokio::select! {
+        () = stop => {
+            let connections = metrics.connections_current.load(Ordering::Relaxed);
+            drain.start("signal", u64::try_from(connections).unwrap_or(0));
+        }
+        _ = drain.started() => {}
+    }
+    let order = drain.started().await;
+    let _ = accept_stop_tx.send(true);
     for task in accepting {
         let _ = task.await;
     }
-    // Connection tasks hold permits; wait (bounded) until they have all said goodbye.
+    // Connection tasks hold permits: all are back once every client was told to move.
+    // The core's last writes and the handover keep their share of the drain's time.
+    let connections_done = order.started
+        + (order.plan.timeout.saturating_sub(LAST_WRITES)).max(order.window + LAST_WRITES);
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
+    if tokio::time::timeout_at(connections_done, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!(
+            left = metrics.connections_current.load(Ordering::Relaxed),
+            "connections still open at the end of the drain's time; closing anyway"
+        );
+    }
     drop(ctx);
     // A node without quorum cannot commit its last rounds; do not hang on them.
-    if tokio::time::timeout(Duration::from_secs(5), broker.shutdown())
+    if tokio::time::timeout(LAST_WRITES, broker.shutdown())
         .await
         .is_err()
     {
@@ -238,8 +280,12 @@ pub async fn run(
     if let Some(node) = raft_node {
         node.shutdown().await;
     }
+    let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
-    info!("stopped");
+    info!(
+        took_ms = order.started.elapsed().as_millis() as u64,
+        "drained and stopped"
+    );
     Ok(())
 }
 

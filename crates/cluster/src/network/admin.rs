@@ -73,6 +73,44 @@ pub fn cluster_status(raft: &Raft<TypeConfig>) -> pb::ClusterStatusReply {
     }
 }
 
+/// The longest a [`campaign`] may be asked to wait for a new leader.
+const CAMPAIGN_MAX: Duration = Duration::from_secs(10);
+/// How long one election round may take before this node stands again: a vote is
+/// refused while the voter's lease from the leaving leader still runs.
+const CAMPAIGN_ROUND: Duration = Duration::from_millis(200);
+
+/// Stands for election until a leader other than `leaving_node` is known, or the
+/// request's time runs out; answers the leader known then.
+pub async fn campaign(
+    raft: &Raft<TypeConfig>,
+    request: pb::CampaignRequest,
+) -> Result<pb::CampaignReply, Status> {
+    let leaving = request.leaving_node;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(request.timeout_ms.into()).min(CAMPAIGN_MAX);
+    let elected = |leader: Option<NodeId>| leader.filter(|&id| id != leaving);
+    loop {
+        if let Some(leader) = elected(raft.metrics().borrow().current_leader) {
+            return Ok(pb::CampaignReply {
+                leader_id: Some(leader),
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(pb::CampaignReply { leader_id: None });
+        }
+        raft.trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
+        // Waiting for the round ends early when a leader is elected; a timeout here
+        // only means another round.
+        let _ = raft
+            .wait(Some(CAMPAIGN_ROUND))
+            .metrics(|m| elected(m.current_leader).is_some(), "a new leader")
+            .await;
+    }
+}
+
 /// Proposes the [`ClusterRequest`] in `request` through `raft` and waits until it is
 /// applied here.
 ///

@@ -27,6 +27,11 @@ use crate::types::TypeConfig;
 /// log the router is built from), so the sender is filled in later.
 pub type ForwardSink = Arc<OnceLock<mpsc::Sender<Event>>>;
 
+/// What starts a drain of this node: set by the server once it runs (draining is the
+/// server's business; this crate only carries the request). Returns `false` when a
+/// drain was already under way.
+pub type DrainHook = Arc<OnceLock<Arc<dyn Fn() -> bool + Send + Sync>>>;
+
 /// Acknowledgements buffered per stream; the sender reads them continuously.
 const ACK_BUFFER: usize = 16;
 
@@ -44,6 +49,7 @@ pub struct PeerGrpcServer {
     raft: Raft<TypeConfig>,
     forward: ForwardInbox,
     view: RoutingView,
+    drain: DrainHook,
 }
 
 impl std::fmt::Debug for PeerGrpcServer {
@@ -64,11 +70,13 @@ impl PeerGrpcServer {
         sink: ForwardSink,
         metrics: Arc<Metrics>,
         view: RoutingView,
+        drain: DrainHook,
     ) -> Self {
         PeerGrpcServer {
             raft,
             forward: ForwardInbox { sink, metrics },
             view,
+            drain,
         }
     }
 
@@ -206,6 +214,25 @@ impl PeerService for PeerGrpcServer {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipReply>, Status> {
         admin::remove_member(&self.raft, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn drain(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<pb::DrainReply>, Status> {
+        let Some(start) = self.drain.get() else {
+            return Err(Status::unavailable("this node is not serving clients yet"));
+        };
+        Ok(Response::new(pb::DrainReply { started: start() }))
+    }
+
+    async fn campaign(
+        &self,
+        request: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::CampaignReply>, Status> {
+        admin::campaign(&self.raft, request.into_inner())
             .await
             .map(Response::new)
     }

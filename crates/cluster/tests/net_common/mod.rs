@@ -251,6 +251,7 @@ pub async fn must_start_node(id: NodeId, config: Arc<Config>, faults: Faults) ->
         Arc::clone(&forward_sink),
         Arc::clone(&metrics),
         fleetmq_broker::RoutingView::default(),
+        Default::default(),
     );
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()

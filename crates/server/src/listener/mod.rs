@@ -142,7 +142,7 @@ impl ListenersMetrics {
     }
 }
 
-/// Accepts on `listener` until shutdown; each connection takes one of `slots` for its
+/// Accepts on `listener` until `stop`; each connection takes one of `slots` for its
 /// lifetime.
 pub async fn run_listener(
     listener: TcpListener,
@@ -150,7 +150,7 @@ pub async fn run_listener(
     ctx: Arc<ConnectionContext>,
     slots: Arc<Semaphore>,
     metrics: Arc<ListenerMetrics>,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -163,7 +163,7 @@ pub async fn run_listener(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
         };
         metrics.accepted.fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -171,10 +171,9 @@ pub async fn run_listener(
             warn!(listener = %spec.name, %peer, max = ctx.config.max_connections, "connection limit reached; refusing");
             continue;
         };
-        let (spec, ctx, metrics, shutdown) =
-            (spec.clone(), ctx.clone(), metrics.clone(), shutdown.clone());
+        let (spec, ctx, metrics) = (spec.clone(), ctx.clone(), metrics.clone());
         tokio::spawn(async move {
-            open(stream, peer, &spec, ctx, &metrics, shutdown).await;
+            open(stream, peer, &spec, ctx, &metrics).await;
             drop(permit);
         });
     }
@@ -187,7 +186,6 @@ async fn open(
     spec: &ListenerSpec,
     ctx: Arc<ConnectionContext>,
     metrics: &ListenerMetrics,
-    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + ctx.config.connect_timeout;
@@ -209,7 +207,7 @@ async fn open(
         }
     }
     let Some(settings) = &spec.tls else {
-        return serve_transport(stream, spec, info, ctx, metrics, shutdown, deadline).await;
+        return serve_transport(stream, spec, info, ctx, metrics, deadline).await;
     };
     let tls = match timeout_at(deadline, settings.acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -219,7 +217,7 @@ async fn open(
     if settings.cn_as_username {
         info.common_name = tls::common_name(tls.get_ref().1.peer_certificates());
     }
-    serve_transport(tls, spec, info, ctx, metrics, shutdown, deadline).await
+    serve_transport(tls, spec, info, ctx, metrics, deadline).await
 }
 
 /// Counts and logs a connection closed before MQTT began.
@@ -241,18 +239,17 @@ async fn serve_transport<S>(
     info: PeerInfo,
     ctx: Arc<ConnectionContext>,
     metrics: &ListenerMetrics,
-    shutdown: watch::Receiver<bool>,
     deadline: Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(path) = &spec.ws_path else {
-        return serve_connection(stream, info, ctx, shutdown).await;
+        return serve_connection(stream, info, ctx).await;
     };
     let max_packet = ctx.config.broker.max_packet_size as usize;
     let peer = info.addr;
     match timeout_at(deadline, ws::accept(stream, path, max_packet)).await {
-        Ok(Ok(ws)) => serve_connection(ws, info, ctx, shutdown).await,
+        Ok(Ok(ws)) => serve_connection(ws, info, ctx).await,
         Ok(Err(error)) => handshake_failed(metrics, spec, peer, "websocket", &error),
         Err(_) => handshake_failed(metrics, spec, peer, "websocket", &"timed out"),
     }

@@ -1,0 +1,192 @@
+//! The admin HTTP listener (axum). Open to anyone who reaches the port: `/healthz`
+//! (the process answers), `/readyz` (joined and caught up, and not draining: 503 with
+//! the reason otherwise) and `/metrics` (Prometheus). Behind a bearer token: the JSON
+//! API under `/api/v1` ([`api`], described by docs/openapi.yaml).
+
+mod api;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use fleetmq_broker::{Event, Metrics};
+use fleetmq_cluster::health::RaftHealth;
+use fleetmq_cluster::TypeConfig;
+use fleetmq_kafka::BridgeMetrics;
+use openraft::Raft;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use crate::access::AccessMetrics;
+use crate::clients::ConnectedClients;
+use crate::drain::Drain;
+use crate::listener::ListenersMetrics;
+
+/// What the admin listener reads and acts on.
+pub struct AdminState {
+    pub node_id: u64,
+    pub metrics: Arc<Metrics>,
+    pub bridge: Option<Arc<BridgeMetrics>>,
+    pub listeners: Arc<ListenersMetrics>,
+    pub access: Arc<AccessMetrics>,
+    /// The node's Raft group; none with the memory engine (always ready).
+    pub raft: Option<Raft<TypeConfig>>,
+    pub drain: Arc<Drain>,
+    pub clients: Arc<ConnectedClients>,
+    /// The router's event channel, for what only the router knows.
+    pub events: mpsc::Sender<Event>,
+    /// The bearer token `/api/v1` requires; none: loopback callers only.
+    pub api_token: Option<Arc<str>>,
+}
+
+/// How long the listener waits for open requests once told to stop.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest(
+            "/api/v1",
+            api::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
+        )
+        .fallback(|| async { api::ApiError::not_found("no such path") })
+        .with_state(state);
+    let (stopped_tx, mut stopped_rx) = watch::channel(false);
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+        let _ = stopped_tx.send(true);
+    });
+    // Keep-alive connections (Prometheus) may hold a graceful stop open: bound it.
+    let bounded = async {
+        let _ = stopped_rx.changed().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        result = serve => if let Err(error) = result {
+            warn!(%error, "admin listener stopped");
+        },
+        () = bounded => {}
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Why the node is not ready, or `None`.
+fn not_ready(state: &AdminState) -> Option<String> {
+    if state.drain.order().is_some() {
+        return Some("draining".into());
+    }
+    let raft = state.raft.as_ref()?;
+    RaftHealth::read(&raft.metrics().borrow()).not_ready
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    match not_ready(&state) {
+        None => "ready\n".into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let mut text = state.metrics.render();
+    if let Some(raft) = &state.raft {
+        RaftHealth::read(&raft.metrics().borrow()).render(&mut text);
+    }
+    let draining = u8::from(state.drain.order().is_some());
+    text.push_str(&format!(
+        "# HELP fleetmq_draining 1 while the node drains (SIGTERM or a drain request).\n\
+         # TYPE fleetmq_draining gauge\nfleetmq_draining {draining}\n"
+    ));
+    state.listeners.render(&mut text);
+    state.access.render(&mut text);
+    if let Some(bridge) = &state.bridge {
+        bridge.render(&mut text);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `/api/v1` needs `Authorization: Bearer <admin.api_token_file's token>`; without a
+/// configured token, only callers on the loopback interface get in.
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let allowed = match (&state.api_token, presented) {
+        (Some(token), Some(presented)) => same_secret(token.as_bytes(), presented.as_bytes()),
+        (Some(_), None) => false,
+        (None, _) => peer.ip().is_loopback(),
+    };
+    if allowed {
+        return next.run(request).await;
+    }
+    let message = if state.api_token.is_some() {
+        "a valid bearer token is required (admin.api_token_file)"
+    } else {
+        "no admin.api_token_file is configured: only loopback callers may use the API"
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+        Json(json!({ "error": message })),
+    )
+        .into_response()
+}
+
+/// Compares without stopping at the first difference, so the time taken says nothing
+/// about how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abcdefgh", b"abcdefgh"));
+        assert!(!same_secret(b"abcdefgh", b"abcdefgi"));
+        assert!(!same_secret(b"abcdefgh", b"abcdefg"));
+    }
+}
