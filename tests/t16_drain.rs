@@ -1,10 +1,12 @@
 //! Drain (crates/server/src/drain.rs) with real processes: SIGTERM on the leader of
 //! a three-node cluster tells its MQTT 5 clients to move (DISCONNECT 0x8B), keeps
 //! their sessions for the node they reconnect to, hands Raft leadership to another
-//! node and exits cleanly. The clients are rumqttc's.
+//! node and exits cleanly; `fleetmq ctl members drain ID` asked of one node drains
+//! another. The clients are rumqttc's.
 
 use std::time::Duration;
 
+use fleetmq_tests::cluster::ctl;
 use fleetmq_tests::{unique_id, v5_options, Cluster, V5Client};
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -88,4 +90,47 @@ async fn sigterm_on_the_leader_moves_its_clients_keeps_their_sessions_and_hands_
 
     cluster.restart(leader);
     cluster.must_agree_on_leader(&cluster.ids());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_members_drain_through_one_node_drains_another() {
+    let mut cluster = Cluster::start();
+    let leader = cluster.leader();
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let mut c = V5Client::must_connect(cluster.node(follower), &unique_id("t16-ctl")).await;
+
+    let admin = cluster.node(leader).admin_addr.to_string();
+    let id = follower.to_string();
+    let out = ctl(
+        &[
+            "members", "drain", &id, "--admin", &admin, "--output", "json",
+        ],
+        Duration::from_secs(20),
+    )
+    .expect("run fleetmq ctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(reply["node_id"], follower);
+    assert_eq!(reply["started"], true);
+
+    assert_eq!(
+        c.wait_server_disconnect(Duration::from_secs(10)).await,
+        Some(SERVER_SHUTTING_DOWN)
+    );
+    let status = cluster.wait_exit(follower, Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "node {follower} should exit 0 after the drain, got {status:?}\n{}",
+        cluster.node(follower).log_tail(40)
+    );
+    let rest: Vec<u64> = cluster.live_ids();
+    assert_eq!(cluster.must_agree_on_leader(&rest), leader);
 }

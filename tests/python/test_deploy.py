@@ -59,8 +59,8 @@ def test_the_committed_manifests_are_the_charts_rendering():
 @pytest.mark.parametrize("values", [
     (),
     ("tls.enabled=true", "websocket.enabled=true", "tls.requireClientCert=true",
-     "service.proxyProtocol=true", "replicas=5"),
-], ids=["defaults", "tls-ws-proxy-5-nodes"])
+     "service.proxyProtocol=true", "replicas=5", "adminApi.tokenSecret=fleetmq-api"),
+], ids=["defaults", "tls-ws-proxy-5-nodes-token"])
 def test_manifests_validate_against_the_kubernetes_schemas(values):
     from kubernetes_validate import validate
     docs = _docs(_render(*values))
@@ -95,6 +95,39 @@ def test_the_charts_configuration_is_accepted_by_a_node(tmp_path, values):
     out = subprocess.run([str(broker_binary()), "config", "check", str(path)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr + "\n" + config
+
+
+@pytest.mark.parametrize("with_token", [False, True], ids=["loopback", "token"])
+def test_the_prestop_hook_drains_a_node_and_waits_for_its_exit(broker_factory, client_factory,
+                                                               tmp_path, with_token):
+    values = ("adminApi.tokenSecret=fleetmq-api",) if with_token else ()
+    sts = next(d for d in _docs(_render(*values)) if d["kind"] == "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "fleetmq" and "--admin=127.0.0.1:8080" in command
+    grace = pod["terminationGracePeriodSeconds"]
+    assert f"--timeout={grace - 5}" in command, "the hook must end before the kubelet kills"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    config = None
+    token_path = "/etc/fleetmq/api-token/token"
+    if with_token:
+        assert env["FLEETMQ_ADMIN_API_TOKEN_FILE"] == token_path
+        assert f"--token-file={token_path}" in command
+        token = tmp_path / "token"
+        token.write_text("a-token-from-the-secret-0123\n")
+        config = {"admin": {"api_token_file": str(token)}}
+    node = broker_factory(config=config)
+    c = client_factory(on=node)
+    # The hook as the kubelet runs it in the pod, with this test node's address.
+    hook = [str(broker_binary())] + [
+        f"--admin=127.0.0.1:{node.admin_port}" if a == "--admin=127.0.0.1:8080"
+        else a.replace(token_path, str(tmp_path / "token")) for a in command[1:]]
+    out = subprocess.run(hook, capture_output=True, text=True, timeout=grace)
+    assert out.returncode == 0, out.stderr
+    assert "drained and stopped" in out.stdout
+    assert c.wait_disconnected().reason_code == 0x8B
+    assert node.proc.wait(timeout=5) == 0
 
 
 def test_peers_name_every_pod_through_the_headless_service():

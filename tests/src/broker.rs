@@ -376,6 +376,23 @@ impl BrokerProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Waits up to `timeout` for the process to exit on its own (after a drain
+    /// request, say) and reaps it; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM (a graceful shutdown), then waits up to `timeout` for the exit;
     /// SIGKILL after that. Returns whether the process exited on its own.
     pub fn terminate(&mut self, timeout: Duration) -> bool {

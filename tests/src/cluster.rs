@@ -537,6 +537,16 @@ impl Cluster {
         clean
     }
 
+    /// Marks node `id` as down after it stopped on its own (a drain): waits up to
+    /// `timeout` for its exit and returns its status, `None` if it still runs.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = self.node_mut(id).wait_exit(timeout);
+        if status.is_some() {
+            self.down.insert(id);
+        }
+        status
+    }
+
     /// Starts node `id` again (killing it first if it runs) with the same ports, data
     /// directory and `--peers`, and waits until its `/readyz` answers 200.
     pub fn restart(&mut self, id: u64) {

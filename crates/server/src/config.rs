@@ -686,7 +686,48 @@ mod tests {
             c.mqtt.max_session_expiry_interval,
             d.mqtt.max_session_expiry_interval
         );
+        assert_eq!(
+            (c.drain.rate, c.drain.spread, c.drain.timeout),
+            (d.drain.rate, d.drain.spread, d.drain.timeout)
+        );
+        assert_eq!(c.drain.server_reference, d.drain.server_reference);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn drain_and_api_token_problems_name_their_key() {
+        let key_of = |toml: &str| match Config::from_toml(toml).unwrap().validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{toml:?} should be refused, got {other:?}"),
+        };
+        assert_eq!(key_of("[drain]\nrate = 0\n"), "drain.rate");
+        assert_eq!(key_of("[drain]\ntimeout = 0\n"), "drain.timeout");
+        assert_eq!(
+            key_of("[drain]\nspread = 30\ntimeout = 30\n"),
+            "drain.spread"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "tooshort\n").unwrap();
+        let toml = format!(
+            "[admin]\napi_token_file = {:?}\n",
+            short.display().to_string()
+        );
+        assert_eq!(key_of(&toml), "admin.api_token_file");
+        let missing = format!(
+            "[admin]\napi_token_file = {:?}\n",
+            dir.path().join("none").display().to_string()
+        );
+        assert_eq!(key_of(&missing), "admin.api_token_file");
+        let good = dir.path().join("good");
+        std::fs::write(&good, "  0123456789abcdef0123\n").unwrap();
+        let toml = format!(
+            "[admin]\napi_token_file = {:?}\n[drain]\nserver_reference = \"b.example:1883\"\n",
+            good.display().to_string()
+        );
+        let v = Config::from_toml(&toml).unwrap().validate().unwrap();
+        assert_eq!(v.api_token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(v.drain.server_reference.as_deref(), Some("b.example:1883"));
     }
 
     #[test]

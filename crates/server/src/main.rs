@@ -222,6 +222,9 @@ struct ServeArgs {
     /// Admin HTTP listener address (/healthz, /readyz, /metrics).
     #[arg(long, env = "FLEETMQ_ADMIN_LISTEN")]
     admin_listen: Option<String>,
+    /// A file holding the admin API's bearer token (admin.api_token_file).
+    #[arg(long, env = "FLEETMQ_ADMIN_API_TOKEN_FILE")]
+    admin_api_token_file: Option<PathBuf>,
     /// Cluster members as id=host:port,id=host:port.
     #[arg(long, env = "FLEETMQ_PEERS", value_delimiter = ',')]
     peers: Option<Vec<String>>,
@@ -268,6 +271,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.admin_listen {
             config.admin.listen = v.clone();
+        }
+        if let Some(v) = &self.admin_api_token_file {
+            config.admin.api_token_file = Some(v.clone());
         }
         if let Some(v) = &self.peers {
             config.cluster.peers = v.iter().filter(|p| !p.is_empty()).cloned().collect();
@@ -426,7 +432,7 @@ fn passwd(file: &std::path::Path, username: &str) -> anyhow::Result<()> {
 }
 
 /// `serve` flags and the variables that override them: (flag, variable, takes a value).
-const OVERRIDDEN_BY_ENV: [(&str, &str, bool); 11] = [
+const OVERRIDDEN_BY_ENV: [(&str, &str, bool); 12] = [
     ("--config", "FLEETMQ_CONFIG", true),
     ("--node-id", "FLEETMQ_NODE_ID", true),
     (
@@ -438,6 +444,11 @@ const OVERRIDDEN_BY_ENV: [(&str, &str, bool); 11] = [
     ("--mqtt-listen", "FLEETMQ_MQTT_LISTEN", true),
     ("--grpc-listen", "FLEETMQ_GRPC_LISTEN", true),
     ("--admin-listen", "FLEETMQ_ADMIN_LISTEN", true),
+    (
+        "--admin-api-token-file",
+        "FLEETMQ_ADMIN_API_TOKEN_FILE",
+        true,
+    ),
     ("--peers", "FLEETMQ_PEERS", true),
     ("--storage", "FLEETMQ_STORAGE", true),
     ("--log-level", "FLEETMQ_LOG", true),

@@ -40,6 +40,9 @@ const MEMBER_STATUS: Duration = Duration::from_secs(2);
 const MEMBERSHIP_CHANGE: Duration =
     Duration::from_secs(cluster_admin::ADD_MEMBER_CATCH_UP_TIMEOUT.as_secs() + 30);
 const DEFAULT_LIMIT: usize = 100;
+/// The longest topic or filter the API takes, in characters: percent-encoded, any
+/// such string fits in a URI (hyper takes 65,534 bytes).
+const MAX_API_TOPIC: usize = 4096;
 const MAX_LIMIT: usize = 10_000;
 
 pub fn routes() -> Router<Arc<AdminState>> {
@@ -137,6 +140,15 @@ fn limit(asked: Option<usize>) -> Result<usize, ApiError> {
             "limit must be 1 to {MAX_LIMIT}, not {n}"
         ))),
     }
+}
+
+fn api_topic_length(what: &str, text: &str) -> Result<(), ApiError> {
+    if text.chars().count() > MAX_API_TOPIC {
+        return Err(ApiError::bad_request(format!(
+            "the API takes a {what} of at most {MAX_API_TOPIC} characters"
+        )));
+    }
+    Ok(())
 }
 
 /// Sends the router a request and waits for its answer.
@@ -569,6 +581,7 @@ async fn retained(
     let Query(q) = q?;
     let limit = limit(q.limit)?;
     let text = q.filter.unwrap_or_else(|| "#".to_string());
+    api_topic_length("filter", &text)?;
     let filter = TopicFilter::parse(&text)
         .map_err(|e| ApiError::bad_request(format!("filter {text:?}: {e}")))?;
     let found = ask_router(&state, |reply| AdminRequest::Retained {
@@ -604,6 +617,7 @@ async fn delete_retained(
     q: Result<Query<TopicQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(TopicQuery { topic }) = q?;
+    api_topic_length("topic", &topic)?;
     validate_topic_name(&topic)
         .map_err(|e| ApiError::bad_request(format!("topic {topic:?}: {e}")))?;
     let (done_tx, done_rx) = oneshot::channel();

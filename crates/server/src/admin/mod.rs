@@ -5,7 +5,7 @@
 
 mod api;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,12 +149,7 @@ async fn require_token(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let allowed = match (&state.api_token, presented) {
-        (Some(token), Some(presented)) => same_secret(token.as_bytes(), presented.as_bytes()),
-        (Some(_), None) => false,
-        (None, _) => peer.ip().is_loopback(),
-    };
-    if allowed {
+    if may_call(state.api_token.as_deref(), presented, peer.ip()) {
         return next.run(request).await;
     }
     let message = if state.api_token.is_some() {
@@ -170,6 +165,15 @@ async fn require_token(
         .into_response()
 }
 
+/// Whether a caller at `peer` presenting `presented` may use the API.
+fn may_call(token: Option<&str>, presented: Option<&str>, peer: IpAddr) -> bool {
+    match (token, presented) {
+        (Some(token), Some(presented)) => same_secret(token.as_bytes(), presented.as_bytes()),
+        (Some(_), None) => false,
+        (None, _) => peer.is_loopback(),
+    }
+}
+
 /// Compares without stopping at the first difference, so the time taken says nothing
 /// about how much of a guess was right.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
@@ -181,7 +185,25 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::{may_call, same_secret};
+    use std::net::IpAddr;
+
+    #[test]
+    fn without_a_token_only_loopback_callers_get_in_and_with_one_only_its_holders() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let local6: IpAddr = "::1".parse().unwrap();
+        let remote: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(may_call(None, None, local) && may_call(None, None, local6));
+        assert!(!may_call(None, None, remote));
+        assert!(!may_call(None, Some("anything"), remote));
+        let token = Some("0123456789abcdef");
+        assert!(may_call(token, Some("0123456789abcdef"), remote));
+        assert!(!may_call(token, Some("0123456789abcdeF"), local));
+        assert!(
+            !may_call(token, None, local),
+            "a configured token binds loopback too"
+        );
+    }
 
     #[test]
     fn secrets_compare_whole() {
