@@ -206,3 +206,42 @@ topic = "commands/%c/#"
     m = broker.metrics()
     assert m['fleetmq_acl_denied_total{action="publish"}'] == 3
     assert m['fleetmq_acl_denied_total{action="subscribe"}'] == 2
+
+
+def _ctl(broker, *args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(broker_binary()), "ctl", "--admin",
+                          f"{broker.host}:{broker.admin_port}", *args],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, f"ctl {args}: {out.stderr}"
+    return out
+
+
+def test_rules_set_at_runtime_apply_to_connected_clients_and_survive_a_restart(
+        broker_factory, client_factory, tmp_path):
+    node = broker_factory(config={"acl": {"no_match": "allow"}})
+    c = client_factory(version=V5, client_id="rt-1", on=node)
+    assert c.subscribe("closed/a", qos=1, check=False) == [1]
+    assert c.publish("closed/a", "before", qos=1) == 0
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[acl]\nno_match = "deny"\n'
+                     '[[acl.rules]]\npermission = "allow"\naction = "all"\ntopic = "open/%c/#"\n')
+    shown = json.loads(_ctl(node, "acl", "set", str(rules), "--output", "json").stdout)
+    assert shown["source"] == "cluster" and shown["no_match"] == "deny"
+
+    # The connection made before the change follows it at once.
+    assert c.subscribe("closed/b", qos=1, check=False) == [0x87]
+    assert c.publish("closed/a", "after", qos=1) == 0x87
+    assert c.subscribe("open/rt-1/x", qos=1, check=False) == [1]
+    assert c.publish("open/rt-1/x", "mine", qos=1) == 0
+
+    # Kept in the replicated store: a restart does not fall back to the file.
+    node.restart()
+    text = _ctl(node, "acl", "show").stdout
+    assert "from the cluster" in text and "open/%c/#" in text
+    again = client_factory(version=V5, client_id="rt-2", on=node)
+    assert again.subscribe("closed/c", qos=1, check=False) == [0x87]
+
+    shown = json.loads(_ctl(node, "acl", "clear", "--output", "json").stdout)
+    assert (shown["source"], shown["no_match"], shown["rules"]) == ("file", "allow", [])
+    assert again.subscribe("closed/c", qos=1, check=False) == [1]

@@ -16,11 +16,11 @@ use std::borrow::Cow;
 
 use fleetmq_topic::relation::{covers, overlaps};
 use fleetmq_topic::TopicFilter;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Permission {
     Allow,
@@ -35,7 +35,7 @@ pub enum Action {
 }
 
 /// What a rule is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Actions {
     Publish,
@@ -63,8 +63,8 @@ impl From<Action> for Actions {
     }
 }
 
-/// `[acl]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// `[acl]`, and the rules set at runtime through the admin API (as JSON).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AclConfig {
     /// What happens when no rule applies.
@@ -88,7 +88,7 @@ impl Default for AclConfig {
 }
 
 /// One `[[acl.rules]]` entry.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AclRuleConfig {
     pub permission: Permission,
@@ -96,8 +96,10 @@ pub struct AclRuleConfig {
     /// A topic filter, with `%u` and `%c` where the username and client id go.
     pub topic: String,
     /// Only for this username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Only for this client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
 }
 

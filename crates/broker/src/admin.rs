@@ -37,6 +37,13 @@ pub enum AdminRequest {
         existed: oneshot::Sender<bool>,
         done: oneshot::Sender<()>,
     },
+    /// Sets (or with `None` removes) the cluster-wide setting `name`; `done` fires
+    /// once durable. Every node's [`crate::Settings`] follow.
+    PutSetting {
+        name: String,
+        value: Option<Bytes>,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// One session as the router knows it.

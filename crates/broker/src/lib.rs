@@ -21,7 +21,7 @@ pub use connection::{AckKind, ConnId, ConnectionEnd, ConnectionHandle, Outgoing,
 pub use message::{now_ms, Message, MessageProperties};
 pub use metrics::{CloseReason, DropReason, Metrics};
 pub use peer::{ForwardTarget, ForwardedPublish, Forwarder, NoForwarder};
-pub use router::{Applied, ConnectReply, ConnectRequest, Event};
+pub use router::{Applied, ConnectReply, ConnectRequest, Event, Settings};
 pub use service::{
     BrokerParts, BrokerService, CommitError, Committer, LocalCommitter, RoutingView, Visibility,
 };

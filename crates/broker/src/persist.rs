@@ -33,8 +33,13 @@ pub const DELIVERIES: &str = "deliveries";
 pub const QOS2_IN: &str = "qos2_in";
 pub const RETAINED: &str = "retained";
 pub const OWNERS: &str = "owners";
+/// Cluster-wide settings an operator changes at runtime (the access rules): name →
+/// opaque bytes the server interprets.
+pub const SETTINGS: &str = "settings";
 /// Every tree the broker writes, in the order of the layout above.
-pub const TREES: &[&str] = &[SESSIONS, MESSAGES, DELIVERIES, QOS2_IN, RETAINED, OWNERS];
+pub const TREES: &[&str] = &[
+    SESSIONS, MESSAGES, DELIVERIES, QOS2_IN, RETAINED, OWNERS, SETTINGS,
+];
 
 /// Node ids fit in this many low bits of every message id and delivery seq.
 pub const NODE_ID_BITS: u32 = 10;
@@ -428,6 +433,7 @@ pub struct Snapshot {
     pub qos2_in: Vec<(String, u16)>,
     pub retained: Vec<MessageRecord>,
     pub owners: Vec<(String, OwnerRecord)>,
+    pub settings: Vec<(String, Vec<u8>)>,
 }
 
 pub fn load(engine: &dyn KvEngine) -> Result<Snapshot, PersistError> {
@@ -473,6 +479,13 @@ pub fn load(engine: &dyn KvEngine) -> Result<Snapshot, PersistError> {
             detail: e.to_string(),
         })?;
         snap.owners.push((client, decode(OWNERS, &value)?));
+    }
+    for (key, value) in engine.scan_prefix(SETTINGS, &[])? {
+        let name = String::from_utf8(key).map_err(|e| PersistError::Corrupt {
+            tree: SETTINGS,
+            detail: e.to_string(),
+        })?;
+        snap.settings.push((name, value));
     }
     Ok(snap)
 }

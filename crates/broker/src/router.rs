@@ -16,7 +16,7 @@ use fleetmq_codec::{
 };
 use fleetmq_storage::{WriteBatch, WriteOp};
 use fleetmq_topic::{Match, SubscriptionTrie, TopicFilter};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::admin::{AdminRequest, RetainedView, SessionDetail, SessionView, SubscriptionView};
@@ -28,7 +28,7 @@ use crate::peer::{ForwardTarget, ForwardedPublish};
 use crate::persist::{
     self, client_key, client_prefix, split_client_key, ClientState, DeliveryRecord, IdGen,
     MessageRecord, OwnerRecord, SessionRecord, Snapshot, SubscriptionRecord, WillRecord,
-    DELIVERIES, MESSAGES, OWNERS, QOS2_IN, RETAINED, SESSIONS,
+    DELIVERIES, MESSAGES, OWNERS, QOS2_IN, RETAINED, SESSIONS, SETTINGS,
 };
 use crate::session::{Delivery, Inflight, Phase, Session, SubscriptionEntry};
 
@@ -327,7 +327,12 @@ pub struct Router {
     targets: Vec<(Arc<str>, SubscriptionEntry)>,
     /// See [`Router::applied_through`].
     applied_through: u64,
+    /// The replicated settings as applied so far.
+    settings: watch::Sender<Settings>,
 }
+
+/// Cluster-wide settings by name ([`persist::SETTINGS`]), as the router last applied them.
+pub type Settings = Arc<BTreeMap<String, Bytes>>;
 
 const SYS_PREFIX: &str = "$SYS/";
 
@@ -356,6 +361,7 @@ impl Router {
             share_counter: 0,
             targets: Vec::new(),
             applied_through: 0,
+            settings: watch::Sender::new(Settings::default()),
         };
         router.restore(snapshot);
         if let Some(interval) = sys_interval {
@@ -377,7 +383,14 @@ impl Router {
             qos2_in,
             retained,
             owners,
+            settings,
         } = snap;
+        self.settings.send_replace(Arc::new(
+            settings
+                .into_iter()
+                .map(|(name, value)| (name, Bytes::from(value)))
+                .collect(),
+        ));
         let owners = owners
             .into_iter()
             .map(|(client, owner)| (Arc::from(client), owner))
@@ -654,6 +667,26 @@ impl Router {
         }
     }
 
+    /// Follows the replicated settings: this node's writes once handled, other nodes'
+    /// once applied here.
+    pub fn settings(&self) -> watch::Receiver<Settings> {
+        self.settings.subscribe()
+    }
+
+    fn set_setting(&mut self, name: &str, value: Option<Bytes>) {
+        self.settings.send_if_modified(|settings| {
+            if settings.get(name) == value.as_ref() {
+                return false;
+            }
+            let map = Arc::make_mut(settings);
+            match value {
+                Some(value) => map.insert(name.to_string(), value),
+                None => map.remove(name),
+            };
+            true
+        });
+    }
+
     /// The Raft log index up to which replicated writes are in this router's view.
     pub fn applied_through(&self) -> u64 {
         self.applied_through
@@ -712,6 +745,11 @@ impl Router {
                         }
                     }
                     DELIVERIES => self.picked_up_delivery(own, &key, &value, &mut messages),
+                    SETTINGS if !own => {
+                        if let Ok(name) = std::str::from_utf8(&key) {
+                            self.set_setting(name, Some(Bytes::from(value)));
+                        }
+                    }
                     _ => {}
                 },
                 WriteOp::Delete { tree, key } => match tree {
@@ -733,6 +771,11 @@ impl Router {
                             if self.retained.remove(topic).is_some() {
                                 Metrics::gauge_add(&self.core.metrics.retained_current, -1);
                             }
+                        }
+                    }
+                    SETTINGS if !own => {
+                        if let Ok(name) = std::str::from_utf8(&key) {
+                            self.set_setting(name, None);
                         }
                     }
                     _ => {}
@@ -1251,6 +1294,15 @@ impl Router {
                     expires_at_ms: None,
                 });
                 self.retain(&message);
+                self.core.round.outputs.push(Output::Done(done));
+            }
+            AdminRequest::PutSetting { name, value, done } => {
+                let batch = &mut self.core.round.batch;
+                match &value {
+                    Some(value) => batch.put(SETTINGS, name.as_bytes(), value.to_vec()),
+                    None => batch.delete(SETTINGS, name.as_bytes()),
+                }
+                self.set_setting(&name, value);
                 self.core.round.outputs.push(Output::Done(done));
             }
         }

@@ -772,3 +772,56 @@ fn admin_lists_retained_by_filter_and_deletes_durably_without_routing() {
     let topics: Vec<&str> = left.iter().map(|r| &*r.topic).collect();
     assert_eq!(topics, ["other", "r/b"], "the deletion was stored");
 }
+
+#[test]
+fn settings_are_stored_follow_other_nodes_and_survive_a_restart() {
+    let mut h = Harness::new(BrokerConfig::default());
+    let mut seen = h.router.settings();
+    let (done, mut durable) = oneshot::channel();
+    h.router.handle(Event::Admin(AdminRequest::PutSetting {
+        name: "acl".into(),
+        value: Some(Bytes::from_static(b"v1")),
+        done,
+    }));
+    assert!(seen.has_changed().unwrap());
+    assert_eq!(
+        seen.borrow_and_update().get("acl").map(|v| &v[..]),
+        Some(&b"v1"[..])
+    );
+    h.settle();
+    assert!(durable.try_recv().is_ok());
+
+    // Another node's write, as the replicated store applies it here.
+    h.router.handle_applied(crate::router::Applied::Entry {
+        origin: 2,
+        ops: vec![fleetmq_storage::WriteOp::Put {
+            tree: persist::SETTINGS,
+            key: b"acl".to_vec(),
+            value: b"v2".to_vec(),
+        }],
+    });
+    assert_eq!(
+        seen.borrow_and_update().get("acl").map(|v| &v[..]),
+        Some(&b"v2"[..])
+    );
+
+    let (done, _durable) = oneshot::channel();
+    h.router.handle(Event::Admin(AdminRequest::PutSetting {
+        name: "acl".into(),
+        value: None,
+        done,
+    }));
+    h.settle();
+    assert!(seen.borrow_and_update().is_empty());
+    let (done, _durable) = oneshot::channel();
+    h.router.handle(Event::Admin(AdminRequest::PutSetting {
+        name: "other".into(),
+        value: Some(Bytes::from_static(b"kept")),
+        done,
+    }));
+    h.settle();
+    let h = h.restart(BrokerConfig::default());
+    let after = h.router.settings();
+    let after = after.borrow();
+    assert_eq!(after.keys().collect::<Vec<_>>(), ["other"]);
+}

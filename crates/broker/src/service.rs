@@ -20,7 +20,7 @@ use crate::connection::Outgoing;
 use crate::metrics::Metrics;
 use crate::peer::Forwarder;
 use crate::persist::{self, Snapshot};
-use crate::router::{Applied, Event, Output, Round, Router};
+use crate::router::{Applied, Event, Output, Round, Router, Settings};
 
 /// Events one router pass takes before it hands its output on.
 const MAX_EVENTS_PER_ROUND: usize = 512;
@@ -150,6 +150,7 @@ impl Committer for LocalCommitter {
 /// The running broker core.
 pub struct BrokerService {
     events: mpsc::Sender<Event>,
+    settings: tokio::sync::watch::Receiver<Settings>,
     /// Ends the router loop: other holders of `events` (the peer service that hands
     /// over forwarded PUBLISHes, the sweeper) outlive a shutdown, so the channel
     /// closing cannot be the signal.
@@ -201,6 +202,7 @@ impl BrokerService {
             visibility,
         } = parts;
         let mut router = Router::new(config, metrics.clone(), snapshot);
+        let settings = router.settings();
         let (events_tx, events_rx) = mpsc::channel(event_capacity.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -231,6 +233,7 @@ impl BrokerService {
         info!("broker core started");
         BrokerService {
             events: events_tx,
+            settings,
             stop: stop_tx,
             metrics,
             router: router_task,
@@ -242,6 +245,11 @@ impl BrokerService {
     /// Where connection tasks send their events.
     pub fn events(&self) -> mpsc::Sender<Event> {
         self.events.clone()
+    }
+
+    /// The cluster-wide settings, following every change.
+    pub fn settings(&self) -> tokio::sync::watch::Receiver<Settings> {
+        self.settings.clone()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -304,8 +304,11 @@ pub struct ValidConfig {
     pub broker: BrokerConfig,
     pub kafka: Option<KafkaConfig>,
     pub auth: Arc<Authenticator>,
-    /// The node's access rules (a client's token may carry its own instead).
+    /// The node's access rules from the file (a client's token may carry its own
+    /// instead; rules set at runtime through the API replace these: crate::rules).
     pub acl: Arc<AclRules>,
+    /// The same as written, for the API to show.
+    pub acl_config: AclConfig,
     pub drain: DrainPlan,
     /// The bearer token of `/api/v1`; none: loopback callers only.
     pub api_token: Option<Arc<str>>,
@@ -476,6 +479,7 @@ impl Config {
             kafka: self.kafka.clone(),
             auth: Arc::new(auth),
             acl: Arc::new(acl),
+            acl_config: self.acl.clone(),
             drain,
             api_token,
         })

@@ -23,7 +23,7 @@ use fleetmq_kafka::{BridgeAck, BridgeError, BridgedMessage, Egress};
 use fleetmq_topic::{validate_topic_name, TopicFilter};
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
@@ -32,6 +32,7 @@ use crate::clients::{ConnectedClient, ConnectedClients};
 use crate::config::ValidConfig;
 use crate::drain::{Drain, DrainOrder};
 use crate::listener::PeerInfo;
+use crate::rules::NodeRules;
 
 /// What every connection task shares.
 pub struct ConnectionContext {
@@ -47,6 +48,8 @@ pub struct ConnectionContext {
     pub drain: Arc<Drain>,
     /// Who is connected here, for the admin API.
     pub clients: Arc<ConnectedClients>,
+    /// The node's access rules in force (the file's, or the cluster's runtime ones).
+    pub rules: watch::Receiver<Arc<NodeRules>>,
 }
 
 const CONNECT_PACKET_TYPE: u8 = 1;
@@ -122,7 +125,8 @@ where
         unacked_incoming: HashSet::new(),
         held: VecDeque::new(),
         held_max: usize::from(ctx.config.broker.receive_maximum) + HELD_BEYOND_RECEIVE_MAXIMUM,
-        acl: ctx.config.acl.clone(),
+        acl: ctx.rules.borrow().rules.clone(),
+        node_rules: Some(ctx.rules.clone()),
         peer,
         kick: Arc::new(Notify::new()),
     };
@@ -156,6 +160,8 @@ struct Connection<S> {
     held_max: usize,
     /// The access rules for this client: the node's, or its token's.
     acl: Arc<AclRules>,
+    /// Where the node's rules change at runtime; `None` when the token's rules apply.
+    node_rules: Option<watch::Receiver<Arc<NodeRules>>>,
     peer: PeerInfo,
     /// The admin API's order to close this connection.
     kick: Arc<Notify>,
@@ -300,7 +306,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Validates CONNECT, registers with the router and sends CONNACK.
     async fn accept(&mut self, connect: Box<Connect>) -> Option<ConnectionEnd> {
-        let cfg = &self.ctx.config.broker;
+        let ctx = self.ctx.clone();
+        let cfg = &ctx.config.broker;
         let connect = *connect;
         self.version = connect.protocol;
         let v5 = connect.protocol.is_v5();
@@ -351,6 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.username = identity.username;
         if let Some(acl) = identity.acl {
             self.acl = acl;
+            self.node_rules = None;
         }
         if let Some(will) = &connect.will {
             if !self.allowed(Action::Publish, &will.topic) {
@@ -504,7 +512,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Whether this client's access rules allow `action` on `target` (a topic for
     /// PUBLISH, a filter without `$share/group/` for SUBSCRIBE).
-    fn allowed(&self, action: Action, target: &str) -> bool {
+    fn allowed(&mut self, action: Action, target: &str) -> bool {
+        if let Some(node) = &mut self.node_rules {
+            // An atomic load per check; the rules are swapped only when they changed.
+            if node.has_changed().unwrap_or(false) {
+                self.acl = node.borrow_and_update().rules.clone();
+            }
+        }
         if self.acl.allows_everything() {
             return true;
         }

@@ -494,6 +494,82 @@ pub async fn retained_delete(api: &Api, topic: &str) -> anyhow::Result<String> {
     Ok(api.print(&v, |_| format!("retained message on {topic:?} deleted\n")))
 }
 
+fn rules_text(v: &Value) -> String {
+    let mut out = format!(
+        "access rules from the {} (no match: {})\n",
+        match v["source"].as_str() {
+            Some("cluster") => "cluster (set at runtime)",
+            _ => "node's configuration file",
+        },
+        text(&v["no_match"])
+    );
+    for (i, r) in v["rules"].as_array().into_iter().flatten().enumerate() {
+        let mut only = Vec::new();
+        if let Some(u) = r["username"].as_str() {
+            only.push(format!("username {u}"));
+        }
+        if let Some(c) = r["client_id"].as_str() {
+            only.push(format!("client id {c}"));
+        }
+        out.push_str(&format!(
+            "  {:>3}. {:<5} {:<9} {}{}\n",
+            i + 1,
+            text(&r["permission"]),
+            text(&r["action"]),
+            text(&r["topic"]),
+            if only.is_empty() {
+                String::new()
+            } else {
+                format!("  (only {})", only.join(", "))
+            }
+        ));
+    }
+    out
+}
+
+pub async fn acl_show(api: &Api) -> anyhow::Result<String> {
+    let v = api
+        .must("showing the access rules", Method::GET, "/api/v1/acl", None)
+        .await?;
+    Ok(api.print(&v, rules_text))
+}
+
+/// The rules in `file`: JSON, or TOML (an `[acl]` table or its keys at the top) when
+/// the name ends in `.toml`.
+fn read_rules(file: &std::path::Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let value: Value = if file.extension().is_some_and(|e| e == "toml") {
+        let table: toml::Value =
+            toml::from_str(&text).with_context(|| format!("{} is not TOML", file.display()))?;
+        let table = table.get("acl").cloned().unwrap_or(table);
+        serde_json::to_value(table).context("the TOML as JSON")?
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?
+    };
+    Ok(value)
+}
+
+pub async fn acl_set(api: &Api, file: &std::path::Path) -> anyhow::Result<String> {
+    let body = read_rules(file)?;
+    let what = format!("setting the access rules from {}", file.display());
+    let v = api
+        .must(&what, Method::PUT, "/api/v1/acl", Some(body))
+        .await?;
+    Ok(api.print(&v, rules_text))
+}
+
+pub async fn acl_clear(api: &Api) -> anyhow::Result<String> {
+    let v = api
+        .must(
+            "clearing the access rules",
+            Method::DELETE,
+            "/api/v1/acl",
+            None,
+        )
+        .await?;
+    Ok(api.print(&v, rules_text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

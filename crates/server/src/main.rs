@@ -16,6 +16,7 @@ mod connection;
 mod ctl;
 mod drain;
 mod listener;
+mod rules;
 mod server;
 
 use config::Config;
@@ -118,6 +119,22 @@ enum CtlCommand {
         #[command(subcommand)]
         command: RetainedCommand,
     },
+    /// The access rules in force, and changing them for the whole cluster at runtime.
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclCommand {
+    /// The rules in force on the node asked, and where they come from.
+    Show,
+    /// Replace the rules on every node: a JSON file ({"no_match": ..., "rules": [...]}),
+    /// or TOML ending in .toml (an [acl] table as in the configuration file).
+    Set { file: PathBuf },
+    /// Drop the rules set at runtime: every node goes back to its file's [acl].
+    Clear,
 }
 
 #[derive(Subcommand)]
@@ -365,6 +382,11 @@ fn ctl(api: ctl::Api, command: CtlCommand) -> anyhow::Result<()> {
                     ctl::retained_list(api, filter, limit).await
                 }
                 RetainedCommand::Delete { topic } => ctl::retained_delete(api, &topic).await,
+            },
+            CtlCommand::Acl { command } => match command {
+                AclCommand::Show => ctl::acl_show(api).await,
+                AclCommand::Set { file } => ctl::acl_set(api, &file).await,
+                AclCommand::Clear => ctl::acl_clear(api).await,
             },
         }
     })?;

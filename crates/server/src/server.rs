@@ -177,6 +177,11 @@ pub async fn run(
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let drain = Drain::new(config.drain.clone());
     let clients = Arc::new(ConnectedClients::default());
+    let rules = crate::rules::follow(
+        config.acl_config.clone(),
+        config.acl.clone(),
+        broker.settings(),
+    );
     let listener_metrics = Arc::new(ListenersMetrics {
         listeners: mqtt
             .iter()
@@ -203,6 +208,7 @@ pub async fn run(
             clients: clients.clone(),
             events: broker.events(),
             api_token: config.api_token.clone(),
+            rules: rules.clone(),
         }),
         admin_stop_rx,
     ));
@@ -223,6 +229,7 @@ pub async fn run(
         access: access_metrics.clone(),
         drain: drain.clone(),
         clients: clients.clone(),
+        rules: rules.clone(),
     });
     // One limit for the node, shared by its listeners.
     let slots = Arc::new(Semaphore::new(config.max_connections));

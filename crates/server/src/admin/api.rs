@@ -14,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
+use bytes::Bytes;
+use fleetmq_auth::AclConfig;
 use fleetmq_broker::{AdminRequest, Event, SessionView, SubscriptionView};
 use fleetmq_cluster::network::admin as cluster_admin;
 use fleetmq_cluster::TypeConfig;
@@ -29,6 +31,7 @@ use tonic::transport::Channel;
 
 use super::AdminState;
 use crate::clients::ConnectedClient;
+use crate::rules::{parse_setting, NodeRules, RulesSource, ACL_SETTING};
 
 type Shared = State<Arc<AdminState>>;
 
@@ -57,6 +60,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/sessions/{client_id}", get(session))
         .route("/subscriptions", get(subscriptions))
         .route("/retained", get(retained).delete(delete_retained))
+        .route("/acl", get(acl).put(set_acl).delete(clear_acl))
 }
 
 /// An error answer: `{"error": message}` with `status`.
@@ -639,4 +643,64 @@ async fn delete_retained(
             "the deletion was not stored in time (no quorum?)",
         )),
     }
+}
+
+// ---- access rules -----------------------------------------------------------------------
+
+fn rules_json(rules: &NodeRules) -> Value {
+    let mut value = serde_json::to_value(&rules.config).unwrap_or_else(|_| json!({}));
+    value["source"] = json!(match rules.source {
+        RulesSource::File => "file",
+        RulesSource::Cluster => "cluster",
+    });
+    value
+}
+
+/// The access rules in force on this node and where they come from.
+async fn acl(State(state): Shared) -> ApiResult {
+    let rules = state.rules.borrow().clone();
+    ok(rules_json(&rules))
+}
+
+/// Replicates `wanted` as the cluster's access rules (`None`: back to each node's
+/// file) and answers with the rules in force here once this node follows them.
+async fn put_rules(state: &AdminState, wanted: Option<AclConfig>) -> ApiResult {
+    let value = match &wanted {
+        Some(config) => Some(Bytes::from(serde_json::to_vec(config).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        })?)),
+        None => None,
+    };
+    ask_router(state, |done| AdminRequest::PutSetting {
+        name: ACL_SETTING.to_string(),
+        value,
+        done,
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the rules were not stored in time (no quorum?)"))?;
+    // The rules task swaps them in right after the router's change.
+    let mut following = state.rules.clone();
+    let in_force = |now: &Arc<NodeRules>| match &wanted {
+        Some(config) => now.source == RulesSource::Cluster && now.config == *config,
+        None => now.source == RulesSource::File,
+    };
+    let _ = tokio::time::timeout(ROUTER_ANSWER, following.wait_for(in_force)).await;
+    let rules = state.rules.borrow().clone();
+    ok(rules_json(&rules))
+}
+
+/// Sets the cluster's access rules: the body is `[acl]` as JSON.
+async fn set_acl(State(state): Shared, body: Result<Json<Value>, JsonRejection>) -> ApiResult {
+    let Json(body) = body?;
+    let text = body.to_string();
+    let (config, _) = parse_setting(text.as_bytes()).map_err(ApiError::bad_request)?;
+    for rule in &config.rules {
+        api_topic_length("rule's topic", &rule.topic)?;
+    }
+    put_rules(&state, Some(config)).await
+}
+
+/// Clears the cluster's access rules: every node goes back to its file's.
+async fn clear_acl(State(state): Shared) -> ApiResult {
+    put_rules(&state, None).await
 }

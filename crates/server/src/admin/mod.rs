@@ -29,6 +29,7 @@ use crate::access::AccessMetrics;
 use crate::clients::ConnectedClients;
 use crate::drain::Drain;
 use crate::listener::ListenersMetrics;
+use crate::rules::NodeRules;
 
 /// What the admin listener reads and acts on.
 pub struct AdminState {
@@ -45,6 +46,8 @@ pub struct AdminState {
     pub events: mpsc::Sender<Event>,
     /// The bearer token `/api/v1` requires; none: loopback callers only.
     pub api_token: Option<Arc<str>>,
+    /// The access rules in force.
+    pub rules: watch::Receiver<Arc<NodeRules>>,
 }
 
 /// How long the listener waits for open requests once told to stop.
