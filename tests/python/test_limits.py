@@ -77,3 +77,67 @@ def wait_for_metric(broker, name, at_least, timeout=10.0):
             return
         time.sleep(0.05)
     raise AssertionError(f"{name} is {value}, expected >= {at_least} within {timeout}s")
+
+
+def _closed(broker, reason: str) -> float:
+    return broker.metrics().get(f'fleetmq_connections_closed_total{{reason="{reason}"}}', 0)
+
+
+def test_connect_rate_per_listener_refuses_with_0x9f(broker_factory, client_factory):
+    b = broker_factory(config={"mqtt": {"max_connect_rate": 1}})
+    # Every TCP connection counts, the start-up check's too (as a load balancer's
+    # health checks would): let the bucket fill again.
+    time.sleep(1.1)
+    # One a second, with a burst of one: of several CONNECTs in a row, all but the
+    # first are refused unless a whole second passes between two.
+    codes = []
+    for i in range(5):
+        c = client_factory(version=V5, client_id=f"rate-{i}", on=b, connect=False)
+        codes.append(c.connect(expect_rc=None).reason_code)
+    refused = codes.count(0x9F)
+    assert codes[0] == 0 and refused >= 3, f"CONNACK codes {codes}"
+    assert set(codes) <= {0, 0x9F}
+    m = b.metrics()
+    assert m['fleetmq_limit_hits_total{limit="connect_rate"}'] == refused
+    assert _closed(b, "connection_rate_exceeded") == refused
+    # MQTT 3.1.1 has no such code: return code 3, server unavailable.
+    time.sleep(1.1)
+    client_factory(version=V311, client_id="rate-ok", on=b)
+    old = client_factory(version=V311, client_id="rate-old", on=b, connect=False)
+    # (paho reports return code 3 as 0x88, its MQTT 5 equivalent.)
+    assert old.connect(expect_rc=None).reason_code == 0x88
+
+
+def test_publish_rate_per_client_disconnects_with_0x96(broker_factory, client_factory):
+    b = broker_factory(config={"mqtt": {"max_publish_rate": 5}})
+    calm = client_factory(version=V5, on=b)
+    for _ in range(3):
+        assert calm.publish("rate/calm", "x", qos=1) == 0
+    fast = client_factory(version=V5, on=b)
+    for i in range(20):
+        fast.paho.publish("rate/fast", str(i), qos=0)
+    d = fast.wait_disconnected()
+    assert d.reason_code == 0x96, f"disconnected with {d.reason_code:#04x}"
+    assert "PUBLISH a second" in getattr(d.properties, "ReasonString", "")
+    wait_for_metric(b, 'fleetmq_limit_hits_total{limit="publish_rate"}', 1)
+    assert _closed(b, "message_rate_too_high") == 1
+    # Others are unaffected.
+    assert calm.publish("rate/calm", "still", qos=1) == 0
+
+
+def test_publish_bytes_rate_per_client_disconnects_with_0x97(broker_factory, client_factory):
+    # A burst of one largest packet (2 KiB), then 1,000 bytes a second.
+    b = broker_factory(config={"mqtt": {"max_publish_bytes_rate": 1000,
+                                        "max_packet_size": 2048}})
+    c = client_factory(version=V5, on=b)
+    assert c.publish("bytes/t", b"x" * 1500, qos=1) == 0
+    for _ in range(4):
+        c.paho.publish("bytes/t", b"x" * 1000, qos=0)
+    d = c.wait_disconnected()
+    assert d.reason_code == 0x97, f"disconnected with {d.reason_code:#04x}"
+    wait_for_metric(b, 'fleetmq_limit_hits_total{limit="publish_bytes_rate"}', 1)
+    old = client_factory(version=V311, on=b)
+    for _ in range(4):
+        old.paho.publish("bytes/t", b"x" * 1000, qos=0)
+    old.wait_disconnected()
+    wait_for_metric(b, 'fleetmq_limit_hits_total{limit="publish_bytes_rate"}', 2)

@@ -453,12 +453,25 @@ impl RaftNode {
     /// Stops Raft and the gRPC server. A leader hands leadership over first: it picks
     /// its most caught-up voter, lets it receive the whole log, goes quiet and asks it
     /// to stand for election (openraft 0.9 has no leadership transfer of its own).
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.stop(true).await;
+    }
+
+    /// Stops as a killed process would, for the leader as well: no handover, the
+    /// group notices and elects on its own. For tests of that path.
+    pub async fn stop_without_handover(self) {
+        self.stop(false).await;
+    }
+
+    async fn stop(mut self, hand_over: bool) {
         if let Some(failover) = self.failover.take() {
             failover.abort();
         }
         self.leader_watch.abort();
-        let successor = self.successor().await;
+        let successor = match hand_over {
+            true => self.successor().await,
+            false => None,
+        };
         if let Err(error) = self.raft.shutdown().await {
             warn!(%error, "raft shutdown");
         }

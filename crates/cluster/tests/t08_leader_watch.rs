@@ -83,10 +83,10 @@ async fn survivors_call_the_election_when_the_leaders_port_refuses() {
         .await
         .expect("commit before the leader stops");
 
-    // Shutting the node down closes its gRPC listener: its port now refuses, as the
-    // port of a killed process does.
+    // Stopping the node closes its gRPC listener: its port now refuses, as the port
+    // of a killed process does (and, as a killed process, it hands nothing over).
     let gone = cluster.remove(&old_leader).expect("leader is a member");
-    gone.node.shutdown().await;
+    gone.node.stop_without_handover().await;
 
     let mut new_leader = None;
     for _ in 0..200 {

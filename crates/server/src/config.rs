@@ -148,6 +148,8 @@ pub struct ListenerConfig {
     pub ws_path: Option<String>,
     /// `tls` and `wss`: certificates.
     pub tls: Option<TlsConfig>,
+    /// New connections a second; default `mqtt.max_connect_rate`.
+    pub max_connect_rate: Option<u32>,
 }
 
 /// A listener's `tls` table.
@@ -189,6 +191,13 @@ pub struct MqttConfig {
     pub sys_interval: u64,
     pub connect_timeout: u64,
     pub max_connections: usize,
+    /// New connections a second each listener takes (its own `max_connect_rate`
+    /// overrides); 0: no limit.
+    pub max_connect_rate: u32,
+    /// PUBLISH packets a second one client may send; 0: no limit.
+    pub max_publish_rate: u32,
+    /// Bytes of PUBLISH (topic and payload) a second one client may send; 0: no limit.
+    pub max_publish_bytes_rate: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +261,9 @@ impl Default for MqttConfig {
             sys_interval: 10,
             connect_timeout: 10,
             max_connections: 100_000,
+            max_connect_rate: 0,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
         }
     }
 }
@@ -301,6 +313,8 @@ pub struct ValidConfig {
     pub storage: StorageEngineKind,
     pub connect_timeout: Duration,
     pub max_connections: usize,
+    pub max_publish_rate: u32,
+    pub max_publish_bytes_rate: u64,
     pub broker: BrokerConfig,
     pub kafka: Option<KafkaConfig>,
     pub auth: Arc<Authenticator>,
@@ -461,6 +475,8 @@ impl Config {
             storage,
             connect_timeout: Duration::from_secs(m.connect_timeout),
             max_connections: m.max_connections,
+            max_publish_rate: m.max_publish_rate,
+            max_publish_bytes_rate: m.max_publish_bytes_rate,
             broker: BrokerConfig {
                 node_id: self.node_id,
                 max_packet_size: m.max_packet_size,
@@ -535,6 +551,7 @@ impl Config {
                 proxy_protocol: self.mqtt.proxy_protocol,
                 ws_path: None,
                 tls: None,
+                max_connect_rate: self.mqtt.max_connect_rate,
             });
         }
         for (i, l) in self.listeners.iter().enumerate() {
@@ -607,6 +624,7 @@ impl Config {
                 proxy_protocol: l.proxy_protocol,
                 ws_path,
                 tls,
+                max_connect_rate: l.max_connect_rate.unwrap_or(self.mqtt.max_connect_rate),
             });
         }
         if specs.is_empty() {

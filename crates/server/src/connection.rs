@@ -31,6 +31,7 @@ use crate::access::AccessMetrics;
 use crate::clients::{ConnectedClient, ConnectedClients};
 use crate::config::ValidConfig;
 use crate::drain::{Drain, DrainOrder};
+use crate::limits::{Limit, LimitMetrics, RateLimit};
 use crate::listener::PeerInfo;
 use crate::rules::NodeRules;
 
@@ -48,6 +49,7 @@ pub struct ConnectionContext {
     pub drain: Arc<Drain>,
     /// Who is connected here, for the admin API.
     pub clients: Arc<ConnectedClients>,
+    pub limits: Arc<LimitMetrics>,
     /// The node's access rules in force (the file's, or the cluster's runtime ones).
     pub rules: watch::Receiver<Arc<NodeRules>>,
 }
@@ -129,6 +131,15 @@ where
         node_rules: Some(ctx.rules.clone()),
         peer,
         kick: Arc::new(Notify::new()),
+        publish_rate: RateLimit::per_second(
+            u64::from(ctx.config.max_publish_rate),
+            u64::from(ctx.config.max_publish_rate),
+        ),
+        // One message of the largest size allowed always fits the bucket.
+        publish_bytes_rate: RateLimit::per_second(
+            ctx.config.max_publish_bytes_rate,
+            u64::from(ctx.config.broker.max_packet_size),
+        ),
     };
     conn.run().instrument(span).await;
     Metrics::gauge_add(&ctx.metrics.connections_current, -1);
@@ -165,6 +176,8 @@ struct Connection<S> {
     peer: PeerInfo,
     /// The admin API's order to close this connection.
     kick: Arc<Notify>,
+    publish_rate: Option<RateLimit>,
+    publish_bytes_rate: Option<RateLimit>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -311,6 +324,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let connect = *connect;
         self.version = connect.protocol;
         let v5 = connect.protocol.is_v5();
+        if self.peer.over_connect_rate {
+            ctx.limits.hit(Limit::Connects);
+            debug!(client_id = %connect.client_id, "refused: over the listener's max_connect_rate");
+            return self.refuse(ReasonCode::ConnectionRateExceeded).await;
+        }
         let props = &connect.properties;
 
         let mut assigned = None;
@@ -508,6 +526,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 .await
                 .unwrap_or_else(|e| Err(AuthError::NotAuthorized(format!("the check failed: {e}"))))
         }
+    }
+
+    /// Takes this PUBLISH from the client's rate limits; a client over one is closed
+    /// (crate::limits).
+    fn within_publish_limits(&mut self, publish: &Publish) -> Result<(), Ending> {
+        let now = Instant::now();
+        if let Some(rate) = &mut self.publish_rate {
+            if !rate.take(1, now) {
+                self.ctx.limits.hit(Limit::Publishes);
+                warn!("closed: over mqtt.max_publish_rate");
+                let per_second = self.ctx.config.max_publish_rate;
+                return Err(Ending::Server(
+                    ReasonCode::MessageRateTooHigh,
+                    Some(format!("more than {per_second} PUBLISH a second")),
+                ));
+            }
+        }
+        if let Some(bytes) = &mut self.publish_bytes_rate {
+            let size = (publish.topic.len() + publish.payload.len()) as u64;
+            if !bytes.take(size, now) {
+                self.ctx.limits.hit(Limit::PublishBytes);
+                warn!("closed: over mqtt.max_publish_bytes_rate");
+                let per_second = self.ctx.config.max_publish_bytes_rate;
+                return Err(Ending::Server(
+                    ReasonCode::QuotaExceeded,
+                    Some(format!("more than {per_second} bytes of PUBLISH a second")),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether this client's access rules allow `action` on `target` (a topic for
@@ -799,11 +847,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     fn inbound_publish(&mut self, mut publish: Publish) -> Result<Event, Ending> {
-        let cfg = &self.ctx.config.broker;
         self.ctx
             .metrics
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
+        self.within_publish_limits(&publish)?;
+        let cfg = &self.ctx.config.broker;
         if let Some(alias) = publish.properties.topic_alias.take() {
             if alias == 0 || alias > cfg.topic_alias_maximum {
                 return Err(Ending::Server(

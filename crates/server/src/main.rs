@@ -15,6 +15,7 @@ mod config;
 mod connection;
 mod ctl;
 mod drain;
+mod limits;
 mod listener;
 mod rules;
 mod server;

@@ -24,6 +24,7 @@ use crate::clients::ConnectedClients;
 use crate::config::{StorageEngineKind, ValidConfig};
 use crate::connection::ConnectionContext;
 use crate::drain::Drain;
+use crate::limits::LimitMetrics;
 use crate::listener::{run_listener, ListenerMetrics, ListenersMetrics};
 
 /// Capacity of the channel from connection tasks to the router.
@@ -177,6 +178,7 @@ pub async fn run(
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let drain = Drain::new(config.drain.clone());
     let clients = Arc::new(ConnectedClients::default());
+    let limits = Arc::new(LimitMetrics::default());
     let rules = crate::rules::follow(
         config.acl_config.clone(),
         config.acl.clone(),
@@ -209,6 +211,7 @@ pub async fn run(
             events: broker.events(),
             api_token: config.api_token.clone(),
             rules: rules.clone(),
+            limits: limits.clone(),
         }),
         admin_stop_rx,
     ));
@@ -230,6 +233,7 @@ pub async fn run(
         drain: drain.clone(),
         clients: clients.clone(),
         rules: rules.clone(),
+        limits: limits.clone(),
     });
     // One limit for the node, shared by its listeners.
     let slots = Arc::new(Semaphore::new(config.max_connections));

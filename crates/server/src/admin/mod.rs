@@ -28,6 +28,7 @@ use tracing::warn;
 use crate::access::AccessMetrics;
 use crate::clients::ConnectedClients;
 use crate::drain::Drain;
+use crate::limits::LimitMetrics;
 use crate::listener::ListenersMetrics;
 use crate::rules::NodeRules;
 
@@ -48,6 +49,7 @@ pub struct AdminState {
     pub api_token: Option<Arc<str>>,
     /// The access rules in force.
     pub rules: watch::Receiver<Arc<NodeRules>>,
+    pub limits: Arc<LimitMetrics>,
 }
 
 /// How long the listener waits for open requests once told to stop.
@@ -126,6 +128,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     ));
     state.listeners.render(&mut text);
     state.access.render(&mut text);
+    state.limits.render(&mut text);
     if let Some(bridge) = &state.bridge {
         bridge.render(&mut text);
     }

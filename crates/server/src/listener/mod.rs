@@ -20,6 +20,7 @@ use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
 use crate::connection::{serve_connection, ConnectionContext};
+use crate::limits::RateLimit;
 pub use tls::TlsSettings;
 
 /// How MQTT travels on a listener, as the configuration names it.
@@ -61,6 +62,8 @@ pub struct ListenerSpec {
     pub tls: Option<TlsSettings>,
     /// WebSocket listeners' HTTP path of the upgrade.
     pub ws_path: Option<String>,
+    /// New connections a second this listener takes; 0: no limit.
+    pub max_connect_rate: u32,
 }
 
 impl ListenerSpec {
@@ -87,6 +90,8 @@ pub struct PeerInfo {
     /// The verified client certificate's common name, when there is one and the
     /// listener takes it.
     pub common_name: Option<String>,
+    /// It arrived over the listener's `max_connect_rate`: its CONNECT is refused.
+    pub over_connect_rate: bool,
 }
 
 /// One listener's counters.
@@ -152,6 +157,8 @@ pub async fn run_listener(
     metrics: Arc<ListenerMetrics>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let rate = u64::from(spec.max_connect_rate);
+    let mut connect_rate = RateLimit::per_second(rate, rate);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -171,9 +178,12 @@ pub async fn run_listener(
             warn!(listener = %spec.name, %peer, max = ctx.config.max_connections, "connection limit reached; refusing");
             continue;
         };
+        let over_rate = connect_rate
+            .as_mut()
+            .is_some_and(|r| !r.take(1, Instant::now()));
         let (spec, ctx, metrics) = (spec.clone(), ctx.clone(), metrics.clone());
         tokio::spawn(async move {
-            open(stream, peer, &spec, ctx, &metrics).await;
+            open(stream, peer, &spec, ctx, &metrics, over_rate).await;
             drop(permit);
         });
     }
@@ -186,6 +196,7 @@ async fn open(
     spec: &ListenerSpec,
     ctx: Arc<ConnectionContext>,
     metrics: &ListenerMetrics,
+    over_connect_rate: bool,
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + ctx.config.connect_timeout;
@@ -197,6 +208,7 @@ async fn open(
         listener: spec.name.clone(),
         cn_as_username: spec.tls.as_ref().is_some_and(|t| t.cn_as_username),
         common_name: None,
+        over_connect_rate,
     };
     if spec.proxy_protocol {
         match timeout_at(deadline, proxy::read_header(&mut stream)).await {
