@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -245,3 +246,37 @@ def test_rules_set_at_runtime_apply_to_connected_clients_and_survive_a_restart(
     shown = json.loads(_ctl(node, "acl", "clear", "--output", "json").stdout)
     assert (shown["source"], shown["no_match"], shown["rules"]) == ("file", "allow", [])
     assert again.subscribe("closed/c", qos=1, check=False) == [1]
+
+
+def test_password_file_reloads_on_sighup_and_through_ctl(broker_factory, client_factory, users):
+    node = broker_factory(config=f'[auth]\nallow_anonymous = false\npassword_file = "{users}"\n')
+
+    def connect(user: str, password: str, expect: int):
+        c = client_factory(version=V5, on=node, connect=False)
+        c.paho.username_pw_set(user, password)
+        c.connect(expect_rc=expect)
+        return c
+
+    stays = connect("alice", "looking-glass", 0)
+    _passwd(users, "carol", "new-user")
+    connect("carol", "new-user", 0x86)          # not read yet
+    node.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "password file reloaded" not in node.log_tail():
+        assert time.monotonic() < deadline, "no reload after SIGHUP"
+        time.sleep(0.05)
+    connect("carol", "new-user", 0)
+
+    _passwd(users, "dave", "another")
+    out = _ctl(node, "auth", "reload")
+    assert "password file reloaded: 4 users" in out.stdout
+    connect("dave", "another", 0)
+
+    # A broken file is refused and the users stay as they were.
+    users.write_text(users.read_text() + "not a line of this file\n")
+    broken = subprocess.run([str(broker_binary()), "ctl", "--admin",
+                             f"{node.host}:{node.admin_port}", "auth", "reload"],
+                            capture_output=True, text=True, timeout=30)
+    assert broken.returncode != 0 and "not username:hash" in broken.stderr
+    connect("dave", "another", 0)
+    assert stays.paho.is_connected(), "reloading does not touch connected clients"

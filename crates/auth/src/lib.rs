@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 pub use acl::{Access, AclConfig, AclRule, AclRules, Action, Actions, Permission, Who};
 pub use jwt::{JwtConfig, JwtVerifier};
-pub use password::PasswordFile;
+pub use password::{PasswordFile, PasswordSource};
 
 /// A configuration that cannot work, naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,7 @@ pub struct Credentials<'a> {
 #[derive(Debug, Default)]
 pub struct Authenticator {
     pub allow_anonymous: bool,
-    pub passwords: Option<PasswordFile>,
+    pub passwords: Option<PasswordSource>,
     pub jwt: Option<JwtVerifier>,
 }
 
@@ -127,7 +127,7 @@ impl Authenticator {
         }
         match (&self.passwords, credentials.username) {
             (Some(passwords), Some(user)) => {
-                if passwords.verify(user, password) {
+                if passwords.current().verify(user, password) {
                     Ok(Identity {
                         username: Some(user.to_string()),
                         acl: None,

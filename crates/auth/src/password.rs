@@ -3,7 +3,8 @@
 //! lines and lines starting with `#` are ignored.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -67,6 +68,48 @@ impl PasswordFile {
         };
         PasswordHash::new(stored)
             .is_ok_and(|hash| Argon2::default().verify_password(password, &hash).is_ok())
+    }
+}
+
+/// The node's password file, read again on request (SIGHUP, the admin API) so that
+/// `fleetmq passwd` changes take effect without a restart. A file that cannot be read
+/// or parsed leaves the users in force as they were.
+#[derive(Debug)]
+pub struct PasswordSource {
+    key: String,
+    path: PathBuf,
+    current: RwLock<Arc<PasswordFile>>,
+}
+
+impl PasswordSource {
+    /// Reads `path` (the value of configuration key `key`).
+    pub fn load(key: &str, path: &Path) -> Result<PasswordSource, ConfigError> {
+        Ok(PasswordSource {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            current: RwLock::new(Arc::new(PasswordFile::load(key, path)?)),
+        })
+    }
+
+    /// The users in force.
+    pub fn current(&self) -> Arc<PasswordFile> {
+        // A panic while the lock was held cannot leave a half-replaced Arc.
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the file again; the number of users now in force.
+    pub fn reload(&self) -> Result<usize, ConfigError> {
+        let file = PasswordFile::load(&self.key, &self.path)?;
+        let users = file.len();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(file);
+        Ok(users)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

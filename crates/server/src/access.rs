@@ -3,6 +3,28 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use fleetmq_auth::{Authenticator, ConfigError};
+use tracing::{info, warn};
+
+/// Reads the password file again (SIGHUP, `POST /api/v1/auth/reload`): the users now
+/// in force, or `None` when no password file is configured. A file that cannot be
+/// read leaves the users as they were.
+pub fn reload_passwords(auth: &Authenticator, cause: &str) -> Result<Option<usize>, ConfigError> {
+    let Some(passwords) = &auth.passwords else {
+        return Ok(None);
+    };
+    match passwords.reload() {
+        Ok(users) => {
+            info!(cause, users, file = %passwords.path().display(), "password file reloaded");
+            Ok(Some(users))
+        }
+        Err(error) => {
+            warn!(cause, %error, "password file not reloaded; the users stay as they were");
+            Err(error)
+        }
+    }
+}
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct AccessMetrics {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetmq_auth::{AclConfig, AclRules, Authenticator, JwtConfig, JwtVerifier, PasswordFile};
+use fleetmq_auth::{AclConfig, AclRules, Authenticator, JwtConfig, JwtVerifier, PasswordSource};
 use fleetmq_broker::persist;
 use fleetmq_broker::{BrokerConfig, QueueFullPolicy};
 use fleetmq_kafka::KafkaConfig;
@@ -450,7 +450,7 @@ impl Config {
             allow_anonymous: self.auth.allow_anonymous,
             passwords: match &self.auth.password_file {
                 Some(path) => {
-                    Some(PasswordFile::load("auth.password_file", path).map_err(from_auth)?)
+                    Some(PasswordSource::load("auth.password_file", path).map_err(from_auth)?)
                 }
                 None => None,
             },

@@ -570,6 +570,20 @@ pub async fn acl_clear(api: &Api) -> anyhow::Result<String> {
     Ok(api.print(&v, rules_text))
 }
 
+pub async fn auth_reload(api: &Api) -> anyhow::Result<String> {
+    let v = api
+        .must(
+            "reloading the password file",
+            Method::POST,
+            "/api/v1/auth/reload",
+            None,
+        )
+        .await?;
+    Ok(api.print(&v, |v| {
+        format!("password file reloaded: {} users\n", text(&v["users"]))
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

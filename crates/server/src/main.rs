@@ -120,11 +120,23 @@ enum CtlCommand {
         #[command(subcommand)]
         command: RetainedCommand,
     },
+    /// Authentication: read the password file again (as SIGHUP does).
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// The access rules in force, and changing them for the whole cluster at runtime.
     Acl {
         #[command(subcommand)]
         command: AclCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Read auth.password_file again on the node asked: users added or changed with
+    /// `fleetmq passwd` take effect, connected clients stay.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -384,6 +396,9 @@ fn ctl(api: ctl::Api, command: CtlCommand) -> anyhow::Result<()> {
                 }
                 RetainedCommand::Delete { topic } => ctl::retained_delete(api, &topic).await,
             },
+            CtlCommand::Auth {
+                command: AuthCommand::Reload,
+            } => ctl::auth_reload(api).await,
             CtlCommand::Acl { command } => match command {
                 AclCommand::Show => ctl::acl_show(api).await,
                 AclCommand::Set { file } => ctl::acl_set(api, &file).await,

@@ -212,6 +212,7 @@ pub async fn run(
             api_token: config.api_token.clone(),
             rules: rules.clone(),
             limits: limits.clone(),
+            auth: config.auth.clone(),
         }),
         admin_stop_rx,
     ));
@@ -248,6 +249,7 @@ pub async fn run(
             accept_stop_rx.clone(),
         )));
     }
+    let reloads = tokio::spawn(reload_on_sighup(config.auth.clone()));
     tokio::select! {
         () = stop => {
             let connections = metrics.connections_current.load(Ordering::Relaxed);
@@ -256,6 +258,7 @@ pub async fn run(
         _ = drain.started() => {}
     }
     let order = drain.started().await;
+    reloads.abort();
     let _ = accept_stop_tx.send(true);
     for task in accepting {
         let _ = task.await;
@@ -298,6 +301,23 @@ pub async fn run(
         "drained and stopped"
     );
     Ok(())
+}
+
+/// Reads the password file again on every SIGHUP, as Mosquitto does.
+async fn reload_on_sighup(auth: Arc<fleetmq_auth::Authenticator>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP; the password file reloads through the admin API only");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let _ = crate::access::reload_passwords(&auth, "SIGHUP");
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }
 
 /// Opens the Kafka outbox (on disk with sled storage, in memory otherwise), starts

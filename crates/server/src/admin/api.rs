@@ -61,6 +61,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/subscriptions", get(subscriptions))
         .route("/retained", get(retained).delete(delete_retained))
         .route("/acl", get(acl).put(set_acl).delete(clear_acl))
+        .route("/auth/reload", post(reload_auth))
 }
 
 /// An error answer: `{"error": message}` with `status`.
@@ -703,4 +704,16 @@ async fn set_acl(State(state): Shared, body: Result<Json<Value>, JsonRejection>)
 /// Clears the cluster's access rules: every node goes back to its file's.
 async fn clear_acl(State(state): Shared) -> ApiResult {
     put_rules(&state, None).await
+}
+
+/// Reads the password file again.
+async fn reload_auth(State(state): Shared) -> ApiResult {
+    match crate::access::reload_passwords(&state.auth, "admin api") {
+        Ok(Some(users)) => ok(json!({ "users": users })),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this node has no auth.password_file to reload",
+        )),
+        Err(error) => Err(ApiError::new(StatusCode::CONFLICT, error.to_string())),
+    }
 }

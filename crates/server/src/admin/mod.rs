@@ -50,6 +50,7 @@ pub struct AdminState {
     /// The access rules in force.
     pub rules: watch::Receiver<Arc<NodeRules>>,
     pub limits: Arc<LimitMetrics>,
+    pub auth: Arc<fleetmq_auth::Authenticator>,
 }
 
 /// How long the listener waits for open requests once told to stop.
