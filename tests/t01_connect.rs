@@ -415,18 +415,32 @@ async fn max_connections_refuses_connections_beyond_the_limit() {
     let broker = BrokerProcess::start_with_mqtt_config("max_connections = 2");
     let a = V4Client::must_connect(&broker, &unique_id("t01-max-a")).await;
     let _b = V4Client::must_connect(&broker, &unique_id("t01-max-b")).await;
-    // The third is refused: closed without CONNACK, or an error CONNACK.
-    if let Ok((_c, ack)) = RawClient::connect(
+    // The third is refused with CONNACK 0x97 (quota exceeded), before anything else.
+    let refused = RawClient::connect(
         broker.mqtt_addr,
         connect_packet(ProtocolVersion::V5, &unique_id("t01-max-c"), true, 60),
     )
-    .await
-    {
-        assert!(
-            ack.reason_code.is_error(),
-            "a third connection was accepted with max_connections = 2: {ack:?}"
-        );
+    .await;
+    match refused {
+        Ok((_c, ack)) => assert_eq!(
+            ack.reason_code,
+            ReasonCode::QuotaExceeded,
+            "a third connection with max_connections = 2: {ack:?}"
+        ),
+        Err(e) => panic!("the third connection should get CONNACK 0x97: {e:#}"),
     }
+    let metrics = fleetmq_tests::metrics::fetch_metrics(broker.admin_addr).expect("metrics");
+    assert_eq!(
+        metrics.value("fleetmq_listener_refused_total", &[("listener", "mqtt")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.value(
+            "fleetmq_connections_closed_total",
+            &[("reason", "quota_exceeded")]
+        ),
+        Some(1.0)
+    );
     // A slot frees up when a client leaves.
     a.disconnect().await;
     let deadline = Instant::now() + WAIT;

@@ -32,7 +32,7 @@ use crate::clients::{ConnectedClient, ConnectedClients};
 use crate::config::ValidConfig;
 use crate::drain::{Drain, DrainOrder};
 use crate::limits::{Limit, LimitMetrics, RateLimit};
-use crate::listener::PeerInfo;
+use crate::listener::{PeerInfo, Refusal};
 use crate::rules::NodeRules;
 
 /// What every connection task shares.
@@ -324,10 +324,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let connect = *connect;
         self.version = connect.protocol;
         let v5 = connect.protocol.is_v5();
-        if self.peer.over_connect_rate {
-            ctx.limits.hit(Limit::Connects);
-            debug!(client_id = %connect.client_id, "refused: over the listener's max_connect_rate");
-            return self.refuse(ReasonCode::ConnectionRateExceeded).await;
+        match self.peer.refusal {
+            None => {}
+            Some(Refusal::ConnectRate) => {
+                ctx.limits.hit(Limit::Connects);
+                debug!(client_id = %connect.client_id, "refused: over the listener's max_connect_rate");
+                return self.refuse(ReasonCode::ConnectionRateExceeded).await;
+            }
+            Some(Refusal::ConnectionLimit) => {
+                debug!(client_id = %connect.client_id, "refused: mqtt.max_connections reached");
+                return self.refuse(ReasonCode::QuotaExceeded).await;
+            }
         }
         let props = &connect.properties;
 

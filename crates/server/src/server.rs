@@ -25,7 +25,7 @@ use crate::config::{StorageEngineKind, ValidConfig};
 use crate::connection::ConnectionContext;
 use crate::drain::Drain;
 use crate::limits::LimitMetrics;
-use crate::listener::{run_listener, ListenerMetrics, ListenersMetrics};
+use crate::listener::{run_listener, ListenerMetrics, ListenersMetrics, REFUSALS_AT_ONCE};
 
 /// Capacity of the channel from connection tasks to the router.
 const ROUTER_EVENTS: usize = 16 * 1024;
@@ -238,6 +238,7 @@ pub async fn run(
     });
     // One limit for the node, shared by its listeners.
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let mut accepting = Vec::with_capacity(mqtt.len());
     for ((listener, spec), (_, _, counters)) in mqtt.into_iter().zip(&listener_metrics.listeners) {
         accepting.push(tokio::spawn(run_listener(
@@ -245,6 +246,7 @@ pub async fn run(
             spec,
             ctx.clone(),
             slots.clone(),
+            refusals.clone(),
             counters.clone(),
             accept_stop_rx.clone(),
         )));

@@ -90,9 +90,23 @@ pub struct PeerInfo {
     /// The verified client certificate's common name, when there is one and the
     /// listener takes it.
     pub common_name: Option<String>,
-    /// It arrived over the listener's `max_connect_rate`: its CONNECT is refused.
-    pub over_connect_rate: bool,
+    /// Set when the connection arrived over a limit: its CONNECT is refused so.
+    pub refusal: Option<Refusal>,
 }
+
+/// Why a connection's CONNECT is refused before anything else is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the listener's `max_connect_rate`: CONNACK 0x9F.
+    ConnectRate,
+    /// The node holds `mqtt.max_connections` already: CONNACK 0x97.
+    ConnectionLimit,
+}
+
+/// Connections being answered with a refusal at once, node-wide, beyond which a
+/// refused connection is closed without a CONNACK: refusing must stay cheaper than
+/// serving.
+pub const REFUSALS_AT_ONCE: usize = 1024;
 
 /// One listener's counters.
 #[derive(Debug, Default)]
@@ -102,7 +116,8 @@ pub struct ListenerMetrics {
     /// Closed before MQTT began: PROXY header, TLS or WebSocket handshake failed or
     /// took longer than the connect timeout.
     pub handshake_failed: AtomicU64,
-    /// Closed at once: the node's connection limit was reached.
+    /// Refused because the node's connection limit was reached (CONNACK 0x97, or a
+    /// plain close while too many refusals are under way).
     pub refused_at_limit: AtomicU64,
 }
 
@@ -129,7 +144,7 @@ impl ListenersMetrics {
             ),
             (
                 "fleetmq_listener_refused_total",
-                "Connections closed at once because the node's connection limit was reached, per listener.",
+                "Connections refused because the node's connection limit was reached (CONNACK 0x97), per listener.",
                 |m| &m.refused_at_limit,
             ),
         ];
@@ -154,6 +169,7 @@ pub async fn run_listener(
     spec: Arc<ListenerSpec>,
     ctx: Arc<ConnectionContext>,
     slots: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
     metrics: Arc<ListenerMetrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -173,17 +189,32 @@ pub async fn run_listener(
             _ = stop.changed() => return,
         };
         metrics.accepted.fetch_add(1, Ordering::Relaxed);
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics.refused_at_limit.fetch_add(1, Ordering::Relaxed);
-            warn!(listener = %spec.name, %peer, max = ctx.config.max_connections, "connection limit reached; refusing");
-            continue;
-        };
         let over_rate = connect_rate
             .as_mut()
             .is_some_and(|r| !r.take(1, Instant::now()));
+        let slot = match over_rate {
+            true => Err(Refusal::ConnectRate),
+            false => slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Refusal::ConnectionLimit),
+        };
+        if matches!(slot, Err(Refusal::ConnectionLimit)) {
+            metrics.refused_at_limit.fetch_add(1, Ordering::Relaxed);
+            debug!(listener = %spec.name, %peer, max = ctx.config.max_connections, "connection limit reached; refusing");
+        }
+        // A refused connection holds a refusal permit instead of a slot, for the
+        // moment it takes to read its CONNECT and answer.
+        let (permit, refusal) = match slot {
+            Ok(permit) => (permit, None),
+            Err(refusal) => match refusals.clone().try_acquire_owned() {
+                Ok(permit) => (permit, Some(refusal)),
+                Err(_) => continue,
+            },
+        };
         let (spec, ctx, metrics) = (spec.clone(), ctx.clone(), metrics.clone());
         tokio::spawn(async move {
-            open(stream, peer, &spec, ctx, &metrics, over_rate).await;
+            open(stream, peer, &spec, ctx, &metrics, refusal).await;
             drop(permit);
         });
     }
@@ -196,7 +227,7 @@ async fn open(
     spec: &ListenerSpec,
     ctx: Arc<ConnectionContext>,
     metrics: &ListenerMetrics,
-    over_connect_rate: bool,
+    refusal: Option<Refusal>,
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + ctx.config.connect_timeout;
@@ -208,7 +239,7 @@ async fn open(
         listener: spec.name.clone(),
         cn_as_username: spec.tls.as_ref().is_some_and(|t| t.cn_as_username),
         common_name: None,
-        over_connect_rate,
+        refusal,
     };
     if spec.proxy_protocol {
         match timeout_at(deadline, proxy::read_header(&mut stream)).await {
