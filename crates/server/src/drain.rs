@@ -17,6 +17,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::clients::ConnectedClients;
+
 /// How the node drains: `[drain]` checked.
 #[derive(Debug, Clone)]
 pub struct DrainPlan {
@@ -59,26 +61,35 @@ impl DrainOrder {
     }
 }
 
-/// The node's drain switch: set once, by a signal or the admin API.
+impl DrainPlan {
+    /// How long telling `connections` clients to move takes: at `rate`, within `spread`.
+    pub fn window(&self, connections: usize) -> Duration {
+        Duration::from_secs_f64(connections as f64 / f64::from(self.rate)).min(self.spread)
+    }
+}
+
+/// The node's drain switch: set once, by a signal, the admin API or another node.
 #[derive(Debug)]
 pub struct Drain {
     plan: DrainPlan,
+    /// Who is to be told.
+    clients: Arc<ConnectedClients>,
     order: watch::Sender<Option<Arc<DrainOrder>>>,
 }
 
 impl Drain {
-    pub fn new(plan: DrainPlan) -> Arc<Drain> {
+    pub fn new(plan: DrainPlan, clients: Arc<ConnectedClients>) -> Arc<Drain> {
         Arc::new(Drain {
             plan,
+            clients,
             order: watch::Sender::new(None),
         })
     }
 
-    /// Starts draining the node's `connections`; `false` when a drain was already
-    /// under way.
-    pub fn start(&self, cause: &str, connections: u64) -> bool {
-        let window = Duration::from_secs_f64(connections as f64 / f64::from(self.plan.rate))
-            .min(self.plan.spread);
+    /// Starts draining; `false` when a drain was already under way.
+    pub fn start(&self, cause: &str) -> bool {
+        let connections = self.clients.len();
+        let window = self.plan.window(connections);
         let started = self.order.send_if_modified(|order| {
             if order.is_some() {
                 return false;
@@ -163,35 +174,42 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_large_node_takes_the_whole_spread_and_no_more() {
-        let drain = Drain::new(DrainPlan {
+    fn plan(server_reference: Option<&str>) -> DrainPlan {
+        DrainPlan {
             rate: 1000,
             spread: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
-            server_reference: None,
-        });
-        drain.start("test", 100_000);
-        let order = drain.started().await;
-        assert_eq!(order.window, Duration::from_secs(10));
-        assert_eq!(order.reason_code(), ReasonCode::ServerShuttingDown);
+            server_reference: server_reference.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn the_window_follows_the_rate_within_the_spread() {
+        // 500 connections at 1000 a second: half a second, well inside the spread.
+        assert_eq!(plan(None).window(500), Duration::from_millis(500));
+        assert_eq!(plan(None).window(100_000), Duration::from_secs(10));
+        assert_eq!(plan(None).window(0), Duration::ZERO);
     }
 
     #[tokio::test]
     async fn a_drain_starts_once_and_says_where_to_go() {
-        let drain = Drain::new(DrainPlan {
-            rate: 1000,
-            spread: Duration::from_secs(10),
-            timeout: Duration::from_secs(1),
-            server_reference: Some("other.example:1883".into()),
-        });
+        let drain = Drain::new(plan(Some("other.example:1883")), Arc::default());
         assert!(drain.order().is_none());
-        assert!(drain.start("test", 500));
-        assert!(!drain.start("again", 500));
+        assert!(drain.start("test"));
+        assert!(!drain.start("again"));
         let order = drain.started().await;
         assert_eq!(order.reason_code(), ReasonCode::UseAnotherServer);
-        // 500 connections at 1000 a second: half a second, well inside the spread.
-        assert_eq!(order.window, Duration::from_millis(500));
-        assert!(order.deadline_for(7) < order.started + order.window);
+        assert_eq!(
+            order.window,
+            Duration::ZERO,
+            "no clients: nothing to spread"
+        );
+        assert_eq!(order.deadline_for(7), order.started);
+        let quiet = Drain::new(plan(None), Arc::default());
+        quiet.start("test");
+        assert_eq!(
+            quiet.started().await.reason_code(),
+            ReasonCode::ServerShuttingDown
+        );
     }
 }

@@ -176,8 +176,8 @@ pub async fn run(
     // Listeners stop when the drain starts; the admin API answers until the end.
     let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let drain = Drain::new(config.drain.clone());
     let clients = Arc::new(ConnectedClients::default());
+    let drain = Drain::new(config.drain.clone(), clients.clone());
     let limits = Arc::new(LimitMetrics::default());
     let rules = crate::rules::follow(
         config.acl_config.clone(),
@@ -217,10 +217,9 @@ pub async fn run(
         admin_stop_rx,
     ));
     if let Some(node) = &raft_node {
-        let (drain, clients) = (drain.clone(), clients.clone());
+        let drain = drain.clone();
         node.attach_drain(Arc::new(move || {
-            let connections = u64::try_from(clients.len()).unwrap_or(u64::MAX);
-            drain.start("drain request from the cluster", connections)
+            drain.start("drain request from the cluster")
         }));
     }
     let egress = egress.map(|(e, _)| e);
@@ -254,8 +253,7 @@ pub async fn run(
     let reloads = tokio::spawn(reload_on_sighup(config.auth.clone()));
     tokio::select! {
         () = stop => {
-            let connections = metrics.connections_current.load(Ordering::Relaxed);
-            drain.start("signal", u64::try_from(connections).unwrap_or(0));
+            drain.start("signal");
         }
         _ = drain.started() => {}
     }

@@ -397,8 +397,7 @@ fn drained(started: bool, node_id: u64) -> ApiResult {
 
 /// Starts draining this node.
 async fn drain(State(state): Shared) -> ApiResult {
-    let connections = u64::try_from(state.clients.len()).unwrap_or(u64::MAX);
-    let started = state.drain.start("admin api", connections);
+    let started = state.drain.start("admin api");
     drained(started, state.node_id)
 }
 
