@@ -54,6 +54,8 @@ pub struct ConnectionContext {
     pub rules: watch::Receiver<Arc<NodeRules>>,
 }
 
+/// How long a connection the server closed waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(1);
 const CONNECT_PACKET_TYPE: u8 = 1;
 
 /// Bytes of encoded output gathered before one socket write.
@@ -254,7 +256,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // rely on the router handling this disconnect before anything sent later.
         self.ctx.metrics.closed(close_reason);
         let _ = self.stream.shutdown().await;
+        if let CloseReason::Server(_) = close_reason {
+            self.linger().await;
+        }
         debug!(?close_reason, "connection closed");
+    }
+
+    /// After the server's DISCONNECT: reads what the client still sends until it
+    /// closes too, for at most [`LINGER`]. Closing a socket with unread data sends a
+    /// TCP reset, and a reset can destroy the DISCONNECT in the client's receive
+    /// buffer before the client reads it: the client would never learn why.
+    async fn linger(&mut self) {
+        let mut scratch = [0u8; 4096];
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(n) = self.stream.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     /// Reads until the first packet. `Ok(None)`: the peer went away; `Err`: refused.
