@@ -22,9 +22,11 @@ mod failover;
 mod fleetmq;
 mod kafka_egress;
 mod payload;
+mod peers;
 mod persistent;
 mod publisher;
 mod stats;
+mod storm;
 mod sysinfo;
 
 #[derive(Parser)]
@@ -77,6 +79,11 @@ enum Scenario {
     /// latency, broker CPU per message, and every acknowledged message read back.
     #[command(name = "kafka-egress")]
     KafkaEgress(kafka_egress::Args),
+    /// Side by side with Mosquitto and rumqttd: N idle connections opened at a fixed
+    /// rate, one subscription each: connect rate kept, handshake latency, broker CPU,
+    /// broker memory per idle connection.
+    #[command(name = "connection-storm")]
+    ConnectionStorm(storm::Args),
 }
 
 /// Settings every scenario uses.
@@ -182,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::PersistentQos1(args) => persistent::run(args, &common).await?,
         Scenario::Failover(args) => failover::run(args, &common).await?,
         Scenario::KafkaEgress(args) => kafka_egress::run(args, &common).await?,
+        Scenario::ConnectionStorm(args) => storm::run(args, &common).await?,
     };
     let mut text = outcome.text.clone();
     if outcome.problems.is_empty() {

@@ -1,0 +1,407 @@
+//! Scenario `connection-storm`: N clean MQTT 3.1.1 connections opened at a fixed rate,
+//! one subscription each (SUBACK awaited), then held idle; against FleetMQ, Mosquitto
+//! and rumqttd in turn (crate::peers), runs alternating. Reports, per broker: the
+//! connect rate it kept up with, handshake latency (TCP connect to SUBACK), failures,
+//! the broker's CPU-seconds for the storm, and its resident memory per idle
+//! connection (RSS after the idle period less RSS before the storm, over N).
+//!
+//! The clients are minimal (a socket each, packets written by hand): the bench's own
+//! memory must not limit N. Connections come from several 127.0.0.x source addresses
+//! so that N can pass the ~28,000 ephemeral ports of one address.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args as ClapArgs;
+use serde::Serialize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::peers::{PeerBinaries, PeerBroker, PeerKind};
+use crate::stats::{self, Latency};
+use crate::sysinfo::{self, note};
+use crate::{Common, Outcome};
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Args {
+    /// Brokers to compare, in the order of each round.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fleetmq,mosquitto,rumqttd"
+    )]
+    brokers: Vec<String>,
+    /// Connections per run.
+    #[arg(long, default_value_t = 50_000)]
+    connections: usize,
+    /// New connections a second the clients open.
+    #[arg(long, default_value_t = 5_000)]
+    rate: u32,
+    /// How long the connections stay idle before memory is read.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    idle: Duration,
+    /// Rounds (each broker once per round).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Loopback source addresses the clients spread over (127.0.0.2 on).
+    #[arg(long, default_value_t = 4)]
+    source_ips: u8,
+    /// Handshakes in flight at once, at most.
+    #[arg(long, default_value_t = 2_000)]
+    in_flight: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    broker: &'static str,
+    round: usize,
+    connections: usize,
+    connected: usize,
+    failed: usize,
+    /// Connections a second, first attempt to last SUBACK.
+    achieved_rate: f64,
+    storm_s: f64,
+    handshake: Latency,
+    cpu_s: f64,
+    rss_before: u64,
+    rss_idle: u64,
+    rss_per_connection: f64,
+    first_error: Option<String>,
+}
+
+pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
+    let kinds = args
+        .brokers
+        .iter()
+        .map(|b| PeerKind::parse(b).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // The bench holds one socket per connection, and so does the broker, which
+    // inherits this process's limit.
+    let needed = args.connections as u64 + 500;
+    let limit = open_files_limit().unwrap_or(0);
+    if limit < needed {
+        bail!(
+            "{} connections need about {needed} open files in the bench and in the broker; \
+             the limit is {limit}: raise it (`ulimit -n`; past the hard limit only with \
+             CAP_SYS_RESOURCE)",
+            args.connections
+        );
+    }
+    let bins = PeerBinaries::standard(common.fleetmq_bin.clone());
+    let versions: serde_json::Map<String, serde_json::Value> = kinds
+        .iter()
+        .map(|k| (k.name().to_string(), json!(bins.version(*k))))
+        .collect();
+    let mut runs = Vec::new();
+    let mut problems = Vec::new();
+    for round in 1..=args.runs {
+        for kind in &kinds {
+            let gate = sysinfo::wait_for_load(common.max_load, common.load_wait).await;
+            note(&format!(
+                "round {round}: {} with {} connections at {}/s (load {:.2})",
+                kind.name(),
+                args.connections,
+                args.rate,
+                gate.load1_at_start
+            ));
+            match one_run(*kind, round, args, &bins, common).await {
+                Ok(r) => {
+                    note(&format!(
+                        "  {:.0} conn/s, {:.0} B RSS per connection, {:.2} CPU-s, {} failed",
+                        r.achieved_rate, r.rss_per_connection, r.cpu_s, r.failed
+                    ));
+                    if r.failed > 0 {
+                        problems.push(format!(
+                            "{} round {round}: {} of {} connections failed (first: {})",
+                            r.broker,
+                            r.failed,
+                            r.connections,
+                            r.first_error.clone().unwrap_or_default()
+                        ));
+                    }
+                    runs.push(r);
+                }
+                Err(e) => problems.push(format!("{} round {round}: {e:#}", kind.name())),
+            }
+        }
+    }
+    let mut text = format!(
+        "connection-storm: {} connections at {}/s, idle {:?}, {} rounds\n",
+        args.connections, args.rate, args.idle, args.runs
+    );
+    let mut summary = serde_json::Map::new();
+    for kind in &kinds {
+        let mine: Vec<&Run> = runs.iter().filter(|r| r.broker == kind.name()).collect();
+        let median = |f: fn(&Run) -> f64| {
+            let values: Vec<f64> = mine.iter().map(|r| f(r)).collect();
+            stats::Spread::of(&values)
+        };
+        let rate = median(|r| r.achieved_rate);
+        let per_conn = median(|r| r.rss_per_connection);
+        let cpu = median(|r| r.cpu_s);
+        let p99 = median(|r| r.handshake.p99_ms);
+        text.push_str(&format!(
+            "  {:<10} rate {}  RSS/conn {}  CPU {}  handshake p99 {}\n",
+            kind.name(),
+            rate.as_ref().map_or("-".into(), |s| s.line(0, "/s")),
+            per_conn.as_ref().map_or("-".into(), |s| s.line(0, " B")),
+            cpu.as_ref().map_or("-".into(), |s| s.line(2, " s")),
+            p99.as_ref().map_or("-".into(), |s| s.line(1, " ms")),
+        ));
+        summary.insert(
+            kind.name().to_string(),
+            json!({
+                "achieved_rate": rate,
+                "rss_per_connection": per_conn,
+                "cpu_s": cpu,
+                "handshake_p99_ms": p99,
+            }),
+        );
+    }
+    Ok(Outcome {
+        scenario: "connection-storm",
+        params: json!({
+            "connections": args.connections,
+            "rate": args.rate,
+            "idle_s": args.idle.as_secs_f64(),
+            "runs": args.runs,
+            "source_ips": args.source_ips,
+            "brokers": args.brokers,
+            "versions": versions,
+        }),
+        runs: runs.iter().map(|r| json!(r)).collect(),
+        summary: serde_json::Value::Object(summary),
+        aims: Vec::new(),
+        problems,
+        text,
+    })
+}
+
+async fn one_run(
+    kind: PeerKind,
+    round: usize,
+    args: &Args,
+    bins: &PeerBinaries,
+    common: &Common,
+) -> anyhow::Result<Run> {
+    let mut broker = PeerBroker::start(kind, bins, &common.work_dir)?;
+    let pid = broker.pid();
+    // Settle after start-up before the baseline.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = sysinfo::rss_bytes(pid).map_or(0, |r| r.0);
+    let ticks0 = sysinfo::cpu_ticks(pid).unwrap_or(0);
+    let started = Instant::now();
+    let (held, failures, histogram, first_error) = storm(broker.addr, args, kind, round).await;
+    let storm_s = started.elapsed().as_secs_f64();
+    let ticks1 = sysinfo::cpu_ticks(pid).unwrap_or(ticks0);
+    tokio::time::sleep(args.idle).await;
+    if !broker.running() {
+        bail!("{} exited during the run", kind.name());
+    }
+    let rss_idle = sysinfo::rss_bytes(pid).map_or(0, |r| r.0);
+    let connected = held.len();
+    drop(held);
+    Ok(Run {
+        broker: kind.name(),
+        round,
+        connections: args.connections,
+        connected,
+        failed: failures,
+        achieved_rate: connected as f64 / storm_s,
+        storm_s,
+        handshake: Latency::of(&histogram),
+        cpu_s: (ticks1 - ticks0) as f64 / sysinfo::clock_ticks(),
+        rss_before,
+        rss_idle,
+        rss_per_connection: rss_idle.saturating_sub(rss_before) as f64 / connected.max(1) as f64,
+        first_error,
+    })
+}
+
+/// Opens the connections at the configured rate; returns the open sockets, the
+/// number that failed, the handshake latencies (µs) and the first error.
+async fn storm(
+    addr: SocketAddr,
+    args: &Args,
+    kind: PeerKind,
+    round: usize,
+) -> (
+    Vec<TcpStream>,
+    usize,
+    hdrhistogram::Histogram<u64>,
+    Option<String>,
+) {
+    let slots = Arc::new(Semaphore::new(args.in_flight.max(1)));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let start = tokio::time::Instant::now();
+    let launcher = {
+        let (n, ips) = (args.connections, args.source_ips.max(1));
+        let prefix = format!("storm-{}-{round}", kind.name());
+        tokio::spawn(async move {
+            for i in 0..n {
+                tokio::time::sleep_until(start + interval * i as u32).await;
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(ips)) as u8));
+                let client_id = format!("{prefix}-{i}");
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let began = Instant::now();
+                    let result = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        handshake(source, addr, &client_id),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no SUBACK within 30 s")));
+                    drop(permit);
+                    let _ = tx.send(result.map(|s| (s, began.elapsed())));
+                });
+            }
+        })
+    };
+    let mut held = Vec::with_capacity(args.connections);
+    let mut failures = 0;
+    let mut first_error = None;
+    let mut histogram = stats::histogram();
+    for _ in 0..args.connections {
+        match rx.recv().await {
+            Some(Ok((stream, took))) => {
+                stats::record(&mut histogram, took.as_micros() as u64);
+                held.push(stream);
+            }
+            Some(Err(e)) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+            None => break,
+        }
+    }
+    let _ = launcher.await;
+    (held, failures, histogram, first_error)
+}
+
+/// TCP connect from `source`, CONNECT (MQTT 3.1.1, clean, no keep alive), CONNACK,
+/// SUBSCRIBE (QoS 0), SUBACK.
+async fn handshake(source: IpAddr, addr: SocketAddr, client_id: &str) -> anyhow::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let mut stream = socket.connect(addr).await.context("TCP connect")?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&connect_packet(client_id)).await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.context("CONNACK")?;
+    if connack[0] != 0x20 || connack[3] != 0 {
+        bail!("CONNACK {connack:02x?}");
+    }
+    stream
+        .write_all(&subscribe_packet(&format!("storm/{client_id}")))
+        .await?;
+    let mut suback = [0u8; 5];
+    stream.read_exact(&mut suback).await.context("SUBACK")?;
+    if suback[0] != 0x90 || suback[4] >= 0x80 {
+        bail!("SUBACK {suback:02x?}");
+    }
+    Ok(stream)
+}
+
+fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn mqtt_string(s: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_string("MQTT", &mut body);
+    body.push(4); // 3.1.1
+    body.push(0x02); // clean session
+    body.extend_from_slice(&0u16.to_be_bytes()); // no keep alive
+    mqtt_string(client_id, &mut body);
+    let mut packet = vec![0x10];
+    remaining_length(body.len(), &mut packet);
+    packet.extend_from_slice(&body);
+    packet
+}
+
+fn subscribe_packet(filter: &str) -> Vec<u8> {
+    let mut body = 1u16.to_be_bytes().to_vec();
+    mqtt_string(filter, &mut body);
+    body.push(0); // QoS 0
+    let mut packet = vec![0x82];
+    remaining_length(body.len(), &mut packet);
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// This process's soft limit of open files.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_are_what_mqtt_3_1_1_says() {
+        assert_eq!(
+            connect_packet("a"),
+            [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 0, 0, 1, b'a']
+        );
+        assert_eq!(subscribe_packet("t"), [0x82, 6, 0, 1, 0, 1, b't', 0]);
+        let mut long = Vec::new();
+        remaining_length(321, &mut long);
+        assert_eq!(long, [0xC1, 0x02]);
+    }
+
+    #[tokio::test]
+    async fn a_small_storm_against_fleetmq_holds_every_connection() {
+        let Ok(bin) = crate::fleetmq::find_binary(None) else {
+            panic!("the fleetmq binary is needed: cargo build -p fleetmq");
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let bins = PeerBinaries::standard(bin);
+        let args = Args {
+            brokers: vec!["fleetmq".into()],
+            connections: 200,
+            rate: 2_000,
+            idle: Duration::from_millis(200),
+            runs: 1,
+            source_ips: 2,
+            in_flight: 100,
+        };
+        let common = Common {
+            fleetmq_bin: bins.fleetmq.clone(),
+            work_dir: dir.path().to_path_buf(),
+            keep_dirs: false,
+            max_load: 100.0,
+            load_wait: Duration::ZERO,
+        };
+        let r = one_run(PeerKind::Fleetmq, 1, &args, &bins, &common)
+            .await
+            .unwrap();
+        assert_eq!((r.connected, r.failed), (200, 0), "{:?}", r.first_error);
+        assert!(r.rss_idle > 0 && r.achieved_rate > 0.0);
+    }
+}
