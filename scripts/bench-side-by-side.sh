@@ -5,7 +5,7 @@
 #   - Mosquitto from the Debian package (apt-get install mosquitto),
 #   - rumqttd 0.20.0 from crates.io (cargo install, into ~/.cache/fleetmq/rumqttd-0.20.0),
 #   - release builds of fleetmq and fleetmq-bench.
-# Results go to bench-results/<scenario>.json; BENCHMARKS.md says which rows came from
+# Results go to crates/bench/results/<scenario>-<revision>.json; BENCHMARKS.md says which rows came from
 # which file.
 #
 #   scripts/bench-side-by-side.sh                 # every scenario built so far
@@ -14,7 +14,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-OUT="${OUT:-$ROOT/bench-results}"
+OUT="${OUT:-$ROOT/crates/bench/results}"
 RUMQTTD_VERSION=0.20.0
 RUMQTTD_ROOT="$HOME/.cache/fleetmq/rumqttd-$RUMQTTD_VERSION"
 CONNECTIONS="${CONNECTIONS:-19000}"
@@ -46,6 +46,6 @@ mkdir -p "$OUT"
 REVISION="$(git rev-parse --short HEAD)"
 
 "$TARGET/fleetmq-bench" --fleetmq-bin "$TARGET/fleetmq" --fleetmq-revision "$REVISION" \
-    --out "$OUT/connection-storm.json" \
+    --out "$OUT/connection-storm-$REVISION.json" \
     connection-storm --brokers fleetmq,mosquitto,rumqttd \
     --connections "$CONNECTIONS" --rate "$RATE" --runs "$RUNS"

@@ -286,7 +286,7 @@ async fn storm(
     (held, failures, histogram, first_error)
 }
 
-/// TCP connect from `source`, CONNECT (MQTT 3.1.1, clean, no keep alive), CONNACK,
+/// TCP connect from `source`, CONNECT (MQTT 3.1.1, clean, keep alive 600 s), CONNACK,
 /// SUBSCRIBE (QoS 0), SUBACK.
 async fn handshake(source: IpAddr, addr: SocketAddr, client_id: &str) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
@@ -329,12 +329,17 @@ fn mqtt_string(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The clients' keep alive, in seconds.
+const KEEP_ALIVE_S: u16 = 600;
+
 fn connect_packet(client_id: &str) -> Vec<u8> {
     let mut body = Vec::new();
     mqtt_string("MQTT", &mut body);
     body.push(4); // 3.1.1
     body.push(0x02); // clean session
-    body.extend_from_slice(&0u16.to_be_bytes()); // no keep alive
+                     // Longer than any idle period here, so no PINGREQ is due; 0 ("none") is valid
+                     // MQTT but rumqttd 0.20 closes such connections.
+    body.extend_from_slice(&KEEP_ALIVE_S.to_be_bytes());
     mqtt_string(client_id, &mut body);
     let mut packet = vec![0x10];
     remaining_length(body.len(), &mut packet);
@@ -367,7 +372,7 @@ mod tests {
     fn packets_are_what_mqtt_3_1_1_says() {
         assert_eq!(
             connect_packet("a"),
-            [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 0, 0, 1, b'a']
+            [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0x02, 0x58, 0, 1, b'a']
         );
         assert_eq!(subscribe_packet("t"), [0x82, 6, 0, 1, 0, 1, b't', 0]);
         let mut long = Vec::new();
