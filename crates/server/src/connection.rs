@@ -256,7 +256,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // rely on the router handling this disconnect before anything sent later.
         self.ctx.metrics.closed(close_reason);
         let _ = self.stream.shutdown().await;
-        if let CloseReason::Server(_) = close_reason {
+        // Only a DISCONNECT is worth protecting: MQTT 3.x clients get none, and their
+        // socket closes at once as before.
+        if matches!(close_reason, CloseReason::Server(_)) && self.version.is_v5() {
             self.linger().await;
         }
         debug!(?close_reason, "connection closed");
