@@ -14,7 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bytes::BytesMut;
 use clap::Args as ClapArgs;
+use fleetmq_codec::{
+    encode, Connect, ConnectProperties, Packet, ProtocolVersion, Subscribe, SubscribeFilter,
+    SubscribeProperties, SubscriptionOptions,
+};
 use serde::Serialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -293,14 +298,14 @@ async fn handshake(source: IpAddr, addr: SocketAddr, client_id: &str) -> anyhow:
     socket.bind(SocketAddr::new(source, 0))?;
     let mut stream = socket.connect(addr).await.context("TCP connect")?;
     stream.set_nodelay(true)?;
-    stream.write_all(&connect_packet(client_id)).await?;
+    stream.write_all(&connect_packet(client_id)?).await?;
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).await.context("CONNACK")?;
     if connack[0] != 0x20 || connack[3] != 0 {
         bail!("CONNACK {connack:02x?}");
     }
     stream
-        .write_all(&subscribe_packet(&format!("storm/{client_id}")))
+        .write_all(&subscribe_packet(&format!("storm/{client_id}"))?)
         .await?;
     let mut suback = [0u8; 5];
     stream.read_exact(&mut suback).await.context("SUBACK")?;
@@ -310,51 +315,40 @@ async fn handshake(source: IpAddr, addr: SocketAddr, client_id: &str) -> anyhow:
     Ok(stream)
 }
 
-fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            return;
-        }
-    }
+/// The client's CONNECT (MQTT 3.1.1, clean) and SUBSCRIBE (QoS 0), as the project's
+/// codec writes them.
+fn packet_bytes(packet: &Packet) -> anyhow::Result<Vec<u8>> {
+    let mut buf = BytesMut::new();
+    encode(packet, ProtocolVersion::V3_1_1, &mut buf)?;
+    Ok(buf.to_vec())
 }
 
-fn mqtt_string(s: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// The clients' keep alive, in seconds.
+/// The clients' keep alive, in seconds: longer than any idle period here, so no
+/// PINGREQ is due; 0 ("none") is valid MQTT but rumqttd 0.20 closes such connections.
 const KEEP_ALIVE_S: u16 = 600;
 
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    mqtt_string("MQTT", &mut body);
-    body.push(4); // 3.1.1
-    body.push(0x02); // clean session
-                     // Longer than any idle period here, so no PINGREQ is due; 0 ("none") is valid
-                     // MQTT but rumqttd 0.20 closes such connections.
-    body.extend_from_slice(&KEEP_ALIVE_S.to_be_bytes());
-    mqtt_string(client_id, &mut body);
-    let mut packet = vec![0x10];
-    remaining_length(body.len(), &mut packet);
-    packet.extend_from_slice(&body);
-    packet
+fn connect_packet(client_id: &str) -> anyhow::Result<Vec<u8>> {
+    packet_bytes(&Packet::Connect(Box::new(Connect {
+        protocol: ProtocolVersion::V3_1_1,
+        clean_start: true,
+        keep_alive: KEEP_ALIVE_S,
+        client_id: client_id.to_string(),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    })))
 }
 
-fn subscribe_packet(filter: &str) -> Vec<u8> {
-    let mut body = 1u16.to_be_bytes().to_vec();
-    mqtt_string(filter, &mut body);
-    body.push(0); // QoS 0
-    let mut packet = vec![0x82];
-    remaining_length(body.len(), &mut packet);
-    packet.extend_from_slice(&body);
-    packet
+fn subscribe_packet(filter: &str) -> anyhow::Result<Vec<u8>> {
+    packet_bytes(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters: vec![SubscribeFilter {
+            filter: filter.to_string(),
+            options: SubscriptionOptions::default(),
+        }],
+        properties: SubscribeProperties::default(),
+    }))
 }
 
 /// This process's soft limit of open files.
@@ -371,13 +365,13 @@ mod tests {
     #[test]
     fn packets_are_what_mqtt_3_1_1_says() {
         assert_eq!(
-            connect_packet("a"),
+            connect_packet("a").unwrap(),
             [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0x02, 0x58, 0, 1, b'a']
         );
-        assert_eq!(subscribe_packet("t"), [0x82, 6, 0, 1, 0, 1, b't', 0]);
-        let mut long = Vec::new();
-        remaining_length(321, &mut long);
-        assert_eq!(long, [0xC1, 0x02]);
+        assert_eq!(
+            subscribe_packet("t").unwrap(),
+            [0x82, 6, 0, 1, 0, 1, b't', 0]
+        );
     }
 
     #[tokio::test]
