@@ -14,6 +14,10 @@ FUZZ_CI_SECONDS := 60
 PYTEST_ARGS ?=
 
 export PYTHONDONTWRITEBYTECODE := 1
+# A CI run builds once from nothing: incremental caches would only double the disk it needs.
+ifeq ($(CI),true)
+export CARGO_INCREMENTAL := 0
+endif
 
 .PHONY: help run build release test test-deps fmt fmt-check clippy cargo-test fuzz pytest kafka-start kafka-stop
 

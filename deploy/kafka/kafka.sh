@@ -298,6 +298,7 @@ broker.session.timeout.ms=5000
 # Small and short-lived data: tests only.
 log.segment.bytes=16777216
 log.retention.hours=24
+log.retention.bytes=268435456
 log.retention.check.interval.ms=60000
 num.recovery.threads.per.data.dir=1
 num.network.threads=2
