@@ -119,7 +119,15 @@ impl ConnectionHandle {
     /// Queues `item` without waiting. The router never blocks on one slow client:
     /// a QoS 0 message that does not fit is dropped and counted; anything else
     /// that does not fit closes the connection (its session keeps the state).
+    ///
+    /// Nothing is queued once the router has asked the connection to close: a round
+    /// decided before, say, the session moved to another node is released only after
+    /// the move, and what it sends would reach a client whose session is now elsewhere
+    /// (a QoS 2 message delivered there again under another packet id).
     pub fn send(&self, item: Outgoing, metrics: &Metrics) -> bool {
+        if self.close.borrow().is_some() {
+            return false;
+        }
         match self.outbox.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(item)) => {

@@ -1,7 +1,7 @@
 //! Several routers as the nodes of one cluster, in-process: each round's writes go to a
 //! shared store and, as the state machine would feed them, to every router in order;
 //! forwarded PUBLISHes go straight to their node. No Raft here (crates/cluster tests
-//! that), and no admission (the state machine's), just the routers' side of it.
+//! that), just the routers' side of it and the state machine's admission of writes.
 
 use std::sync::{Arc, Mutex};
 
@@ -37,8 +37,11 @@ struct Cluster {
     forwarded: Arc<Outbox>,
     next_conn: u64,
     /// A node (1-based) whose state machine has fallen behind: what is committed
-    /// meanwhile is not fed to its router, until [`Cluster::catch_up`].
+    /// meanwhile is not fed to its router, until [`Cluster::catch_up`] or
+    /// [`Cluster::replay_missed`].
     lagging: Option<usize>,
+    /// The entries the lagging node's router missed, in commit order.
+    missed: Vec<(u64, Vec<WriteOp>)>,
 }
 
 struct Client {
@@ -67,6 +70,7 @@ impl Cluster {
             forwarded: Arc::new(Outbox::default()),
             next_conn: 1,
             lagging: None,
+            missed: Vec::new(),
         }
     }
 
@@ -97,17 +101,52 @@ impl Cluster {
     /// Commits one round of node `origin`: its writes go to the store and, in order, to
     /// every router that is not lagging; then its outputs go out.
     fn commit(&mut self, origin: u64, round: Round) {
-        let ops: Vec<WriteOp> = round.batch.ops().to_vec();
-        self.engine.write(round.batch).unwrap();
+        // One op at a time, so that each is admitted against the ones before it (a
+        // claim and the session it brings come in one batch).
+        let mut ops = Vec::new();
+        for op in round.batch.ops() {
+            if self.admits(origin, op) {
+                let mut one = WriteBatch::new();
+                one.push(op.clone());
+                self.engine.write(one).unwrap();
+                ops.push(op.clone());
+            }
+        }
         self.apply(origin, &ops);
         deliver(round.outputs, &self.metrics, &self.forwarded);
+    }
+
+    /// The state machine's registry check ([`persist::admit`]), one op at a time: a
+    /// node that no longer holds a session cannot overwrite it.
+    fn admits(&self, origin: u64, op: &WriteOp) -> bool {
+        let (tree, key, value) = match op {
+            WriteOp::Put { tree, key, value } => (*tree, key, Some(value.as_slice())),
+            WriteOp::Delete { tree, key } => (*tree, key, None),
+            WriteOp::DeletePrefix { .. } => return true,
+        };
+        let engine = &self.engine;
+        persist::admit(
+            tree,
+            key,
+            value,
+            origin,
+            &mut |client| {
+                engine
+                    .get(OWNERS, client.as_bytes())
+                    .unwrap()
+                    .map(|v| persist::decode::<OwnerRecord>(OWNERS, &v).unwrap().node)
+            },
+            &mut |key| engine.get(tree, key).unwrap().is_some(),
+        )
     }
 
     /// Feeds committed `ops` to every router that is not lagging, with the loads a
     /// claim gives its new owner.
     fn apply(&mut self, origin: u64, ops: &[WriteOp]) {
         for (i, router) in self.routers.iter_mut().enumerate() {
-            if self.lagging != Some(i + 1) {
+            if self.lagging == Some(i + 1) {
+                self.missed.push((origin, ops.to_vec()));
+            } else {
                 router.handle_applied(Applied::Entry {
                     origin,
                     ops: ops.to_vec(),
@@ -139,9 +178,19 @@ impl Cluster {
     /// The lagging node installs a snapshot: its router gets the whole store.
     fn catch_up(&mut self) {
         let node = self.lagging.take().unwrap();
+        self.missed.clear();
         let stored = persist::load(&self.engine).unwrap();
         self.routers[node - 1].handle_applied(Applied::Reset(Box::new(stored)));
         self.settle();
+    }
+
+    /// The lagging node `node` applies the next `n` entries it missed, one by one, as
+    /// its state machine would while catching up through the log; its rounds stay
+    /// with the caller.
+    fn replay_missed(&mut self, node: usize, n: usize) {
+        for (origin, ops) in self.missed.drain(..n) {
+            self.routers[node - 1].handle_applied(Applied::Entry { origin, ops });
+        }
     }
 
     fn connect(&mut self, node: usize, id: &str, clean: bool, expiry: u32) -> Client {
@@ -511,4 +560,48 @@ fn sessions_given_to_a_lagging_node_are_taken_up_from_the_snapshot() {
     assert!(woken.reply.try_recv().unwrap().session_present);
     cluster.publish(2, &pub2, "z/1", "wake", QoS::AtLeastOnce);
     assert_eq!(payloads(&mut woken), ["wake"]);
+}
+
+#[test]
+fn a_deposed_owner_sends_nothing_on_the_connection_it_let_go() {
+    // Node 3 is cut off while its client's session is moved to node 2 (failover). Once
+    // back it applies what it missed in log order: a QoS 2 delivery stored for it before
+    // the move, then the move. The PUBLISH it makes of that delivery is released only
+    // after its own write commits, behind the move: were it sent then on the connection
+    // node 3 let go, the client would get the message again from node 2 under another
+    // packet id, a QoS 2 message delivered twice.
+    let mut cluster = Cluster::new(3);
+    let mut first = cluster.connect(3, "sub", false, 600);
+    cluster.subscribe(3, &first, "d/#", QoS::ExactlyOnce);
+    let publisher = cluster.connect(1, "pub", true, 0);
+
+    cluster.lagging = Some(3);
+    cluster.publish(1, &publisher, "d/1", "once", QoS::ExactlyOnce);
+    cluster.move_session("sub", 2);
+    assert!(publishes(&mut first).is_empty(), "node 3 was cut off");
+    assert_eq!(cluster.missed.len(), 2, "the delivery, then the move");
+
+    cluster.lagging = None;
+    cluster.replay_missed(3, 1);
+    let stale = cluster.routers[2].take_round();
+    assert!(
+        stale.outputs.iter().any(|o| matches!(
+            o,
+            crate::router::Output::Send(h, Outgoing::Publish(_)) if h.id == first.conn
+        )),
+        "node 3 still holds the session when it applies the delivery, and sends it"
+    );
+    cluster.replay_missed(3, 1);
+    assert_eq!(is_closed(&first), Some(ReasonCode::SessionTakenOver));
+    cluster.commit(3, stale);
+    assert!(
+        publishes(&mut first).is_empty(),
+        "nothing goes out on a connection after the router let it go"
+    );
+
+    let mut second = cluster.connect(2, "sub", false, 600);
+    assert!(second.reply.try_recv().unwrap().session_present);
+    let got = publishes(&mut second);
+    assert_eq!(got.len(), 1, "delivered once, by the owner: {got:?}");
+    assert!(!got[0].dup);
 }

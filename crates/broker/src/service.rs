@@ -13,7 +13,7 @@ use fleetmq_codec::Packet;
 use fleetmq_storage::{KvEngine, StorageError, WriteBatch};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
 use crate::connection::Outgoing;
@@ -26,6 +26,9 @@ use crate::router::{Applied, Event, Output, Round, Router, Settings};
 const MAX_EVENTS_PER_ROUND: usize = 512;
 /// Router rounds waiting for the writer; beyond this the router waits (backpressure).
 const COMMIT_QUEUE: usize = 64;
+/// How long a committed round's outputs wait for this node's router to take the entry
+/// that carried them (see [`run_committer`]); only a wedged router takes longer.
+const ROUTER_CATCH_UP: Duration = Duration::from_secs(10);
 /// The shortest pause between two sweeps of stored messages no session points at any
 /// more. Sweeping often keeps each sweep's deletes few: at 10 s, a sweep under 5,000
 /// QoS 1 msg/s deleted 50,000 bodies at once and held up every commit for 2 s.
@@ -213,7 +216,19 @@ impl BrokerService {
             forwarder: forwarder.clone(),
         };
         let fence = visibility.map(|visibility| VisibilityFence::start(visibility, outlet.clone()));
-        let committer = tokio::spawn(run_committer(committer, commit_rx, outlet, fence));
+        // Where other nodes write too, a round's outputs wait for the router to have
+        // taken its entry (see run_committer).
+        let router_view = applied.as_ref().map(|_| RouterProgress {
+            view: view.clone(),
+            stopping: stop_rx.clone(),
+        });
+        let committer = tokio::spawn(run_committer(
+            committer,
+            commit_rx,
+            outlet,
+            fence,
+            router_view,
+        ));
         // State restored from storage may need cleanup writes (orphans); commit them first.
         let initial = router.take_round();
         let sink_metrics = router.metrics();
@@ -629,11 +644,48 @@ async fn run_fence(
     }
 }
 
+/// How far the router has taken the replicated store's entries, for the committer.
+struct RouterProgress {
+    view: RoutingView,
+    /// Set when the service stops: the router takes nothing more.
+    stopping: watch::Receiver<bool>,
+}
+
+impl RouterProgress {
+    /// Returns once the router has taken the entries through `index`, or is stopping.
+    async fn wait_for(&self, index: u64) {
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            taken = self.view.wait_for(index, ROUTER_CATCH_UP) => {
+                if !taken && !*self.stopping.borrow() {
+                    warn!(
+                        index,
+                        through = self.view.through(),
+                        "the router has not taken a committed entry; its outputs go out anyway"
+                    );
+                }
+            }
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+    }
+}
+
+/// Commits the rounds in order, group-committing what queues, and releases each
+/// round's outputs once its writes are durable.
+///
+/// With a replicated store (`router_view` set) the outputs also wait until this node's
+/// router has taken every entry through the one that carried them. Entries of other
+/// nodes committed before it may change what the outputs mean: above all a move of the
+/// session to another node (failover of a node that was cut off). The router closes
+/// the connection when it takes the move, and a closed connection sends nothing more;
+/// released before that, a PUBLISH decided by the deposed owner would reach a client
+/// whose session now lives elsewhere, and be delivered twice.
 async fn run_committer(
     mut committer: impl Committer,
     mut rounds: mpsc::Receiver<Round>,
     outlet: Outlet,
     fence: Option<VisibilityFence>,
+    router_view: Option<RouterProgress>,
 ) {
     let mut queued = Vec::new();
     let mut last_index = 0;
@@ -658,6 +710,9 @@ async fn run_committer(
             match committer.commit(batch).await {
                 Ok(index) => {
                     last_index = last_index.max(index);
+                    if let Some(progress) = &router_view {
+                        progress.wait_for(index).await;
+                    }
                     true
                 }
                 Err(e) => {
