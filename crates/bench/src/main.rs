@@ -24,10 +24,13 @@ mod kafka_egress;
 mod payload;
 mod peers;
 mod persistent;
+mod plot;
 mod publisher;
+mod raw;
 mod stats;
 mod storm;
 mod sysinfo;
+mod traffic;
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +87,16 @@ enum Scenario {
     /// broker memory per idle connection.
     #[command(name = "connection-storm")]
     ConnectionStorm(storm::Args),
+    /// Side by side: publisher i to subscriber i (1,000 pairs by default), the rate
+    /// raised step by step until p99 latency passes the limit.
+    #[command(name = "point-to-point")]
+    PointToPoint(traffic::Args),
+    /// Side by side: 1 (or --publishers) publishers to 1,000 subscribers of one topic.
+    #[command(name = "fan-out")]
+    FanOut(traffic::Args),
+    /// Side by side: 1,000 publishers to a $share group of 5 subscribers.
+    #[command(name = "fan-in")]
+    FanIn(traffic::Args),
 }
 
 /// Settings every scenario uses.
@@ -190,6 +203,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Failover(args) => failover::run(args, &common).await?,
         Scenario::KafkaEgress(args) => kafka_egress::run(args, &common).await?,
         Scenario::ConnectionStorm(args) => storm::run(args, &common).await?,
+        Scenario::PointToPoint(args) => {
+            traffic::run(traffic::Shape::PointToPoint, args, &common).await?
+        }
+        Scenario::FanOut(args) => traffic::run(traffic::Shape::FanOut, args, &common).await?,
+        Scenario::FanIn(args) => traffic::run(traffic::Shape::FanIn, args, &common).await?,
     };
     let mut text = outcome.text.clone();
     if outcome.problems.is_empty() {

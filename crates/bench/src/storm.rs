@@ -5,28 +5,24 @@
 //! the broker's CPU-seconds for the storm, and its resident memory per idle
 //! connection (RSS after the idle period less RSS before the storm, over N).
 //!
-//! The clients are minimal (a socket each, packets written by hand): the bench's own
-//! memory must not limit N. Connections come from several 127.0.0.x source addresses
-//! so that N can pass the ~28,000 ephemeral ports of one address.
+//! The clients are minimal (crate::raw): the bench's own memory must not limit N.
+//! Connections come from several 127.0.0.x source addresses so that N can pass the
+//! ~28,000 ephemeral ports of one address.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use bytes::BytesMut;
+use anyhow::bail;
 use clap::Args as ClapArgs;
-use fleetmq_codec::{
-    encode, Connect, ConnectProperties, Packet, ProtocolVersion, Subscribe, SubscribeFilter,
-    SubscribeProperties, SubscriptionOptions,
-};
+use fleetmq_codec::QoS;
 use serde::Serialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::peers::{PeerBinaries, PeerBroker, PeerKind};
+use crate::raw;
 use crate::stats::{self, Latency};
 use crate::sysinfo::{self, note};
 use crate::{Common, Outcome};
@@ -253,7 +249,7 @@ async fn storm(
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(ips)) as u8));
+                let source = raw::source_ip(i, ips);
                 let client_id = format!("{prefix}-{i}");
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -291,64 +287,11 @@ async fn storm(
     (held, failures, histogram, first_error)
 }
 
-/// TCP connect from `source`, CONNECT (MQTT 3.1.1, clean, keep alive 600 s), CONNACK,
-/// SUBSCRIBE (QoS 0), SUBACK.
+/// TCP connect from `source`, CONNECT, CONNACK, SUBSCRIBE (QoS 0), SUBACK.
 async fn handshake(source: IpAddr, addr: SocketAddr, client_id: &str) -> anyhow::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source, 0))?;
-    let mut stream = socket.connect(addr).await.context("TCP connect")?;
-    stream.set_nodelay(true)?;
-    stream.write_all(&connect_packet(client_id)?).await?;
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack).await.context("CONNACK")?;
-    if connack[0] != 0x20 || connack[3] != 0 {
-        bail!("CONNACK {connack:02x?}");
-    }
-    stream
-        .write_all(&subscribe_packet(&format!("storm/{client_id}"))?)
-        .await?;
-    let mut suback = [0u8; 5];
-    stream.read_exact(&mut suback).await.context("SUBACK")?;
-    if suback[0] != 0x90 || suback[4] >= 0x80 {
-        bail!("SUBACK {suback:02x?}");
-    }
+    let mut stream = raw::connect(source, addr, client_id).await?;
+    raw::subscribe(&mut stream, &format!("storm/{client_id}"), QoS::AtMostOnce).await?;
     Ok(stream)
-}
-
-/// The client's CONNECT (MQTT 3.1.1, clean) and SUBSCRIBE (QoS 0), as the project's
-/// codec writes them.
-fn packet_bytes(packet: &Packet) -> anyhow::Result<Vec<u8>> {
-    let mut buf = BytesMut::new();
-    encode(packet, ProtocolVersion::V3_1_1, &mut buf)?;
-    Ok(buf.to_vec())
-}
-
-/// The clients' keep alive, in seconds: longer than any idle period here, so no
-/// PINGREQ is due; 0 ("none") is valid MQTT but rumqttd 0.20 closes such connections.
-const KEEP_ALIVE_S: u16 = 600;
-
-fn connect_packet(client_id: &str) -> anyhow::Result<Vec<u8>> {
-    packet_bytes(&Packet::Connect(Box::new(Connect {
-        protocol: ProtocolVersion::V3_1_1,
-        clean_start: true,
-        keep_alive: KEEP_ALIVE_S,
-        client_id: client_id.to_string(),
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties::default(),
-    })))
-}
-
-fn subscribe_packet(filter: &str) -> anyhow::Result<Vec<u8>> {
-    packet_bytes(&Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        filters: vec![SubscribeFilter {
-            filter: filter.to_string(),
-            options: SubscriptionOptions::default(),
-        }],
-        properties: SubscribeProperties::default(),
-    }))
 }
 
 /// This process's soft limit of open files.
@@ -361,18 +304,6 @@ fn open_files_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn packets_are_what_mqtt_3_1_1_says() {
-        assert_eq!(
-            connect_packet("a").unwrap(),
-            [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0x02, 0x58, 0, 1, b'a']
-        );
-        assert_eq!(
-            subscribe_packet("t").unwrap(),
-            [0x82, 6, 0, 1, 0, 1, b't', 0]
-        );
-    }
 
     #[tokio::test]
     async fn a_small_storm_against_fleetmq_holds_every_connection() {
