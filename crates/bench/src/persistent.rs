@@ -7,6 +7,11 @@
 //! measured window gives the delivered rate, publish→PUBACK and publish→delivery
 //! latency, the brokers' CPU time per million messages and their memory. Then the
 //! publishers stop, and every acknowledged message must reach its subscriber.
+//!
+//! With `--offline-fraction`, that share of the subscribers drops its connection (no
+//! DISCONNECT) during the window and comes back `--offline-for` later to its session:
+//! it must be resumed (session present) and get everything queued meanwhile; the run
+//! records how long that backlog took to arrive.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -60,6 +65,15 @@ pub struct Args {
     /// After the window: how long outstanding PUBACKs and deliveries may take.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// Share of the subscribers that go offline during the window (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub offline_fraction: f64,
+    /// When they go, after the measured window starts.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub offline_at: Duration,
+    /// How long they stay away.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub offline_for: Duration,
 }
 
 /// The measured window, in microseconds since the stamp origin.
@@ -114,13 +128,18 @@ struct SubState {
     foreign: u64,
     latency: Histogram<u64>,
     error: Option<String>,
+    /// When it came back after going offline (µs, stamp clock).
+    reconnected_at_us: Option<u64>,
+    /// Messages sent before it came back and received after: its backlog.
+    backlog: u64,
+    backlog_last_us: u64,
 }
 
 struct Subscriber {
     state: Arc<Mutex<SubState>>,
     task: tokio::task::JoinHandle<()>,
     // Dropping the client would end its event loop.
-    _client: rumqttc::AsyncClient,
+    client: rumqttc::AsyncClient,
 }
 
 /// Figures of one run.
@@ -157,6 +176,14 @@ pub struct RunResult {
     pub raft_at_end: Vec<RaftState>,
     /// Per second from the start of the traffic to the end of the drain.
     pub timeline: Vec<Second>,
+    /// Subscribers that went offline and came back.
+    pub offline_subscribers: usize,
+    /// Of those, the ones whose session was there when they came back.
+    pub sessions_resumed: usize,
+    /// Messages queued for them while away, received after they came back.
+    pub backlog_delivered: u64,
+    /// From coming back to the last of its backlog, the slowest of them.
+    pub backlog_drain_s: f64,
 }
 
 pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
@@ -193,7 +220,7 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
         }
     }
     let ok: Vec<&RunResult> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let figures: [stats::Figure<RunResult>; 12] = [
+    let figures: [stats::Figure<RunResult>; 14] = [
         ("delivered_per_s", |r| r.delivered_per_s),
         ("acked_per_s", |r| r.acked_per_s),
         ("puback_p50_ms", |r| r.puback_latency.p50_ms),
@@ -206,6 +233,8 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
         ("rss_mib_total", |r| r.rss_mib_total),
         ("lost", |r| r.lost as f64),
         ("load1_at_start", |r| r.load.load1_at_start),
+        ("backlog_delivered", |r| r.backlog_delivered as f64),
+        ("backlog_drain_s", |r| r.backlog_drain_s),
     ];
     let summary = stats::summarize(&ok, &figures);
     let aims = aims(args, &summary);
@@ -227,7 +256,8 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
     for r in &ok {
         text.push_str(&format!(
             "  run {}: {:.0} msg/s delivered, {:.0} acked/s; PUBACK {}; delivery {}; \
-             CPU {:.1} s/M msgs; RSS {:.0} MiB; lost {}; load {:.2}\n",
+             CPU {:.1} s/M msgs; RSS {:.0} MiB; lost {}; load {:.2}; offline {} (resumed {}), \
+             backlog {} msgs in {:.2} s\n",
             r.run,
             r.delivered_per_s,
             r.acked_per_s,
@@ -236,7 +266,11 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
             r.cpu_s_per_million,
             r.rss_mib_total,
             r.lost,
-            r.load.load1_at_start
+            r.load.load1_at_start,
+            r.offline_subscribers,
+            r.sessions_resumed,
+            r.backlog_delivered,
+            r.backlog_drain_s
         ));
     }
     let lines: [(&str, &str, usize, &str); 9] = [
@@ -320,6 +354,13 @@ fn aims(args: &Args, summary: &BTreeMap<&'static str, Spread>) -> Vec<Aim> {
 fn run_problems(r: &RunResult) -> Vec<String> {
     let mut p = Vec::new();
     let run = r.run;
+    if r.sessions_resumed < r.offline_subscribers {
+        p.push(format!(
+            "run {run}: {} of {} subscriber(s) that went offline came back without their session",
+            r.offline_subscribers - r.sessions_resumed,
+            r.offline_subscribers
+        ));
+    }
     if r.lost > 0 {
         p.push(format!(
             "run {run}: {} acknowledged message(s) never delivered, e.g. {:?}",
@@ -358,6 +399,21 @@ fn run_problems(r: &RunResult) -> Vec<String> {
 }
 
 async fn run_once(args: &Args, common: &Common, run: usize) -> anyhow::Result<RunResult> {
+    if !(0.0..=1.0).contains(&args.offline_fraction) {
+        anyhow::bail!(
+            "--offline-fraction {}: between 0 and 1",
+            args.offline_fraction
+        );
+    }
+    let offline_count = (args.subscribers as f64 * args.offline_fraction).round() as usize;
+    if offline_count > 0
+        && args.offline_at + args.offline_for + Duration::from_secs(2) > args.duration
+    {
+        anyhow::bail!(
+            "the subscribers that go offline must be back 2 s before the window ends: \
+             --offline-at + --offline-for + 2 s > --duration"
+        );
+    }
     let load = sysinfo::wait_for_load(common.max_load, common.load_wait).await;
     note(&format!(
         "1-minute load at start: {:.2}",
@@ -409,6 +465,9 @@ async fn run_once(args: &Args, common: &Common, run: usize) -> anyhow::Result<Ru
             foreign: 0,
             latency: stats::histogram(),
             error: None,
+            reconnected_at_us: None,
+            backlog: 0,
+            backlog_last_us: 0,
         }));
         let task = tokio::spawn(subscribe_loop(
             eventloop,
@@ -419,7 +478,7 @@ async fn run_once(args: &Args, common: &Common, run: usize) -> anyhow::Result<Ru
         subs.push(Subscriber {
             state,
             task,
-            _client: client,
+            client,
         });
     }
 
@@ -476,13 +535,28 @@ async fn run_once(args: &Args, common: &Common, run: usize) -> anyhow::Result<Ru
     let ticks0 = cluster.cpu_ticks();
     let delivered0 = delivered_total.load(Ordering::Relaxed);
     let mut last = (Instant::now(), delivered0);
-    while Instant::now() + Duration::from_secs(5) < measure_end {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let now = (Instant::now(), delivered_total.load(Ordering::Relaxed));
-        let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
-        note(&format!("  {rate:.0} msg/s delivered"));
-        last = now;
-    }
+    let progress = async {
+        while Instant::now() + Duration::from_secs(5) < measure_end {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let now = (Instant::now(), delivered_total.load(Ordering::Relaxed));
+            let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
+            note(&format!("  {rate:.0} msg/s delivered"));
+            last = now;
+        }
+    };
+    let away = OfflineSpell {
+        run,
+        count: offline_count,
+        at: measure_start + args.offline_at,
+        away: args.offline_for,
+        addrs: &addrs,
+        sub_node: &sub_node,
+    };
+    let ((), resumed) = tokio::join!(
+        progress,
+        away.run(&mut subs, &window_cell, &delivered_total)
+    );
+    let sessions_resumed = resumed?;
     tokio::time::sleep_until(measure_end.into()).await;
     let ticks1 = cluster.cpu_ticks();
     let mut rss_mib_by_node = BTreeMap::new();
@@ -552,8 +626,14 @@ async fn run_once(args: &Args, common: &Common, run: usize) -> anyhow::Result<Ru
         }
     }
     let (mut delivered, mut duplicates, mut in_window) = (0, 0, 0);
+    let (mut backlog_delivered, mut backlog_drain_s) = (0, 0.0f64);
     for (i, s) in subs.iter().enumerate() {
         let st = lock(&s.state);
+        if let Some(back) = st.reconnected_at_us {
+            backlog_delivered += st.backlog;
+            backlog_drain_s =
+                backlog_drain_s.max(st.backlog_last_us.saturating_sub(back) as f64 / 1e6);
+        }
         delivered += st.received.len() as u64;
         duplicates += st.duplicates;
         in_window += st.in_window;
@@ -635,7 +715,72 @@ async fn run_once(args: &Args, common: &Common, run: usize) -> anyhow::Result<Ru
             }
             timeline
         },
+        offline_subscribers: offline_count,
+        sessions_resumed,
+        backlog_delivered,
+        backlog_drain_s,
     })
+}
+
+/// Takes `count` subscribers offline at `at` (their connections dropped, no
+/// DISCONNECT) and brings them back to their sessions `away` later.
+struct OfflineSpell<'a> {
+    run: usize,
+    count: usize,
+    at: Instant,
+    away: Duration,
+    addrs: &'a [SocketAddr],
+    sub_node: &'a [usize],
+}
+
+impl OfflineSpell<'_> {
+    /// Returns how many came back to their session.
+    async fn run(
+        &self,
+        subs: &mut [Subscriber],
+        window: &Arc<Mutex<Option<Window>>>,
+        delivered_total: &Arc<AtomicU64>,
+    ) -> anyhow::Result<usize> {
+        if self.count == 0 {
+            return Ok(0);
+        }
+        tokio::time::sleep_until(self.at.into()).await;
+        note(&format!("  {} subscriber(s) go offline", self.count));
+        for s in subs.iter_mut().take(self.count) {
+            // Its event loop, and with it the connection, goes with the task.
+            s.task.abort();
+        }
+        tokio::time::sleep(self.away).await;
+        let mut resumed = 0;
+        for (i, s) in subs.iter_mut().enumerate().take(self.count) {
+            let opts = crate::clients::options(
+                &format!("bench-sub-{}-{i}", self.run),
+                self.addrs[self.sub_node[i]],
+                false,
+                100,
+            );
+            let (client, eventloop, ack) =
+                crate::clients::connect(opts, 16, Duration::from_secs(15))
+                    .await
+                    .with_context(|| format!("subscriber {i} coming back"))?;
+            if ack.session_present {
+                resumed += 1;
+            }
+            lock(&s.state).reconnected_at_us = Some(now_us());
+            s.task = tokio::spawn(subscribe_loop(
+                eventloop,
+                s.state.clone(),
+                window.clone(),
+                delivered_total.clone(),
+            ));
+            s.client = client;
+        }
+        note(&format!(
+            "  they came back: {resumed} of {} session(s) resumed",
+            self.count
+        ));
+        Ok(resumed)
+    }
 }
 
 /// Acknowledged messages not (yet) at their subscriber: (publisher, seq, subscriber).
@@ -679,6 +824,13 @@ async fn subscribe_loop(
                     Some(stamp) => {
                         if st.received.insert((stamp.publisher, stamp.seq)) {
                             delivered_total.fetch_add(1, Ordering::Relaxed);
+                            if st
+                                .reconnected_at_us
+                                .is_some_and(|back| stamp.sent_us < back)
+                            {
+                                st.backlog += 1;
+                                st.backlog_last_us = st.backlog_last_us.max(now);
+                            }
                             if let Some(w) = win {
                                 let latency_ms = now.saturating_sub(stamp.sent_us) as f64 / 1000.0;
                                 if let Some(sec) = Second::at(&mut st.timeline, w.second(now)) {

@@ -76,10 +76,16 @@ fn persistent_qos1_across_three_nodes() {
         "--publishers",
         "3",
         "--subscribers",
-        "3",
+        "6",
         "--warmup",
         "500ms",
         "--duration",
+        "4s",
+        "--offline-fraction",
+        "0.34",
+        "--offline-at",
+        "300ms",
+        "--offline-for",
         "1s",
         "--drain",
         "10s",
@@ -91,6 +97,11 @@ fn persistent_qos1_across_three_nodes() {
     assert!(median(&r, "delivery_p99_ms") > 0.0, "{r:#}");
     assert_eq!(median(&r, "lost"), 0.0, "{r:#}");
     assert_eq!(r["problems"].as_array().map(Vec::len), Some(0), "{r:#}");
+    // Two subscribers went away for a second and came back to their sessions, which
+    // had kept what was published for them meanwhile.
+    assert_eq!(r["runs"][0]["offline_subscribers"], 2, "{r:#}");
+    assert_eq!(r["runs"][0]["sessions_resumed"], 2, "{r:#}");
+    assert!(median(&r, "backlog_delivered") > 0.0, "{r:#}");
 }
 
 #[test]
