@@ -8,8 +8,9 @@
 # Results go to crates/bench/results/<scenario>-<revision>.json; BENCHMARKS.md says which rows came from
 # which file.
 #
-#   scripts/bench-side-by-side.sh                 # every scenario built so far
-#   CONNECTIONS=10000 scripts/bench-side-by-side.sh
+#   scripts/bench-side-by-side.sh                 # every scenario, 3 rounds (about an hour)
+#   SCENARIOS="fan-in fan-out" RUNS=1 scripts/bench-side-by-side.sh
+#   CONNECTIONS=50000 scripts/bench-side-by-side.sh  # where the open-files limit allows
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +21,10 @@ RUMQTTD_ROOT="$HOME/.cache/fleetmq/rumqttd-$RUMQTTD_VERSION"
 CONNECTIONS="${CONNECTIONS:-19000}"
 RATE="${RATE:-5000}"
 RUNS="${RUNS:-3}"
+BROKERS="${BROKERS:-fleetmq,mosquitto,rumqttd}"
+SCENARIOS="${SCENARIOS:-connection-storm point-to-point fan-out fan-in persistent}"
+# Each run waits (up to 60 s) for the 1-minute load to fall to this first.
+MAX_LOAD="${MAX_LOAD:-1.0}"
 
 log() { echo "bench-side-by-side: $*" >&2; }
 
@@ -44,8 +49,72 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p "$OUT"
 REVISION="$(git rev-parse --short HEAD)"
+ROWS="$OUT/side-by-side-$REVISION.md"
 
-"$TARGET/fleetmq-bench" --fleetmq-bin "$TARGET/fleetmq" --fleetmq-revision "$REVISION" \
-    --out "$OUT/connection-storm-$REVISION.json" \
-    connection-storm --brokers fleetmq,mosquitto,rumqttd \
-    --connections "$CONNECTIONS" --rate "$RATE" --runs "$RUNS"
+# One scenario: its JSON, its printed summary, its markdown rows and ratios into $ROWS.
+bench() {
+    local name="$1"
+    shift
+    log "$name"
+    set +e
+    "$TARGET/fleetmq-bench" --fleetmq-bin "$TARGET/fleetmq" --fleetmq-revision "$REVISION" \
+        --max-load "$MAX_LOAD" --load-wait 60s \
+        --out "$OUT/$name-$REVISION.json" "$@" | tee "$OUT/$name-$REVISION.txt"
+    # 2: the runs went through but saw broker problems (listed in the JSON): recorded, go on.
+    local status="${PIPESTATUS[0]}"
+    set -e
+    if [[ "$status" != 0 && "$status" != 2 ]]; then
+        log "$name failed (exit $status)"
+        exit "$status"
+    fi
+    {
+        echo
+        echo "### $name"
+        echo
+        sed -n 's/^  \(| .*\)$/\1/p' "$OUT/$name-$REVISION.txt"
+        grep '^  fleetmq/' "$OUT/$name-$REVISION.txt" | sed 's/^  /- /' || true
+    } >>"$ROWS"
+}
+
+# The traffic sweeps: each step 1 s warm-up, 2 s measured, 1 s for late messages.
+STEPS=(--warmup 1s --step 2s --drain 1s --runs "$RUNS")
+echo "# Side by side, revision $REVISION ($(date -u +%F)), $RUNS rounds" >"$ROWS"
+for scenario in $SCENARIOS; do
+    case "$scenario" in
+        connection-storm)
+            bench connection-storm connection-storm --brokers "$BROKERS" \
+                --connections "$CONNECTIONS" --rate "$RATE" --runs "$RUNS"
+            ;;
+        point-to-point)
+            for qos in 0 1; do
+                for payload in 16 256; do
+                    bench "point-to-point-q$qos-$payload" point-to-point --brokers "$BROKERS" \
+                        --qos "$qos" --payload "$payload" --start-rate 4000 "${STEPS[@]}" \
+                        --plot "$OUT/point-to-point-q$qos-$payload-$REVISION.svg"
+                done
+            done
+            ;;
+        fan-out)
+            for publishers in 1 5; do
+                bench "fan-out-$publishers" fan-out --brokers "$BROKERS" \
+                    --publishers "$publishers" --start-rate 20 "${STEPS[@]}" \
+                    --plot "$OUT/fan-out-$publishers-$REVISION.svg"
+            done
+            ;;
+        fan-in)
+            bench fan-in fan-in --brokers "$BROKERS" --start-rate 4000 "${STEPS[@]}" \
+                --plot "$OUT/fan-in-$REVISION.svg"
+            ;;
+        persistent)
+            # FleetMQ only: three nodes, 10% of the subscribers offline for 30 s.
+            bench persistent-3-nodes persistent-qos1 --nodes 3 --publishers 30 \
+                --subscribers 100 --rate 3000 --warmup 5s --duration 45s \
+                --offline-fraction 0.1 --offline-at 5s --offline-for 30s --runs "$RUNS"
+            ;;
+        *)
+            log "unknown scenario $scenario"
+            exit 2
+            ;;
+    esac
+done
+log "rows and ratios: $ROWS"

@@ -185,25 +185,28 @@ struct Connection<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn run(&mut self) {
         let connect_timeout = self.ctx.config.connect_timeout;
-        let connect = match tokio::time::timeout(connect_timeout, self.read_connect()).await {
-            Ok(Ok(Some(connect))) => connect,
-            Ok(Ok(None)) => {
-                self.ctx.metrics.closed(CloseReason::ConnectionLost);
-                return;
-            }
-            Ok(Err(reason)) => {
-                self.ctx.metrics.closed(CloseReason::Server(reason));
-                return;
-            }
-            Err(_) => {
-                debug!("no CONNECT within the connect timeout");
-                self.ctx
-                    .metrics
-                    .closed(CloseReason::Server(ReasonCode::MaximumConnectTime));
-                return;
-            }
-        };
-        let Some(end) = self.accept(connect).await else {
+        // The handshake's states are boxed: they are needed once, and held inline they
+        // would size the future every idle connection keeps for its lifetime.
+        let connect =
+            match tokio::time::timeout(connect_timeout, Box::pin(self.read_connect())).await {
+                Ok(Ok(Some(connect))) => connect,
+                Ok(Ok(None)) => {
+                    self.ctx.metrics.closed(CloseReason::ConnectionLost);
+                    return;
+                }
+                Ok(Err(reason)) => {
+                    self.ctx.metrics.closed(CloseReason::Server(reason));
+                    return;
+                }
+                Err(_) => {
+                    debug!("no CONNECT within the connect timeout");
+                    self.ctx
+                        .metrics
+                        .closed(CloseReason::Server(ReasonCode::MaximumConnectTime));
+                    return;
+                }
+            };
+        let Some(end) = Box::pin(self.accept(connect)).await else {
             return;
         };
         tracing::Span::current().record("client_id", &*self.client_id);
@@ -233,13 +236,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             } => (*with_will, *session_expiry, CloseReason::ClientDisconnect),
             Ending::Lost => (true, None, CloseReason::ConnectionLost),
             Ending::Server(code, text) => {
-                self.send_disconnect(*code, text.clone(), None).await;
+                Box::pin(self.send_disconnect(*code, text.clone(), None)).await;
                 (true, None, CloseReason::Server(*code))
             }
             Ending::Drained(order) => {
                 let code = order.reason_code();
                 let reference = order.plan.server_reference.as_deref().map(str::to_string);
-                self.send_disconnect(code, None, reference).await;
+                Box::pin(self.send_disconnect(code, None, reference)).await;
                 (true, None, CloseReason::Server(code))
             }
         };
@@ -269,7 +272,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// TCP reset, and a reset can destroy the DISCONNECT in the client's receive
     /// buffer before the client reads it: the client would never learn why.
     async fn linger(&mut self) {
-        let mut scratch = [0u8; 4096];
+        // On the heap, not in the future: the connection's future is as large as its
+        // largest state, and an array here would be held by every idle connection.
+        let mut scratch = vec![0u8; 4096];
         let _ = tokio::time::timeout(LINGER, async {
             while let Ok(n) = self.stream.read(&mut scratch).await {
                 if n == 0 {
@@ -631,13 +636,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut drain_order = drain.borrow().clone();
         loop {
             let drain_at = drain_order.as_ref().map(|o| o.deadline_for(self.conn_id));
-            // Packets already buffered are handled before reading more.
-            match self.handle_buffered().await {
-                Ok(None) => {}
-                Ok(Some(ending @ Ending::ClientDisconnect { .. })) => {
-                    return self.drain_held().await.err().unwrap_or(ending);
+            // Packets already buffered are handled before reading more. Handling one
+            // takes far more room than waiting does, so it is boxed, and only when there
+            // is something to decode: the idle connection's future stays small.
+            if !self.read_buf.is_empty() {
+                match Box::pin(self.handle_buffered()).await {
+                    Ok(None) => {}
+                    Ok(Some(ending @ Ending::ClientDisconnect { .. })) => {
+                        return Box::pin(self.drain_held()).await.err().unwrap_or(ending);
+                    }
+                    Ok(Some(ending)) | Err(ending) => return ending,
                 }
-                Ok(Some(ending)) | Err(ending) => return ending,
             }
             // While full of held events, the connection reads nothing, so the client's
             // silence is not its own: the keep-alive waits.
@@ -651,7 +660,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     }
                 },
                 result = head_of_held(&mut self.held), if !self.held.is_empty() => {
-                    if let Err(ending) = self.release_held(result).await {
+                    if let Err(ending) = Box::pin(self.release_held(result)).await {
                         return ending;
                     }
                     if !reading {

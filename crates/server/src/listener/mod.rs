@@ -241,8 +241,12 @@ async fn open(
         common_name: None,
         refusal,
     };
+    // Each handshake and the MQTT connection itself are boxed: a future is as large as
+    // its largest state, and this one is the task of every connection for its whole
+    // life, so it would otherwise keep the TLS handshake's room (and the largest of
+    // the four transports' connection states) for an idle plain TCP client.
     if spec.proxy_protocol {
-        match timeout_at(deadline, proxy::read_header(&mut stream)).await {
+        match timeout_at(deadline, Box::pin(proxy::read_header(&mut stream))).await {
             Ok(Ok(Some(client))) => info.addr = client,
             Ok(Ok(None)) => {}
             Ok(Err(error)) => return failed("proxy", &error),
@@ -252,7 +256,7 @@ async fn open(
     let Some(settings) = &spec.tls else {
         return serve_transport(stream, spec, info, ctx, metrics, deadline).await;
     };
-    let tls = match timeout_at(deadline, settings.acceptor.accept(stream)).await {
+    let tls = match timeout_at(deadline, Box::pin(settings.acceptor.accept(stream))).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return failed("tls", &error),
         Err(_) => return failed("tls", &"timed out"),
@@ -260,7 +264,9 @@ async fn open(
     if settings.cn_as_username {
         info.common_name = tls::common_name(tls.get_ref().1.peer_certificates());
     }
-    serve_transport(tls, spec, info, ctx, metrics, deadline).await
+    // Boxed as well: a TLS stream is large, and it would otherwise size this future
+    // for plain TCP clients too.
+    Box::pin(serve_transport(tls, spec, info, ctx, metrics, deadline)).await
 }
 
 /// Counts and logs a connection closed before MQTT began.
@@ -287,12 +293,12 @@ async fn serve_transport<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(path) = &spec.ws_path else {
-        return serve_connection(stream, info, ctx).await;
+        return Box::pin(serve_connection(stream, info, ctx)).await;
     };
     let max_packet = ctx.config.broker.max_packet_size as usize;
     let peer = info.addr;
-    match timeout_at(deadline, ws::accept(stream, path, max_packet)).await {
-        Ok(Ok(ws)) => serve_connection(ws, info, ctx).await,
+    match timeout_at(deadline, Box::pin(ws::accept(stream, path, max_packet))).await {
+        Ok(Ok(ws)) => Box::pin(serve_connection(ws, info, ctx)).await,
         Ok(Err(error)) => handshake_failed(metrics, spec, peer, "websocket", &error),
         Err(_) => handshake_failed(metrics, spec, peer, "websocket", &"timed out"),
     }
