@@ -60,6 +60,8 @@ pub struct Args {
 struct Run {
     broker: &'static str,
     round: usize,
+    /// The machine's 1-minute load average when the run started.
+    load1_at_start: f64,
     connections: usize,
     connected: usize,
     failed: usize,
@@ -110,7 +112,8 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
                 gate.load1_at_start
             ));
             match one_run(*kind, round, args, &bins, common).await {
-                Ok(r) => {
+                Ok(mut r) => {
+                    r.load1_at_start = gate.load1_at_start;
                     note(&format!(
                         "  {:.0} conn/s, {:.0} B RSS per connection, {:.2} CPU-s, {} failed",
                         r.achieved_rate, r.rss_per_connection, r.cpu_s, r.failed
@@ -209,6 +212,7 @@ async fn one_run(
     Ok(Run {
         broker: kind.name(),
         round,
+        load1_at_start: f64::NAN,
         connections: args.connections,
         connected,
         failed: failures,

@@ -278,6 +278,8 @@ struct Step {
 struct Run {
     broker: &'static str,
     round: usize,
+    /// The machine's 1-minute load average when the run started.
+    load1_at_start: f64,
     steps: Vec<Step>,
     /// The index in `steps` of the fastest that passed.
     best: Option<usize>,
@@ -320,7 +322,8 @@ pub async fn run(shape: Shape, args: &Args, common: &Common) -> anyhow::Result<O
                 gate.load1_at_start
             ));
             match one_run(*kind, round, &plan, args.source_ips, &bins, common).await {
-                Ok((run, mut seen)) => {
+                Ok((mut run, mut seen)) => {
+                    run.load1_at_start = gate.load1_at_start;
                     if let Some(best) = run.best() {
                         note(&format!(
                             "  best: {:.0} msg/s delivered, p99 {:.2} ms, {:.2} CPU-s per million",
@@ -806,6 +809,7 @@ async fn one_run(
         Run {
             broker: kind.name(),
             round,
+            load1_at_start: f64::NAN,
             steps,
             best,
         },
