@@ -32,7 +32,7 @@ use crate::clients::{ConnectedClient, ConnectedClients};
 use crate::config::ValidConfig;
 use crate::drain::{Drain, DrainOrder};
 use crate::limits::{Limit, LimitMetrics, RateLimit};
-use crate::listener::{PeerInfo, Refusal};
+use crate::listener::{PeerInfo, ReadReady, Refusal};
 use crate::rules::NodeRules;
 
 /// What every connection task shares.
@@ -95,7 +95,7 @@ enum Ending {
 
 pub async fn serve_connection<S>(stream: S, peer: PeerInfo, ctx: Arc<ConnectionContext>)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let conn_id = ctx.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
@@ -112,8 +112,10 @@ where
     Metrics::gauge_add(&ctx.metrics.connections_current, 1);
     let mut conn = Connection {
         stream,
-        read_buf: BytesMut::with_capacity(4096),
-        write_buf: BytesMut::with_capacity(4096),
+        // Both allocated when there is something to read or write, and released once
+        // empty again: most connections are idle most of the time.
+        read_buf: BytesMut::new(),
+        write_buf: BytesMut::new(),
         ctx: ctx.clone(),
         conn_id,
         version: ProtocolVersion::V3_1_1,
@@ -182,7 +184,7 @@ struct Connection<S> {
     publish_bytes_rate: Option<RateLimit>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
     async fn run(&mut self) {
         let connect_timeout = self.ctx.config.connect_timeout;
         // The handshake's states are boxed: they are needed once, and held inline they
@@ -317,7 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     return Err(code);
                 }
             }
-            match self.stream.read_buf(&mut self.read_buf).await {
+            match read_more(&mut self.stream, &mut self.read_buf).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(n) => Metrics::add(&self.ctx.metrics.bytes_received, n as u64),
             }
@@ -648,11 +650,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     Ok(Some(ending)) | Err(ending) => return ending,
                 }
             }
+            if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+                self.read_buf = BytesMut::new();
+            }
             // While full of held events, the connection reads nothing, so the client's
             // silence is not its own: the keep-alive waits.
             let reading = self.held.len() < self.held_max;
             tokio::select! {
-                read = self.stream.read_buf(&mut self.read_buf), if reading => match read {
+                read = read_more(&mut self.stream, &mut self.read_buf), if reading => match read {
                     Ok(0) | Err(_) => return Ending::Lost,
                     Ok(n) => {
                         Metrics::add(&self.ctx.metrics.bytes_received, n as u64);
@@ -1214,7 +1219,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return Err(Ending::Lost);
         }
         Metrics::add(&self.ctx.metrics.bytes_sent, n as u64);
-        self.write_buf.clear();
+        // Released, not cleared: an idle connection keeps no write buffer. The next
+        // write allocates again, once per batch, which is cheap next to the syscall.
+        self.write_buf = BytesMut::new();
         Ok(())
     }
 
@@ -1275,6 +1282,21 @@ async fn head_of_held(held: &mut VecDeque<HeldEvent>) -> Result<(), BridgeError>
         Some(ack) => ack.await,
         None => Ok(()),
     }
+}
+
+/// Room made in the read buffer before each read: what one read takes at most when
+/// the client sends a lot at once.
+const READ_CHUNK: usize = 4096;
+
+/// Reads more bytes into `buf`. It waits for the stream to have something before it
+/// makes room: a connection waiting for its client holds no read buffer.
+async fn read_more<S>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<usize>
+where
+    S: AsyncRead + ReadReady + Unpin,
+{
+    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+    buf.reserve(READ_CHUNK);
+    stream.read_buf(buf).await
 }
 
 async fn wait_deadline(deadline: Option<Instant>) {

@@ -8,9 +8,11 @@ pub mod proxy;
 pub mod tls;
 pub mod ws;
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -77,6 +79,27 @@ impl ListenerSpec {
         }
     }
 }
+
+/// A byte stream that can tell when a read would find something (bytes, the end or an
+/// error) without being handed a buffer, so that an idle connection holds none.
+pub trait ReadReady {
+    /// Ready when a read may make progress. The default is always ready: the read is
+    /// then made at once, its buffer held while it waits.
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl ReadReady for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+// TLS and WebSocket may hold decrypted or unframed bytes the socket no longer shows:
+// only a read knows.
+impl<S> ReadReady for tokio_rustls::server::TlsStream<S> {}
+impl<S> ReadReady for ws::WsStream<S> {}
 
 /// Who is on the other end of a connection, as its transport learned it.
 #[derive(Debug, Clone)]
@@ -290,7 +313,7 @@ async fn serve_transport<S>(
     metrics: &ListenerMetrics,
     deadline: Instant,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let Some(path) = &spec.ws_path else {
         return Box::pin(serve_connection(stream, info, ctx)).await;
