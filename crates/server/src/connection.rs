@@ -1294,7 +1294,9 @@ async fn read_more<S>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<usi
 where
     S: AsyncRead + ReadReady + Unpin,
 {
-    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+    // Moved in as `&mut`: a shared borrow would need the stream to be `Sync` too.
+    let ready = &mut *stream;
+    std::future::poll_fn(move |cx| ready.poll_read_ready(cx)).await?;
     buf.reserve(READ_CHUNK);
     stream.read_buf(buf).await
 }

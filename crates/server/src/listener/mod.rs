@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
@@ -237,13 +237,13 @@ pub async fn run_listener(
         };
         let (spec, ctx, metrics) = (spec.clone(), ctx.clone(), metrics.clone());
         tokio::spawn(async move {
-            open(stream, peer, &spec, ctx, &metrics, refusal).await;
-            drop(permit);
+            open(stream, peer, &spec, ctx, &metrics, refusal, permit).await;
         });
     }
 }
 
-/// The transport's handshakes, then the MQTT connection.
+/// The transport's handshakes, then the MQTT connection in a task of its own, which
+/// holds `permit` until it ends.
 async fn open(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -251,6 +251,7 @@ async fn open(
     ctx: Arc<ConnectionContext>,
     metrics: &ListenerMetrics,
     refusal: Option<Refusal>,
+    permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + ctx.config.connect_timeout;
@@ -264,12 +265,8 @@ async fn open(
         common_name: None,
         refusal,
     };
-    // Each handshake and the MQTT connection itself are boxed: a future is as large as
-    // its largest state, and this one is the task of every connection for its whole
-    // life, so it would otherwise keep the TLS handshake's room (and the largest of
-    // the four transports' connection states) for an idle plain TCP client.
     if spec.proxy_protocol {
-        match timeout_at(deadline, Box::pin(proxy::read_header(&mut stream))).await {
+        match timeout_at(deadline, proxy::read_header(&mut stream)).await {
             Ok(Ok(Some(client))) => info.addr = client,
             Ok(Ok(None)) => {}
             Ok(Err(error)) => return failed("proxy", &error),
@@ -277,8 +274,11 @@ async fn open(
         }
     }
     let Some(settings) = &spec.tls else {
-        return serve_transport(stream, spec, info, ctx, metrics, deadline).await;
+        return serve_transport(stream, spec, info, ctx, metrics, deadline, permit).await;
     };
+    // The TLS and WebSocket handshakes are boxed: they take kilobytes, and a plain TCP
+    // connection's handshake task would otherwise be as large (a storm of connections
+    // has thousands of these tasks at once).
     let tls = match timeout_at(deadline, Box::pin(settings.acceptor.accept(stream))).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return failed("tls", &error),
@@ -287,9 +287,26 @@ async fn open(
     if settings.cn_as_username {
         info.common_name = tls::common_name(tls.get_ref().1.peer_certificates());
     }
-    // Boxed as well: a TLS stream is large, and it would otherwise size this future
-    // for plain TCP clients too.
-    Box::pin(serve_transport(tls, spec, info, ctx, metrics, deadline)).await
+    serve_transport(tls, spec, info, ctx, metrics, deadline, permit).await
+}
+
+/// Serves the MQTT connection on `stream` in a task of its own, which holds `permit`
+/// until it ends. Not in the handshake's task: a task is as large as its future's
+/// largest state, and that would keep the TLS or WebSocket handshake's room, and the
+/// largest of the transports' connection states, for the whole life of every
+/// connection, idle plain TCP ones included.
+fn spawn_connection<S>(
+    stream: S,
+    info: PeerInfo,
+    ctx: Arc<ConnectionContext>,
+    permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        serve_connection(stream, info, ctx).await;
+        drop(permit);
+    });
 }
 
 /// Counts and logs a connection closed before MQTT began.
@@ -312,16 +329,17 @@ async fn serve_transport<S>(
     ctx: Arc<ConnectionContext>,
     metrics: &ListenerMetrics,
     deadline: Instant,
+    permit: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let Some(path) = &spec.ws_path else {
-        return Box::pin(serve_connection(stream, info, ctx)).await;
+        return spawn_connection(stream, info, ctx, permit);
     };
     let max_packet = ctx.config.broker.max_packet_size as usize;
     let peer = info.addr;
     match timeout_at(deadline, Box::pin(ws::accept(stream, path, max_packet))).await {
-        Ok(Ok(ws)) => Box::pin(serve_connection(ws, info, ctx)).await,
+        Ok(Ok(ws)) => spawn_connection(ws, info, ctx, permit),
         Ok(Err(error)) => handshake_failed(metrics, spec, peer, "websocket", &error),
         Err(_) => handshake_failed(metrics, spec, peer, "websocket", &"timed out"),
     }
