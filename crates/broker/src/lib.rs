@@ -17,7 +17,9 @@ pub mod session;
 
 pub use admin::{AdminRequest, RetainedView, SessionDetail, SessionView, SubscriptionView};
 pub use config::{BrokerConfig, QueueFullPolicy};
-pub use connection::{AckKind, ConnId, ConnectionEnd, ConnectionHandle, Outgoing, OutgoingPublish};
+pub use connection::{
+    AckKind, ConnId, ConnectionEnd, ConnectionHandle, Next, Outgoing, OutgoingPublish,
+};
 pub use message::{now_ms, Message, MessageProperties};
 pub use metrics::{CloseReason, DropReason, Metrics};
 pub use peer::{ForwardTarget, ForwardedPublish, Forwarder, NoForwarder};

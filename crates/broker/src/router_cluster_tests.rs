@@ -301,7 +301,7 @@ impl Cluster {
 
 fn publishes(c: &mut Client) -> Vec<OutgoingPublish> {
     let mut out = Vec::new();
-    while let Ok(item) = c.end.outbox.try_recv() {
+    while let Some(item) = c.end.try_recv() {
         if let Outgoing::Publish(p) = item {
             out.push(p);
         }
@@ -393,7 +393,7 @@ fn a_session_follows_its_client_to_another_node_with_its_queue() {
         }
     );
     assert_eq!(
-        *first.end.close.borrow(),
+        first.end.close_reason(),
         Some(ReasonCode::SessionTakenOver),
         "node 1 closed the old connection with 0x8E"
     );
@@ -419,7 +419,7 @@ fn a_session_follows_its_client_to_another_node_with_its_queue() {
 }
 
 fn is_closed(c: &Client) -> Option<ReasonCode> {
-    *c.end.close.borrow()
+    c.end.close_reason()
 }
 
 #[test]

@@ -181,7 +181,7 @@ fn opts(qos: QoS) -> SubscriptionOptions {
 /// Everything in a client's outbox now.
 fn drain(c: &mut Client) -> Vec<Outgoing> {
     let mut out = Vec::new();
-    while let Ok(item) = c.end.outbox.try_recv() {
+    while let Some(item) = c.end.try_recv() {
         out.push(item);
     }
     out
@@ -493,10 +493,7 @@ fn takeover_closes_the_old_connection_and_keeps_the_session() {
     h.subscribe(&first, "t", opts(QoS::AtLeastOnce), None);
     let mut second = h.connect("same", V5, false, 100);
     assert!(second.session_present);
-    assert_eq!(
-        *first.end.close.borrow(),
-        Some(ReasonCode::SessionTakenOver)
-    );
+    assert_eq!(first.end.close_reason(), Some(ReasonCode::SessionTakenOver));
     // The old connection's late goodbye changes nothing.
     h.disconnect(first, true);
     drain(&mut second);

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use fleetmq_auth::{AclRules, Action, AuthError, Credentials, Identity, Who};
 use fleetmq_broker::{
     now_ms, AckKind, CloseReason, ConnId, ConnectRequest, ConnectionEnd, ConnectionHandle,
-    DropReason, Event, Metrics, Outgoing, OutgoingPublish,
+    DropReason, Event, Metrics, Next, Outgoing, OutgoingPublish,
 };
 use fleetmq_codec::{
     decode, encode, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
@@ -672,22 +672,15 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                         deadline = grace.map(|g| Instant::now() + g);
                     }
                 }
-                item = end.outbox.recv() => match item {
-                    Some(item) => {
-                        if let Err(ending) = self.write_outgoing(item, &mut end.outbox).await {
+                next = end.next() => match next {
+                    Next::Item(item) => {
+                        if let Err(ending) = self.write_outgoing(item, &mut end).await {
                             return ending;
                         }
                     }
-                    // The router dropped this connection: it was told why on the close switch.
-                    None => {
-                        let reason = *end.close.borrow();
-                        return Ending::Server(reason.unwrap_or(ReasonCode::ServerShuttingDown), None);
-                    }
+                    // The router asked this connection to close, or dropped it.
+                    Next::Close(reason) => return Ending::Server(reason, None),
                 },
-                changed = end.close.changed() => {
-                    let reason = if changed.is_ok() { *end.close.borrow() } else { None };
-                    return Ending::Server(reason.unwrap_or(ReasonCode::AdministrativeAction), None);
-                }
                 _ = wait_deadline(deadline), if reading => {
                     debug!("keep alive expired");
                     return Ending::Server(ReasonCode::KeepAliveTimeout, None);
@@ -1079,17 +1072,17 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
     async fn write_outgoing(
         &mut self,
         first: Outgoing,
-        outbox: &mut mpsc::Receiver<Outgoing>,
+        end: &mut ConnectionEnd,
     ) -> Result<(), Ending> {
         self.encode_outgoing(first)?;
         let mut items = 1;
         while items < WRITE_COALESCE_ITEMS && self.write_buf.len() < WRITE_COALESCE_BYTES {
-            match outbox.try_recv() {
-                Ok(item) => {
+            match end.try_recv() {
+                Some(item) => {
                     self.encode_outgoing(item)?;
                     items += 1;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         self.flush_write_buf().await
