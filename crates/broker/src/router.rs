@@ -311,7 +311,9 @@ pub struct Router {
     core: Core,
     node_id: u64,
     /// Sessions this node holds.
-    sessions: HashMap<Arc<str>, Session>,
+    /// Boxed: the table has room for about twice as many entries as it holds, and a
+    /// session is some 500 bytes; a node with many idle clients pays for that room.
+    sessions: HashMap<Arc<str>, Box<Session>>,
     /// The client registry as applied so far: which node holds each session.
     owners: HashMap<Arc<str>, OwnerRecord>,
     /// Sessions held by other nodes; their subscriptions are in the trie too.
@@ -579,7 +581,7 @@ impl Router {
             &self.core.metrics.subscriptions_current,
             session.subscriptions.len() as i64,
         );
-        self.sessions.insert(client, session);
+        self.sessions.insert(client, Box::new(session));
     }
 
     /// Replaces what the trie holds for a session of another node (`None`: it has none).
@@ -650,7 +652,7 @@ impl Router {
             &metrics.queued_messages_current,
             -(session.queue.len() as i64),
         );
-        Some((session, conn))
+        Some((*session, conn))
     }
 
     /// Takes in what the replicated store applied: other nodes' sessions, retained
@@ -1468,7 +1470,11 @@ impl Router {
         let core = &mut self.core;
         let session = self.sessions.entry(client.clone()).or_insert_with(|| {
             Metrics::gauge_add(&core.metrics.sessions_current, 1);
-            Session::new(client.clone(), live.protocol, live.expiry_interval)
+            Box::new(Session::new(
+                client.clone(),
+                live.protocol,
+                live.expiry_interval,
+            ))
         });
         let was_persistent = session.is_persistent();
         session.protocol = live.protocol;
@@ -1960,7 +1966,7 @@ fn held_throughout(node: u64, before: Option<&OwnerRecord>, now: Option<&OwnerRe
 /// members that are connected now.
 fn pick_shared_member<'a>(
     members: &'a [(Arc<str>, SubscriptionEntry)],
-    sessions: &HashMap<Arc<str>, Session>,
+    sessions: &HashMap<Arc<str>, Box<Session>>,
     remote: &HashMap<Arc<str>, RemoteSession>,
     counter: &mut usize,
 ) -> Option<&'a (Arc<str>, SubscriptionEntry)> {
@@ -1974,7 +1980,7 @@ fn pick_shared_member<'a>(
         .find(|(client, _)| {
             sessions.get(client).map_or_else(
                 || remote.get(client).is_some_and(|r| r.connected),
-                Session::is_connected,
+                |session| session.is_connected(),
             )
         });
     online.or_else(|| members.get(start))
