@@ -138,12 +138,14 @@ where
         publish_rate: RateLimit::per_second(
             u64::from(ctx.config.max_publish_rate),
             u64::from(ctx.config.max_publish_rate),
-        ),
+        )
+        .map(Box::new),
         // One message of the largest size allowed always fits the bucket.
         publish_bytes_rate: RateLimit::per_second(
             ctx.config.max_publish_bytes_rate,
             u64::from(ctx.config.broker.max_packet_size),
-        ),
+        )
+        .map(Box::new),
     };
     conn.run().instrument(span).await;
     Metrics::gauge_add(&ctx.metrics.connections_current, -1);
@@ -180,8 +182,10 @@ struct Connection<S> {
     peer: PeerInfo,
     /// The admin API's order to close this connection.
     kick: Arc<Notify>,
-    publish_rate: Option<RateLimit>,
-    publish_bytes_rate: Option<RateLimit>,
+    /// Boxed, like everything a connection rarely needs: both are off by default, and
+    /// every connection task carries its fields for its whole life.
+    publish_rate: Option<Box<RateLimit>>,
+    publish_bytes_rate: Option<Box<RateLimit>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
@@ -656,6 +660,13 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
             // While full of held events, the connection reads nothing, so the client's
             // silence is not its own: the keep-alive waits.
             let reading = self.held.len() < self.held_max;
+            // One timer for both deadlines: each waiting timer takes room in the future
+            // every connection keeps for its whole life.
+            let keep_alive_at = deadline.filter(|_| reading);
+            let wake_at = match (keep_alive_at, drain_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 read = read_more(&mut self.stream, &mut self.read_buf), if reading => match read {
                     Ok(0) | Err(_) => return Ending::Lost,
@@ -681,10 +692,6 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                     // The router asked this connection to close, or dropped it.
                     Next::Close(reason) => return Ending::Server(reason, None),
                 },
-                _ = wait_deadline(deadline), if reading => {
-                    debug!("keep alive expired");
-                    return Ending::Server(ReasonCode::KeepAliveTimeout, None);
-                }
                 () = self.kick.notified() => {
                     info!("closed by an administrator");
                     return Ending::Server(
@@ -699,7 +706,11 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                         Err(_) => return Ending::Server(ReasonCode::ServerShuttingDown, None),
                     };
                 }
-                _ = wait_deadline(drain_at) => {
+                _ = wait_deadline(wake_at) => {
+                    if keep_alive_at.is_some_and(|at| at <= Instant::now()) {
+                        debug!("keep alive expired");
+                        return Ending::Server(ReasonCode::KeepAliveTimeout, None);
+                    }
                     if let Some(order) = drain_order.take() {
                         return Ending::Drained(order);
                     }
