@@ -99,7 +99,7 @@ for scenario in $SCENARIOS; do
         fan-out)
             for publishers in 1 5; do
                 bench "fan-out-$publishers" fan-out --brokers "$BROKERS" \
-                    --publishers "$publishers" --start-rate 20 "${STEPS[@]}" \
+                    --publishers "$publishers" --start-rate 20 --max-steps 32 "${STEPS[@]}" \
                     --plot "$OUT/fan-out-$publishers-$REVISION.svg"
             done
             ;;
