@@ -13,6 +13,58 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
+/// Which brokers a side-by-side scenario runs, in how many rounds, and the source
+/// addresses its clients use: the options every side-by-side scenario takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Lineup {
+    /// Brokers to compare, in the order of each round.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fleetmq,mosquitto,rumqttd"
+    )]
+    pub brokers: Vec<String>,
+    /// Rounds (each broker once per round).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Loopback source addresses the clients spread over (127.0.0.2 on).
+    #[arg(long, default_value_t = 4)]
+    pub source_ips: u8,
+}
+
+impl Lineup {
+    /// One broker and one round: for the tests.
+    #[cfg(test)]
+    pub fn fleetmq_once(source_ips: u8) -> Lineup {
+        Lineup {
+            brokers: vec!["fleetmq".into()],
+            runs: 1,
+            source_ips,
+        }
+    }
+
+    pub fn kinds(&self) -> anyhow::Result<Vec<PeerKind>> {
+        self.brokers
+            .iter()
+            .map(|b| PeerKind::parse(b).map_err(anyhow::Error::msg))
+            .collect()
+    }
+
+    /// What the results record of the lineup: the options and each broker's version.
+    pub fn params(&self, kinds: &[PeerKind], bins: &PeerBinaries) -> serde_json::Value {
+        let versions: serde_json::Map<String, serde_json::Value> = kinds
+            .iter()
+            .map(|k| (k.name().to_string(), serde_json::json!(bins.version(*k))))
+            .collect();
+        serde_json::json!({
+            "runs": self.runs,
+            "source_ips": self.source_ips,
+            "brokers": self.brokers,
+            "versions": versions,
+        })
+    }
+}
+
 /// Which broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {

@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::peers::{PeerBinaries, PeerBroker, PeerKind};
+use crate::peers::{Lineup, PeerBinaries, PeerBroker, PeerKind};
 use crate::raw;
 use crate::stats::{self, Latency};
 use crate::sysinfo::{self, note};
@@ -29,13 +29,8 @@ use crate::{Common, Outcome};
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Args {
-    /// Brokers to compare, in the order of each round.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "fleetmq,mosquitto,rumqttd"
-    )]
-    brokers: Vec<String>,
+    #[command(flatten)]
+    pub lineup: Lineup,
     /// Connections per run.
     #[arg(long, default_value_t = 50_000)]
     connections: usize,
@@ -45,12 +40,6 @@ pub struct Args {
     /// How long the connections stay idle before memory is read.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     idle: Duration,
-    /// Rounds (each broker once per round).
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// Loopback source addresses the clients spread over (127.0.0.2 on).
-    #[arg(long, default_value_t = 4)]
-    source_ips: u8,
     /// Handshakes in flight at once, at most.
     #[arg(long, default_value_t = 2_000)]
     in_flight: usize,
@@ -77,11 +66,7 @@ struct Run {
 }
 
 pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
-    let kinds = args
-        .brokers
-        .iter()
-        .map(|b| PeerKind::parse(b).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let kinds = args.lineup.kinds()?;
     // The bench holds one socket per connection, and so does the broker, which
     // inherits this process's limit.
     let needed = args.connections as u64 + 500;
@@ -95,13 +80,9 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
         );
     }
     let bins = PeerBinaries::standard(common.fleetmq_bin.clone());
-    let versions: serde_json::Map<String, serde_json::Value> = kinds
-        .iter()
-        .map(|k| (k.name().to_string(), json!(bins.version(*k))))
-        .collect();
     let mut runs = Vec::new();
     let mut problems = Vec::new();
-    for round in 1..=args.runs {
+    for round in 1..=args.lineup.runs {
         for kind in &kinds {
             let gate = sysinfo::wait_for_load(common.max_load, common.load_wait).await;
             note(&format!(
@@ -135,7 +116,7 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
     }
     let mut text = format!(
         "connection-storm: {} connections at {}/s, idle {:?}, {} rounds\n",
-        args.connections, args.rate, args.idle, args.runs
+        args.connections, args.rate, args.idle, args.lineup.runs
     );
     let mut summary = serde_json::Map::new();
     for kind in &kinds {
@@ -172,10 +153,7 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
             "connections": args.connections,
             "rate": args.rate,
             "idle_s": args.idle.as_secs_f64(),
-            "runs": args.runs,
-            "source_ips": args.source_ips,
-            "brokers": args.brokers,
-            "versions": versions,
+            "lineup": args.lineup.params(&kinds, &bins),
         }),
         runs: runs.iter().map(|r| json!(r)).collect(),
         summary: serde_json::Value::Object(summary),
@@ -245,7 +223,7 @@ async fn storm(
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let start = tokio::time::Instant::now();
     let launcher = {
-        let (n, ips) = (args.connections, args.source_ips.max(1));
+        let (n, ips) = (args.connections, args.lineup.source_ips.max(1));
         let prefix = format!("storm-{}-{round}", kind.name());
         tokio::spawn(async move {
             for i in 0..n {
@@ -317,12 +295,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bins = PeerBinaries::standard(bin);
         let args = Args {
-            brokers: vec!["fleetmq".into()],
             connections: 200,
             rate: 2_000,
             idle: Duration::from_millis(200),
-            runs: 1,
-            source_ips: 2,
+            lineup: Lineup::fleetmq_once(2),
             in_flight: 100,
         };
         let common = Common {

@@ -40,7 +40,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::peers::{PeerBinaries, PeerBroker, PeerKind};
+use crate::peers::{Lineup, PeerBinaries, PeerBroker, PeerKind};
 use crate::stats::{self, Latency, Spread};
 use crate::sysinfo::{self, note};
 use crate::{plot, raw, Common, Outcome};
@@ -90,13 +90,8 @@ impl Shape {
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Args {
-    /// Brokers to compare, in the order of each round.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "fleetmq,mosquitto,rumqttd"
-    )]
-    pub brokers: Vec<String>,
+    #[command(flatten)]
+    pub lineup: Lineup,
     /// Publishing clients. Default: the shape's (point-to-point 1,000, fan-out 1,
     /// fan-in 1,000).
     #[arg(long)]
@@ -139,12 +134,6 @@ pub struct Args {
     /// than its `max_inflight_count`, 100 here).
     #[arg(long, default_value_t = 64)]
     pub inflight: u64,
-    /// Rounds (each broker once per round).
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Loopback source addresses the clients spread over (127.0.0.2 on).
-    #[arg(long, default_value_t = 4)]
-    pub source_ips: u8,
     /// Write a plot of p99 latency against delivered rate (SVG) here.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
@@ -300,19 +289,11 @@ impl Run {
 
 pub async fn run(shape: Shape, args: &Args, common: &Common) -> anyhow::Result<Outcome> {
     let plan = Plan::new(shape, args)?;
-    let kinds = args
-        .brokers
-        .iter()
-        .map(|b| PeerKind::parse(b).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let kinds = args.lineup.kinds()?;
     let bins = PeerBinaries::standard(common.fleetmq_bin.clone());
-    let versions: serde_json::Map<String, serde_json::Value> = kinds
-        .iter()
-        .map(|k| (k.name().to_string(), json!(bins.version(*k))))
-        .collect();
     let mut runs: Vec<Run> = Vec::new();
     let mut problems = Vec::new();
-    for round in 1..=args.runs {
+    for round in 1..=args.lineup.runs {
         for kind in &kinds {
             let gate = sysinfo::wait_for_load(common.max_load, common.load_wait).await;
             note(&format!(
@@ -321,7 +302,7 @@ pub async fn run(shape: Shape, args: &Args, common: &Common) -> anyhow::Result<O
                 plan.label(),
                 gate.load1_at_start
             ));
-            match one_run(*kind, round, &plan, args.source_ips, &bins, common).await {
+            match one_run(*kind, round, &plan, args.lineup.source_ips, &bins, common).await {
                 Ok((mut run, mut seen)) => {
                     run.load1_at_start = gate.load1_at_start;
                     if let Some(best) = run.best() {
@@ -351,10 +332,7 @@ pub async fn run(shape: Shape, args: &Args, common: &Common) -> anyhow::Result<O
         scenario: shape.name(),
         params: json!({
             "plan": plan,
-            "runs": args.runs,
-            "source_ips": args.source_ips,
-            "brokers": args.brokers,
-            "versions": versions,
+            "lineup": args.lineup.params(&kinds, &bins),
         }),
         runs: runs.iter().map(|r| json!(r)).collect(),
         summary,
@@ -674,21 +652,14 @@ async fn one_run(
             pending: Vec::new(),
         });
     }
+    // Each pacer's orders carry the share of the rate its publishers make.
     let mut orders = Vec::new();
     let mut pacer_tasks = Vec::new();
     for group in groups {
         let (tx, rx) = mpsc::channel(1);
-        orders.push(tx);
+        orders.push((tx, group.len() as f64 / plan.publishers as f64));
         pacer_tasks.push(tokio::spawn(pacer(group, rx, epoch, plan.inflight)));
     }
-    let publishers_per_pacer: Vec<f64> = pacer_tasks
-        .iter()
-        .enumerate()
-        .map(|(p, _)| {
-            let n = (0..plan.publishers).filter(|i| i % pacers == p).count();
-            n as f64 / plan.publishers as f64
-        })
-        .collect();
 
     let fan = plan.shape.fan(plan.subscribers);
     let mut steps = Vec::new();
@@ -700,7 +671,7 @@ async fn one_run(
         let measure_from = started + Duration::from_secs_f64(plan.warmup_s);
         let until = measure_from + Duration::from_secs_f64(plan.step_s);
         let mut replies = Vec::new();
-        for (tx, share) in orders.iter().zip(&publishers_per_pacer) {
+        for (tx, share) in &orders {
             let (done, reply) = oneshot::channel();
             let order = StepOrder {
                 tag: step as u32,
@@ -1050,7 +1021,6 @@ mod tests {
     #[test]
     fn plans_refuse_what_cannot_run() {
         let args = |qos, payload| Args {
-            brokers: vec!["fleetmq".into()],
             publishers: None,
             subscribers: None,
             qos,
@@ -1063,8 +1033,7 @@ mod tests {
             drain: Duration::from_millis(200),
             p99_limit: None,
             inflight: 64,
-            runs: 1,
-            source_ips: 2,
+            lineup: Lineup::fleetmq_once(2),
             plot: None,
         };
         assert!(Plan::new(Shape::PointToPoint, &args(2, 16)).is_err());
@@ -1098,7 +1067,6 @@ mod tests {
             load_wait: Duration::ZERO,
         };
         let args = Args {
-            brokers: vec!["fleetmq".into()],
             publishers: Some(20),
             subscribers: Some(20),
             qos: 1,
@@ -1112,8 +1080,7 @@ mod tests {
             // Generous: a debug build on a busy machine; this test checks accounting.
             p99_limit: Some(Duration::from_secs(5)),
             inflight: 64,
-            runs: 1,
-            source_ips: 2,
+            lineup: Lineup::fleetmq_once(2),
             plot: None,
         };
         let plan = Plan::new(Shape::PointToPoint, &args).unwrap();
