@@ -440,12 +440,7 @@ async fn run_once(args: &Args, common: &Common, run: usize) -> anyhow::Result<Ru
     let delivered_total = Arc::new(AtomicU64::new(0));
     let window_cell = Arc::new(Mutex::new(None::<Window>));
     for s in 0..args.subscribers {
-        let opts = crate::clients::options(
-            &format!("bench-sub-{run}-{s}"),
-            addrs[sub_node[s]],
-            false,
-            100,
-        );
+        let opts = subscriber_options(run, s, addrs[sub_node[s]]);
         let (client, mut eventloop, _) = crate::clients::connect(opts, 16, Duration::from_secs(15))
             .await
             .with_context(|| format!("connect subscriber {s}"))?;
@@ -722,6 +717,12 @@ async fn run_once(args: &Args, common: &Common, run: usize) -> anyhow::Result<Ru
     })
 }
 
+/// Subscriber `s` of run `run`: its persistent session's client id, on `addr`. The
+/// same when it comes back after going offline.
+fn subscriber_options(run: usize, s: usize, addr: SocketAddr) -> rumqttc::MqttOptions {
+    crate::clients::options(&format!("bench-sub-{run}-{s}"), addr, false, 100)
+}
+
 /// Takes `count` subscribers offline at `at` (their connections dropped, no
 /// DISCONNECT) and brings them back to their sessions `away` later.
 struct OfflineSpell<'a> {
@@ -753,12 +754,7 @@ impl OfflineSpell<'_> {
         tokio::time::sleep(self.away).await;
         let mut resumed = 0;
         for (i, s) in subs.iter_mut().enumerate().take(self.count) {
-            let opts = crate::clients::options(
-                &format!("bench-sub-{}-{i}", self.run),
-                self.addrs[self.sub_node[i]],
-                false,
-                100,
-            );
+            let opts = subscriber_options(self.run, i, self.addrs[self.sub_node[i]]);
             let (client, eventloop, ack) =
                 crate::clients::connect(opts, 16, Duration::from_secs(15))
                     .await
