@@ -106,8 +106,10 @@ class Broker:
     host = "127.0.0.1"
 
     def __init__(self, binary: Path, workdir: Path, config: dict | str | None = None,
-                 name: str = "fleetmq", extra_args: Iterable[str] = ()):
+                 name: str = "fleetmq", extra_args: Iterable[str] = (),
+                 extra_env: dict[str, str] | None = None):
         self.binary = binary
+        self.extra_env = dict(extra_env or {})
         self.workdir = workdir
         self.name = name
         self.data_dir = workdir / "data"
@@ -147,6 +149,7 @@ class Broker:
             "FLEETMQ_TEST_LOG", "info,fleetmq=debug,fleetmq_broker=debug,fleetmq_codec=debug"))
         env.setdefault("NO_COLOR", "1")
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 30.0) -> "Broker":

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::drain::DrainPlan;
 use crate::listener::{ListenerSpec, TlsSettings, Transport};
+pub use crate::overrides::Override;
 
 /// The schema version this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -343,6 +344,65 @@ impl Config {
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// The file (or nothing: the defaults) with `overrides` applied in order, later
+    /// ones winning. A value that is wrong for its key, wherever it came from, is an
+    /// error naming the dotted key.
+    pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let (text, origin) = match file {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+                path.to_path_buf(),
+            ),
+            None => (String::new(), PathBuf::from("(no file)")),
+        };
+        // The file alone first: its own mistakes are reported with line and column.
+        if file.is_some() {
+            Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+                path: origin.clone(),
+                message,
+            })?;
+        }
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: origin,
+                message: e.to_string().trim_end().to_string(),
+            })?;
+        let mut tree = toml::Value::Table(table);
+        for o in overrides {
+            o.apply(&mut tree)?;
+        }
+        serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            let problem = e.into_inner().to_string();
+            // The override at fault: for an unknown key (reported at its table), the one
+            // that names it; else the last one of the key itself.
+            let related = |o: &&Override| {
+                o.key == key
+                    || key.starts_with(&format!("{}.", o.key))
+                    || o.key.starts_with(&format!("{key}."))
+                    || key.is_empty()
+            };
+            let quoted = |o: &&Override| {
+                let name = o.key.rsplit('.').next().unwrap_or(&o.key);
+                problem.contains(&format!("unknown field `{name}`"))
+            };
+            let culprit = overrides
+                .iter()
+                .rev()
+                .filter(related)
+                .find(quoted)
+                .or_else(|| overrides.iter().rev().find(|o| o.key == key));
+            let from = culprit
+                .map(|o| format!(" (set by {})", o.source))
+                .unwrap_or_default();
+            invalid(&key, format!("{problem}{from}"))
+        })
     }
 
     /// Checks every value, naming the key of the first one that is wrong.
@@ -699,20 +759,9 @@ mod tests {
     fn the_example_file_parses_to_the_defaults() {
         let text = include_str!("../../../fleetmq.example.toml");
         let c = Config::from_toml(text).unwrap();
-        let d = Config::default();
-        assert_eq!(c.mqtt.max_packet_size, d.mqtt.max_packet_size);
-        assert_eq!(c.mqtt.listen, d.mqtt.listen);
-        assert_eq!(c.admin.listen, d.admin.listen);
-        assert_eq!(c.mqtt.queue_full_policy, d.mqtt.queue_full_policy);
-        assert_eq!(
-            c.mqtt.max_session_expiry_interval,
-            d.mqtt.max_session_expiry_interval
-        );
-        assert_eq!(
-            (c.drain.rate, c.drain.spread, c.drain.timeout),
-            (d.drain.rate, d.drain.spread, d.drain.timeout)
-        );
-        assert_eq!(c.drain.server_reference, d.drain.server_reference);
+        // Every key, compared through its Debug form: a default changed in the code but
+        // not in the documented file (or the reverse) fails here.
+        assert_eq!(format!("{c:#?}"), format!("{:#?}", Config::default()));
         c.validate().unwrap();
     }
 
@@ -750,6 +799,93 @@ mod tests {
         let v = Config::from_toml(&toml).unwrap().validate().unwrap();
         assert_eq!(v.api_token.as_deref(), Some("0123456789abcdef0123"));
         assert_eq!(v.drain.server_reference.as_deref(), Some("b.example:1883"));
+    }
+
+    fn overridden(file: &str, flags: &[&str], vars: &[(&str, &str)]) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetmq.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut overrides = flags
+            .iter()
+            .map(|f| Override::from_flag(f))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        overrides.extend(Override::from_env(vars).map_err(|e| e.to_string())?);
+        Config::load(Some(&path), &overrides).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn any_key_can_be_set_by_flag_and_variable_the_variable_last() {
+        let file = "[mqtt]\nmax_inflight = 10\nmax_topic_levels = 8\n[drain]\nrate = 5\n";
+        let c = overridden(
+            file,
+            &[
+                "mqtt.max_inflight=20",
+                "mqtt.max_topic_levels=4",
+                "auth.allow_anonymous=false",
+            ],
+            &[
+                ("FLEETMQ_MQTT__MAX_TOPIC_LEVELS", "2"),
+                ("FLEETMQ_DRAIN__SERVER_REFERENCE", "b.example:1883"),
+                (
+                    "FLEETMQ_CLUSTER__PEERS",
+                    r#"["1=127.0.0.1:7070", "2=127.0.0.1:7071"]"#,
+                ),
+                // Named variables are the flags' business, not key overrides.
+                ("FLEETMQ_NODE_ID", "7"),
+                ("OTHER__THING", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.max_inflight, 20, "--set beats the file");
+        assert_eq!(c.mqtt.max_topic_levels, 2, "the variable beats --set");
+        assert_eq!(c.drain.rate, 5, "untouched keys keep the file's value");
+        assert_eq!(
+            c.drain.server_reference, "b.example:1883",
+            "no quotes needed"
+        );
+        assert!(!c.auth.allow_anonymous);
+        assert_eq!(c.cluster.peers.len(), 2);
+        assert_eq!(c.node_id, 1);
+    }
+
+    #[test]
+    fn an_override_of_an_array_entry_needs_the_entry() {
+        let file = "[[listeners]]\nname = \"ws\"\nkind = \"ws\"\nlisten = \"127.0.0.1:8083\"\n";
+        let c = overridden(file, &["listeners.0.listen=127.0.0.1:9083"], &[]).unwrap();
+        assert_eq!(c.listeners[0].listen, "127.0.0.1:9083");
+        let err = overridden(file, &["listeners.1.listen=127.0.0.1:9083"], &[]).unwrap_err();
+        assert!(
+            err.contains("listeners.1") && err.contains("no entry 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_override_names_its_key_and_where_it_came_from() {
+        let err = overridden("", &["mqtt.max_inflight=lots"], &[]).unwrap_err();
+        assert!(
+            err.contains("`mqtt.max_inflight`") && err.contains("--set"),
+            "{err}"
+        );
+        let err = overridden("", &[], &[("FLEETMQ_MQTT__MAX_INFLIGT", "5")]).unwrap_err();
+        assert!(
+            err.contains("max_infligt") && err.contains("FLEETMQ_MQTT__MAX_INFLIGT"),
+            "{err}"
+        );
+        let err = overridden("", &["drain.rate=-1"], &[]).unwrap_err();
+        assert!(err.contains("`drain.rate`"), "{err}");
+        let err = overridden("", &["mqtt.listen.port=1"], &[]).unwrap_err();
+        assert!(err.contains("mqtt.listen"), "{err}");
+        let err = overridden("", &["no_equals_sign"], &[]).unwrap_err();
+        assert!(err.contains("KEY=VALUE"), "{err}");
+        // A wrong type in the file itself still says where, and which key.
+        let err = overridden("[mqtt]\nmax_inflight = \"x\"\n", &[], &[]).unwrap_err();
+        assert!(
+            err.contains("max_inflight") && err.contains("line 2"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -100,7 +100,6 @@ where
     let conn_id = ctx.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
         "conn",
-        node_id = ctx.config.node_id,
         conn_id,
         peer = %peer.addr,
         listener = %peer.listener,
@@ -215,7 +214,6 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
         let Some(end) = Box::pin(self.accept(connect)).await else {
             return;
         };
-        tracing::Span::current().record("client_id", &*self.client_id);
         self.ctx.clients.connected(ConnectedClient {
             conn_id: self.conn_id,
             client_id: self.client_id.clone(),
@@ -397,6 +395,8 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
             }
         }
         self.client_id = client_id.clone();
+        // Recorded before anything about this client is logged, refusals included.
+        tracing::Span::current().record("client_id", &*self.client_id);
         let identity = match self.authenticate(&connect).await {
             Ok(identity) => identity,
             Err(error) => {
@@ -934,6 +934,7 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
             ));
         }
         if publish.topic.split('/').count() > cfg.max_topic_levels {
+            self.ctx.limits.hit(Limit::TopicLevels);
             return Err(Ending::Server(
                 ReasonCode::TopicNameInvalid,
                 Some(format!(
@@ -1041,9 +1042,13 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
         let max_levels = self.ctx.config.broker.max_topic_levels;
         let mut filters = Vec::with_capacity(subscribe.filters.len());
         for item in subscribe.filters {
-            let parsed = TopicFilter::parse(&item.filter)
-                .ok()
-                .filter(|f| f.filter().split('/').count() <= max_levels);
+            let parsed = TopicFilter::parse(&item.filter).ok().filter(|f| {
+                let within = f.filter().split('/').count() <= max_levels;
+                if !within {
+                    self.ctx.limits.hit(Limit::TopicLevels);
+                }
+                within
+            });
             match parsed {
                 Some(filter) => {
                     if filter.share_group().is_some() && item.options.no_local {

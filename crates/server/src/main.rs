@@ -17,10 +17,11 @@ mod ctl;
 mod drain;
 mod limits;
 mod listener;
+mod overrides;
 mod rules;
 mod server;
 
-use config::Config;
+use config::{Config, Override};
 
 // sled allocates and frees a tree node copy on most writes, and every node applies every
 // replicated write: with glibc's malloc a third of the broker's CPU under replicated
@@ -261,6 +262,10 @@ struct ServeArgs {
     /// Storage engine: sled (durable) or memory.
     #[arg(long, env = "FLEETMQ_STORAGE")]
     storage: Option<String>,
+    /// Set any key of the file, e.g. --set mqtt.max_inflight=64 (repeatable; after the
+    /// file, before FLEETMQ_<TABLE>__<KEY> variables and the flags above).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Log filter, e.g. info or fleetmq=debug.
     #[arg(
         long,
@@ -274,10 +279,13 @@ struct ServeArgs {
 
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
+        let mut overrides = self
+            .set
+            .iter()
+            .map(|arg| Override::from_flag(arg))
+            .collect::<Result<Vec<_>, _>>()?;
+        overrides.extend(Override::from_env(std::env::vars())?);
+        let mut config = Config::load(self.config.as_deref(), &overrides)?;
         if let Some(v) = self.node_id {
             config.node_id = v;
         }
@@ -353,12 +361,24 @@ async fn stop_signal() {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level, args.log_format)?;
     let config = args.config()?.validate()?;
+    // Every event of this process happens on this node: the span is entered once on each
+    // runtime thread (and this one) for the thread's whole life, so logs from any task,
+    // spawned or not, carry node_id without each spawn having to pass it on.
+    let node_span = tracing::info_span!("node", node_id = config.node_id);
+    let thread_span = node_span.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fleetmq")
+        .on_thread_start(move || enter_for_this_thread(&thread_span))
         .build()
         .context("cannot start the tokio runtime")?;
+    enter_for_this_thread(&node_span);
     runtime.block_on(server::run(config, stop_signal()))
+}
+
+/// Enters `span` on the calling thread until the thread ends.
+fn enter_for_this_thread(span: &tracing::Span) {
+    std::mem::forget(span.clone().entered());
 }
 
 fn ctl(api: ctl::Api, command: CtlCommand) -> anyhow::Result<()> {

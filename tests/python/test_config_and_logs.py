@@ -1,0 +1,112 @@
+"""Configuration from three places (file, --set flags, FLEETMQ_<TABLE>__<KEY> variables)
+and the logs' formats, levels and fields, seen from outside the running binary."""
+
+import json
+import subprocess
+
+import pytest
+
+from fleetmq_testlib import Broker, BrokerError, V5, broker_binary
+
+
+def start(tmp_path, name, config=None, extra_args=(), extra_env=None) -> Broker:
+    b = Broker(broker_binary(), tmp_path / name, config=config, name=name,
+               extra_args=extra_args, extra_env=extra_env)
+    try:
+        return b.start()
+    except BrokerError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture
+def brokers():
+    started: list[Broker] = []
+    yield started
+    for b in started:
+        b.stop()
+
+
+def test_a_set_flag_beats_the_file_and_a_variable_beats_both(tmp_path, brokers,
+                                                              client_factory):
+    b = start(tmp_path, "over",
+              config={"mqtt": {"max_packet_size": 4096, "max_topic_levels": 8}},
+              extra_args=["--set", "mqtt.max_packet_size=1024",
+                          "--set", "mqtt.max_topic_levels=4"],
+              extra_env={"FLEETMQ_MQTT__MAX_TOPIC_LEVELS": "2"})
+    brokers.append(b)
+    c = client_factory(version=V5, on=b)
+    assert getattr(c.connack_properties, "MaximumPacketSize", None) == 1024, \
+        "--set mqtt.max_packet_size should replace the file's 4096"
+    codes = c.subscribe(["a/b", "a/b/c"], qos=1, check=False)
+    assert codes == [1, 0x8F], \
+        f"SUBACK {codes}: FLEETMQ_MQTT__MAX_TOPIC_LEVELS=2 should beat --set's 4 and the file's 8"
+
+
+def run_serve(tmp_path, args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(broker_binary()), "serve", "--data-dir", str(tmp_path / "data"),
+         "--mqtt-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--grpc-listen", "127.0.0.1:0", *args],
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("args,env,names", [
+    (["--set", "mqtt.max_inflight=lots"], {}, ["`mqtt.max_inflight`", "--set"]),
+    ([], {"FLEETMQ_MQTT__MAX_INFLIGT": "5"},
+     ["max_infligt", "FLEETMQ_MQTT__MAX_INFLIGT"]),
+    (["--set", "drain.rate=0"], {}, ["`drain.rate`"]),
+    (["--set", "nonsense"], {}, ["KEY=VALUE"]),
+])
+def test_a_bad_override_stops_the_node_naming_the_key_and_its_source(tmp_path, args, env,
+                                                                      names):
+    done = run_serve(tmp_path, args, env)
+    assert done.returncode != 0, f"the node started despite {args or env}"
+    for name in names:
+        assert name in done.stderr, f"{name!r} not named in:\n{done.stderr}"
+
+
+def log_records(broker: Broker) -> list[dict]:
+    records = []
+    for line in broker.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
+
+
+def span_fields(record: dict) -> dict:
+    """Every field of every span the event happened in, merged."""
+    fields = {}
+    for span in record.get("spans", []):
+        fields.update(span)
+    return fields
+
+
+def test_json_logs_carry_node_id_everywhere_and_client_id_on_connections(tmp_path, brokers,
+                                                                          client_factory):
+    b = start(tmp_path, "json", extra_env={"FLEETMQ_LOG_FORMAT": "json",
+                                           "FLEETMQ_LOG": "info",
+                                           "FLEETMQ_NODE_ID": "7"})
+    brokers.append(b)
+    c = client_factory(version=V5, on=b, client_id="log-me")
+    c.disconnect()
+    b.stop()
+    records = log_records(b)
+    assert records, "no JSON log lines"
+    assert all(r["level"] in ("INFO", "WARN", "ERROR") for r in records), \
+        "FLEETMQ_LOG=info let lower levels through"
+    without = [r for r in records if span_fields(r).get("node_id") != 7]
+    assert not without, f"{len(without)} records without node_id 7, e.g. {without[:2]}"
+    mine = [r for r in records if span_fields(r).get("client_id") == "log-me"]
+    assert mine, "no record of the client's connection carries client_id"
+    assert any("listening" in r["fields"].get("message", "") for r in records)
+
+
+def test_the_log_level_comes_from_the_environment(tmp_path, brokers, client_factory):
+    b = start(tmp_path, "quiet", extra_env={"FLEETMQ_LOG": "warn"})
+    brokers.append(b)
+    client_factory(version=V5, on=b, client_id="quiet").disconnect()
+    b.stop()
+    text = b.log_path.read_text(encoding="utf-8", errors="replace")
+    body = text.split("\n", 2)[-1]  # after the harness's own start line
+    assert " INFO " not in body and " DEBUG " not in body, body[-2000:]
