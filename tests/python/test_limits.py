@@ -64,8 +64,10 @@ def test_offline_queue_is_bounded(broker_factory, client_factory, version, polic
     got = [int(m.payload) for m in back.recv_n(5)] + [int(m.payload) for m in back.drain(QUIET)]
     want = list(range(5)) if policy == "drop-new" else list(range(7, 12))
     assert got == want, f"{policy}: got {got}"
-    dropped = b.metrics().get('fleetmq_messages_dropped_total{reason="queue_full"}')
+    m = b.metrics()
+    dropped = m.get('fleetmq_messages_dropped_total{reason="queue_full"}')
     assert dropped == 7, f"queue_full drops counted: {dropped}"
+    assert m['fleetmq_limit_hits_total{limit="queued_messages"}'] == 7
 
 
 def wait_for_metric(broker, name, at_least, timeout=10.0):
@@ -141,3 +143,54 @@ def test_publish_bytes_rate_per_client_disconnects_with_0x97(broker_factory, cli
         old.paho.publish("bytes/t", b"x" * 1000, qos=0)
     old.wait_disconnected()
     wait_for_metric(b, 'fleetmq_limit_hits_total{limit="publish_bytes_rate"}', 2)
+
+
+def test_topic_levels_limit_refuses_with_0x8f_and_0x90_and_is_counted(broker_factory,
+                                                                      client_factory):
+    b = broker_factory(config={"mqtt": {"max_topic_levels": 3}})
+    c = client_factory(version=V5, on=b)
+    # SUBSCRIBE: the deep filter is refused in its SUBACK, the others granted.
+    assert c.subscribe(["a/b/c", "a/b/c/d", "a/+/#"], qos=1, check=False) == [1, 0x8F, 1]
+    assert c.publish("a/b/c", b"ok", qos=1) == 0
+    assert c.recv().payload == b"ok"
+    # PUBLISH: a topic over the limit ends the connection with 0x90.
+    c.paho.publish("a/b/c/d", b"deep", qos=1)
+    d = c.wait_disconnected()
+    assert d.reason_code == 0x90, f"disconnected with {d.reason_code:#04x}"
+    wait_for_metric(b, 'fleetmq_limit_hits_total{limit="topic_levels"}', 2)
+    assert b.metrics()['fleetmq_limit_hits_total{limit="topic_levels"}'] == 2
+
+
+def test_inflight_window_holds_deliveries_until_acknowledged_and_counts_the_waits(
+        broker_factory, client_factory):
+    b = broker_factory(config={"mqtt": {"max_inflight": 1}})
+    sub = client_factory(version=V5, on=b, manual_ack=True)
+    sub.subscribe("window/t", qos=1)
+    pub = client_factory(version=V5, on=b)
+    for i in range(3):
+        assert pub.publish("window/t", str(i).encode(), qos=1) == 0
+    first = sub.recv()
+    assert first.payload == b"0"
+    sub.expect_nothing(what="(the window holds one unacknowledged message)")
+    m = b.metrics()
+    assert m['fleetmq_limit_hits_total{limit="inflight"}'] == 2
+    assert m["fleetmq_queued_messages_current"] == 2
+    for want in (b"1", b"2"):
+        sub.paho.ack(first.mid, 1)
+        first = sub.recv()
+        assert first.payload == want
+    sub.paho.ack(first.mid, 1)
+    sub.expect_nothing()
+
+
+def test_connection_limit_refuses_with_0x97_and_is_counted(broker_factory, client_factory):
+    b = broker_factory(config={"mqtt": {"max_connections": 1}})
+    # The start-up probe's connection may still hold the slot for a moment.
+    deadline = time.monotonic() + 10
+    while b.metrics().get("fleetmq_connections_current", 0) > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = client_factory(version=V5, on=b)
+    second = client_factory(version=V5, on=b, connect=False)
+    assert second.connect(expect_rc=None).reason_code == 0x97
+    wait_for_metric(b, 'fleetmq_limit_hits_total{limit="connections"}', 1)
+    assert first.paho.is_connected()

@@ -85,6 +85,9 @@ pub struct Metrics {
     pub commits_total: AtomicU64,
     pub committed_batches_total: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
+    /// QoS 1/2 deliveries to a connected client that waited in its queue because its
+    /// inflight window (`max_inflight`, or the client's Receive Maximum) was full.
+    pub inflight_waits: AtomicU64,
     /// Messages sent to other nodes on the forward stream (one per node, not per session).
     pub forwarded_out: AtomicU64,
     /// Messages received from other nodes on the forward stream.
@@ -118,6 +121,7 @@ impl Default for Metrics {
             commits_total: AtomicU64::new(0),
             committed_batches_total: AtomicU64::new(0),
             slow_consumer_disconnects: AtomicU64::new(0),
+            inflight_waits: AtomicU64::new(0),
             forwarded_out: AtomicU64::new(0),
             forwarded_in: AtomicU64::new(0),
             applied_entries: AtomicU64::new(0),

@@ -2162,6 +2162,9 @@ impl Core {
             self.start_inflight(session, delivery);
             return;
         }
+        if session.connection.is_some() {
+            self.metrics.inflight_waits.fetch_add(1, Ordering::Relaxed);
+        }
         if session.queue.len() >= self.config.max_queued_messages {
             self.metrics.dropped(DropReason::QueueFull);
             match self.config.queue_full_policy {

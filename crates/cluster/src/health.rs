@@ -104,8 +104,8 @@ impl RaftHealth {
         self.not_ready.is_none()
     }
 
-    /// Prometheus text.
-    pub fn render(&self, out: &mut String) {
+    /// Prometheus text; `committed_index` is the store's (openraft's metrics lack it).
+    pub fn render(&self, committed_index: u64, out: &mut String) {
         let mut gauge = |name: &str, help: &str, value: u64| {
             let _ = writeln!(
                 out,
@@ -136,6 +136,16 @@ impl RaftHealth {
             "fleetmq_raft_last_applied_index",
             "The index of the last entry this node applied.",
             self.last_applied_index,
+        );
+        gauge(
+            "fleetmq_raft_committed_index",
+            "The index of the last entry this node knows to be committed.",
+            committed_index,
+        );
+        gauge(
+            "fleetmq_raft_commit_lag_entries",
+            "Entries in this node's log not known to be committed yet.",
+            self.last_log_index.saturating_sub(committed_index),
         );
         gauge(
             "fleetmq_raft_apply_lag_entries",

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,8 @@ const HANDOVER_ELECTION: Duration = Duration::from_secs(5);
 
 pub struct RaftNode {
     pub raft: Raft<TypeConfig>,
+    /// The last committed log index (openraft's metrics do not carry it).
+    pub committed_index: Arc<AtomicU64>,
     node_id: NodeId,
     engine: Arc<dyn KvEngine>,
     feed: FeedSlot,
@@ -140,6 +143,7 @@ impl RaftNode {
                 .await
                 .map_err(|e| NodeError::Raft(format!("storage task failed: {e}")))??;
         let feed = state_machine.feed_slot();
+        let committed_index = log_store.committed_index();
         let network = GrpcNetworkFactory::new(
             node_id,
             GrpcNetworkConfig {
@@ -197,6 +201,7 @@ impl RaftNode {
         });
         let node = RaftNode {
             raft,
+            committed_index,
             node_id,
             engine,
             feed,

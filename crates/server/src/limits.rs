@@ -49,20 +49,38 @@ impl RateLimit {
     }
 }
 
-/// Which rate was exceeded.
+/// Which limit was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Connects,
     Publishes,
     PublishBytes,
+    /// A PUBLISH topic or a SUBSCRIBE filter deeper than `mqtt.max_topic_levels`.
+    TopicLevels,
 }
 
-/// `fleetmq_limit_hits_total{limit}`.
+/// `fleetmq_limit_hits_total{limit}`: every limit of the node, one family, so that one
+/// query shows which limits clients run into. The counts of limits the router or the
+/// listeners enforce live with them and are passed to [`LimitMetrics::render`].
 #[derive(Debug, Default)]
 pub struct LimitMetrics {
     connect_rate: AtomicU64,
     publish_rate: AtomicU64,
     publish_bytes_rate: AtomicU64,
+    topic_levels: AtomicU64,
+}
+
+/// Limit hits counted elsewhere, rendered in the same family.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OtherLimitHits {
+    /// `mqtt.max_connections` (the listeners count them per listener too).
+    pub connections: u64,
+    /// `mqtt.max_inflight`: deliveries that waited for the client's window.
+    pub inflight: u64,
+    /// `mqtt.max_queued_messages`: deliveries dropped by `queue_full_policy`.
+    pub queued_messages: u64,
+    /// A client's outbox full: QoS 0 dropped, or the client closed with 0x97.
+    pub outbox: u64,
 }
 
 impl LimitMetrics {
@@ -71,24 +89,32 @@ impl LimitMetrics {
             Limit::Connects => &self.connect_rate,
             Limit::Publishes => &self.publish_rate,
             Limit::PublishBytes => &self.publish_bytes_rate,
+            Limit::TopicLevels => &self.topic_levels,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, out: &mut String) {
+    pub fn render(&self, other: OtherLimitHits, out: &mut String) {
         use std::fmt::Write as _;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "# HELP fleetmq_limit_hits_total Connections refused or closed because a rate limit was hit, by limit.\n\
-             # TYPE fleetmq_limit_hits_total counter\n\
-             fleetmq_limit_hits_total{{limit=\"connect_rate\"}} {}\n\
-             fleetmq_limit_hits_total{{limit=\"publish_rate\"}} {}\n\
-             fleetmq_limit_hits_total{{limit=\"publish_bytes_rate\"}} {}",
-            load(&self.connect_rate),
-            load(&self.publish_rate),
-            load(&self.publish_bytes_rate)
+            "# HELP fleetmq_limit_hits_total Times a configured limit was hit (connection refused or closed, packet refused, delivery waited or dropped), by limit.\n\
+             # TYPE fleetmq_limit_hits_total counter"
         );
+        let hits = [
+            ("connections", other.connections),
+            ("connect_rate", load(&self.connect_rate)),
+            ("publish_rate", load(&self.publish_rate)),
+            ("publish_bytes_rate", load(&self.publish_bytes_rate)),
+            ("topic_levels", load(&self.topic_levels)),
+            ("inflight", other.inflight),
+            ("queued_messages", other.queued_messages),
+            ("outbox", other.outbox),
+        ];
+        for (limit, count) in hits {
+            let _ = writeln!(out, "fleetmq_limit_hits_total{{limit=\"{limit}\"}} {count}");
+        }
     }
 }
 

@@ -206,6 +206,7 @@ pub async fn run(
             listeners: listener_metrics.clone(),
             access: access_metrics.clone(),
             raft: raft_node.as_ref().map(|node| node.raft.clone()),
+            committed_index: raft_node.as_ref().map(|node| node.committed_index.clone()),
             drain: drain.clone(),
             clients: clients.clone(),
             events: broker.events(),

@@ -17,7 +17,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -122,6 +123,9 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, StoreErro
 pub struct SledLogStore {
     tree: sled::Tree,
     flusher: Flusher,
+    /// The last committed index, for the metrics: openraft 0.9 reports the last log and
+    /// applied indexes but not the committed one, which it hands only to this store.
+    committed: Arc<AtomicU64>,
 }
 
 impl Debug for SledLogStore {
@@ -159,8 +163,19 @@ impl SledLogStore {
                 tree.insert(FORMAT_KEY, FORMAT_VERSION)?;
             }
         }
+        let committed: Option<Option<LogId<NodeId>>> = read_meta(&tree, COMMITTED_KEY)?;
+        let committed = Arc::new(AtomicU64::new(committed.flatten().map_or(0, |id| id.index)));
         let flusher = Flusher::start(db)?;
-        Ok(Self { tree, flusher })
+        Ok(Self {
+            tree,
+            flusher,
+            committed,
+        })
+    }
+
+    /// The last committed log index, kept up to date as the group commits.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     fn last_purged(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
@@ -241,6 +256,8 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.tree
             .insert(COMMITTED_KEY, bytes)
             .raft(ErrorSubject::Store, ErrorVerb::Write)?;
+        self.committed
+            .store(committed.map_or(0, |id| id.index), Ordering::Relaxed);
         Ok(())
     }
 

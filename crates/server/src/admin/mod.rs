@@ -6,6 +6,7 @@
 mod api;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use fleetmq_broker::{Event, Metrics};
+use fleetmq_broker::{DropReason, Event, Metrics};
 use fleetmq_cluster::health::RaftHealth;
 use fleetmq_cluster::TypeConfig;
 use fleetmq_kafka::BridgeMetrics;
@@ -28,7 +29,7 @@ use tracing::warn;
 use crate::access::AccessMetrics;
 use crate::clients::ConnectedClients;
 use crate::drain::Drain;
-use crate::limits::LimitMetrics;
+use crate::limits::{LimitMetrics, OtherLimitHits};
 use crate::listener::ListenersMetrics;
 use crate::rules::NodeRules;
 
@@ -41,6 +42,8 @@ pub struct AdminState {
     pub access: Arc<AccessMetrics>,
     /// The node's Raft group; none with the memory engine (always ready).
     pub raft: Option<Raft<TypeConfig>>,
+    /// The last committed log index, beside `raft` (its metrics lack it).
+    pub committed_index: Option<Arc<AtomicU64>>,
     pub drain: Arc<Drain>,
     pub clients: Arc<ConnectedClients>,
     /// The router's event channel, for what only the router knows.
@@ -120,7 +123,11 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let mut text = state.metrics.render();
     if let Some(raft) = &state.raft {
-        RaftHealth::read(&raft.metrics().borrow()).render(&mut text);
+        let committed = state
+            .committed_index
+            .as_ref()
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        RaftHealth::read(&raft.metrics().borrow()).render(committed, &mut text);
     }
     let draining = u8::from(state.drain.order().is_some());
     text.push_str(&format!(
@@ -129,7 +136,15 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     ));
     state.listeners.render(&mut text);
     state.access.render(&mut text);
-    state.limits.render(&mut text);
+    let broker = &state.metrics;
+    let other = OtherLimitHits {
+        connections: state.listeners.refused_at_limit(),
+        inflight: broker.inflight_waits.load(Ordering::Relaxed),
+        queued_messages: broker.dropped_count(DropReason::QueueFull),
+        outbox: broker.dropped_count(DropReason::OutboxFull)
+            + broker.slow_consumer_disconnects.load(Ordering::Relaxed),
+    };
+    state.limits.render(other, &mut text);
     if let Some(bridge) = &state.bridge {
         bridge.render(&mut text);
     }

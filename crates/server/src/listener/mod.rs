@@ -151,6 +151,14 @@ pub struct ListenersMetrics {
 }
 
 impl ListenersMetrics {
+    /// Connections refused at the node's connection limit, over every listener.
+    pub fn refused_at_limit(&self) -> u64 {
+        self.listeners
+            .iter()
+            .map(|(_, _, m)| m.refused_at_limit.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
         type Pick = fn(&ListenerMetrics) -> &AtomicU64;
