@@ -10,6 +10,8 @@
 #
 #   scripts/bench-side-by-side.sh                 # every scenario, 3 rounds (about 50 min)
 #   SCENARIOS="fan-in fan-out" RUNS=1 scripts/bench-side-by-side.sh
+#   SCENARIOS=point-to-point P2P_VARIANTS="0-16 1-16" STEP_FACTOR=1.1 P2P_START_RATE=25000 \
+#       SUFFIX=-fine BROKERS=fleetmq,mosquitto scripts/bench-side-by-side.sh
 #   CONNECTIONS=50000 scripts/bench-side-by-side.sh  # where the open-files limit allows
 set -euo pipefail
 
@@ -27,6 +29,9 @@ SCENARIOS="${SCENARIOS:-connection-storm point-to-point fan-out fan-in persisten
 # records the load each run started at. A run that saturates both cores leaves the
 # 1-minute average near 2 for a while, hence the default.
 MAX_LOAD="${MAX_LOAD:-2.5}"
+# Appended to the result files' names, to keep a second pass beside the first
+# (SUFFIX=-fine).
+SUFFIX="${SUFFIX:-}"
 
 log() { echo "bench-side-by-side: $*" >&2; }
 
@@ -51,7 +56,7 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p "$OUT"
 REVISION="$(git rev-parse --short HEAD)"
-ROWS="$OUT/side-by-side-$REVISION.md"
+ROWS="$OUT/side-by-side-$REVISION$SUFFIX.md"
 
 # One scenario: its JSON, its printed summary, its markdown rows and ratios into $ROWS.
 bench() {
@@ -78,8 +83,14 @@ bench() {
     } >>"$ROWS"
 }
 
-# The traffic sweeps: each step 0.5 s warm-up, 2 s measured, 0.5 s for late messages.
-STEPS=(--warmup 500ms --step 2s --drain 500ms --runs "$RUNS")
+# The traffic sweeps: each step 0.5 s warm-up, 2 s measured, 0.5 s for late messages;
+# the rate grows by STEP_FACTOR a step. A finer sweep around the knee tells a target
+# between two steps of 1.25 (STEP_FACTOR=1.1 P2P_START_RATE=25000).
+STEP_FACTOR="${STEP_FACTOR:-1.25}"
+P2P_START_RATE="${P2P_START_RATE:-5000}"
+# point-to-point variants, qos-payload
+P2P_VARIANTS="${P2P_VARIANTS:-0-16 0-256 1-16 1-256}"
+STEPS=(--warmup 500ms --step 2s --drain 500ms --step-factor "$STEP_FACTOR" --runs "$RUNS")
 echo "# Side by side, revision $REVISION ($(date -u +%F)), $RUNS rounds" >"$ROWS"
 for scenario in $SCENARIOS; do
     case "$scenario" in
@@ -88,12 +99,12 @@ for scenario in $SCENARIOS; do
                 --connections "$CONNECTIONS" --rate "$RATE" --runs "$RUNS"
             ;;
         point-to-point)
-            for qos in 0 1; do
-                for payload in 16 256; do
-                    bench "point-to-point-q$qos-$payload" point-to-point --brokers "$BROKERS" \
-                        --qos "$qos" --payload "$payload" --start-rate 5000 "${STEPS[@]}" \
-                        --plot "$OUT/point-to-point-q$qos-$payload-$REVISION.svg"
-                done
+            for variant in $P2P_VARIANTS; do
+                qos="${variant%-*}"
+                payload="${variant#*-}"
+                bench "point-to-point-q$qos-$payload$SUFFIX" point-to-point --brokers "$BROKERS" \
+                    --qos "$qos" --payload "$payload" --start-rate "$P2P_START_RATE" "${STEPS[@]}" \
+                    --plot "$OUT/point-to-point-q$qos-$payload$SUFFIX-$REVISION.svg"
             done
             ;;
         fan-out)
