@@ -9,11 +9,12 @@ the test runs.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import pytest
 
-from fleetmq_testlib import (V311, BrokerError, Cluster, broker_binary, publish_within)
+from fleetmq_testlib import (V311, V5, BrokerError, Cluster, broker_binary, publish_within)
 
 
 @pytest.fixture
@@ -182,3 +183,30 @@ def test_the_cluster_metrics_agree_and_settle(cluster, client_factory):
     lags = {k: v for k, v in ms[leader].items()
             if k.startswith("fleetmq_raft_follower_lag_entries")}
     assert len(lags) == 2 and set(lags.values()) == {0}, lags
+
+
+def test_ctl_kicks_a_client_connected_to_another_node(cluster, client_factory):
+    """`fleetmq ctl clients kick` asked of node 1 closes a client connected to node 3
+    (DISCONNECT 0x98) and keeps its session, as an operator behind a load balancer needs:
+    they cannot choose which node they ask."""
+    n1, n3 = cluster.node(1), cluster.node(3)
+    cid = f"kick-far-{os.getpid()}-{time.monotonic_ns()}"
+    c = client_factory(version=V5, client_id=cid, clean=False, on=n3,
+                       SessionExpiryInterval=600)
+    cmd = [str(broker_binary()), "ctl", "--admin", f"{n1.host}:{n1.admin_port}",
+           "clients", "kick", cid]
+    # Node 1 learns where the client is from the replicated registry: ask until it has.
+    deadline = time.monotonic() + 15
+    while True:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        if out.returncode == 0:
+            break
+        assert time.monotonic() < deadline, f"kick through node 1 failed: {out.stderr}"
+        time.sleep(0.2)
+    assert c.wait_disconnected().reason_code == 0x98
+    back = client_factory(version=V5, client_id=cid, clean=False, on=n3, connect=False)
+    assert back.connect(SessionExpiryInterval=600).session_present
+    # Nobody by that id anywhere: refused, saying so.
+    out = subprocess.run(cmd[:-1] + ["nobody-here"], capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert out.returncode != 0 and "not connected" in out.stderr, out.stderr

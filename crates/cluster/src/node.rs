@@ -21,7 +21,8 @@ use tracing::{info, warn};
 use crate::failover::run_failover;
 use crate::leader_watch::{run_leader_watch, LeaderContact, WatchTiming};
 use crate::network::{
-    DrainHook, ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer,
+    ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer,
+    ServingHooks,
 };
 use crate::store::{open_raft_storage, stored_applied_index, ApplyFeed, FeedSlot};
 use crate::types::{member_addr, NodeId, TypeConfig};
@@ -82,7 +83,7 @@ pub struct RaftNode {
     feed: FeedSlot,
     forward_sink: ForwardSink,
     view: RoutingView,
-    drain_hook: DrainHook,
+    hooks: ServingHooks,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     failover: Option<JoinHandle<()>>,
     leader_watch: JoinHandle<()>,
@@ -177,13 +178,13 @@ impl RaftNode {
         ));
         let forward_sink = ForwardSink::default();
         let view = RoutingView::default();
-        let drain_hook = DrainHook::default();
+        let hooks = ServingHooks::default();
         let peer_service = PeerGrpcServer::with_forward_sink(
             raft.clone(),
             forward_sink.clone(),
             metrics,
             view.clone(),
-            drain_hook.clone(),
+            hooks.clone(),
         )
         .into_service(MAX_MESSAGE);
         let server = tokio::spawn(async move {
@@ -207,7 +208,7 @@ impl RaftNode {
             feed,
             forward_sink,
             view,
-            drain_hook,
+            hooks,
             server: Some((stop_tx, server)),
             failover: None,
             leader_watch,
@@ -421,7 +422,12 @@ impl RaftNode {
 
     /// What a `Drain` request from another node (or `fleetmq ctl`) calls.
     pub fn attach_drain(&self, start: Arc<dyn Fn() -> bool + Send + Sync>) {
-        let _ = self.drain_hook.set(start);
+        let _ = self.hooks.drain.set(start);
+    }
+
+    /// What a `Kick` request from another node calls.
+    pub fn attach_kick(&self, kick: Arc<dyn Fn(&str) -> bool + Send + Sync>) {
+        let _ = self.hooks.kick.set(kick);
     }
 
     /// Where PUBLISHes forwarded by other nodes go from now on; also starts watching

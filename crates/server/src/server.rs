@@ -222,6 +222,8 @@ pub async fn run(
         node.attach_drain(Arc::new(move || {
             drain.start("drain request from the cluster")
         }));
+        let clients = clients.clone();
+        node.attach_kick(Arc::new(move |client_id| clients.kick(client_id)));
     }
     let egress = egress.map(|(e, _)| e);
     let ctx = Arc::new(ConnectionContext {

@@ -27,10 +27,19 @@ use crate::types::TypeConfig;
 /// log the router is built from), so the sender is filled in later.
 pub type ForwardSink = Arc<OnceLock<mpsc::Sender<Event>>>;
 
-/// What starts a drain of this node: set by the server once it runs (draining is the
-/// server's business; this crate only carries the request). Returns `false` when a
-/// drain was already under way.
-pub type DrainHook = Arc<OnceLock<Arc<dyn Fn() -> bool + Send + Sync>>>;
+/// What requests from other nodes (and `fleetmq ctl` through them) call on this node's
+/// client-serving side; each is set once the node serves clients, and until then the
+/// request is answered UNAVAILABLE.
+#[derive(Clone, Default)]
+pub struct ServingHooks {
+    /// `Drain`: starts draining; false if a drain was under way.
+    pub drain: Arc<OnceLock<DrainFn>>,
+    /// `Kick`: closes a client connected here; false if none is.
+    pub kick: Arc<OnceLock<KickFn>>,
+}
+
+pub type DrainFn = Arc<dyn Fn() -> bool + Send + Sync>;
+pub type KickFn = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Acknowledgements buffered per stream; the sender reads them continuously.
 const ACK_BUFFER: usize = 16;
@@ -49,7 +58,7 @@ pub struct PeerGrpcServer {
     raft: Raft<TypeConfig>,
     forward: ForwardInbox,
     view: RoutingView,
-    drain: DrainHook,
+    hooks: ServingHooks,
 }
 
 impl std::fmt::Debug for PeerGrpcServer {
@@ -70,13 +79,13 @@ impl PeerGrpcServer {
         sink: ForwardSink,
         metrics: Arc<Metrics>,
         view: RoutingView,
-        drain: DrainHook,
+        hooks: ServingHooks,
     ) -> Self {
         PeerGrpcServer {
             raft,
             forward: ForwardInbox { sink, metrics },
             view,
-            drain,
+            hooks,
         }
     }
 
@@ -222,10 +231,21 @@ impl PeerService for PeerGrpcServer {
         &self,
         _request: Request<pb::Empty>,
     ) -> Result<Response<pb::DrainReply>, Status> {
-        let Some(start) = self.drain.get() else {
+        let Some(start) = self.hooks.drain.get() else {
             return Err(Status::unavailable("this node is not serving clients yet"));
         };
         Ok(Response::new(pb::DrainReply { started: start() }))
+    }
+
+    async fn kick(
+        &self,
+        request: Request<pb::KickRequest>,
+    ) -> Result<Response<pb::KickReply>, Status> {
+        let Some(kick) = self.hooks.kick.get() else {
+            return Err(Status::unavailable("this node is not serving clients yet"));
+        };
+        let kicked = kick(&request.into_inner().client_id);
+        Ok(Response::new(pb::KickReply { kicked }))
     }
 
     async fn campaign(

@@ -459,29 +459,58 @@ async fn client(State(state): Shared, id: Result<Path<String>, PathRejection>) -
     }
 }
 
-/// Closes the client's connection with DISCONNECT 0x98 (its session stays).
+/// Closes the client's connection with DISCONNECT 0x98 (its session stays), on this
+/// node or, through its PeerService, on the node it is connected to.
 async fn kick(State(state): Shared, id: Result<Path<String>, PathRejection>) -> ApiResult {
     let Path(id) = id?;
     if state.clients.kick(&id) {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
+    let Some(node) = connected_elsewhere(&state, &id).await else {
+        return Err(not_here(&state, &id).await);
+    };
+    let raft = raft_of(&state)?;
+    let status = cluster_admin::cluster_status(raft);
+    let Some(member) = status.members.iter().find(|m| m.id == node) else {
+        return Err(not_here(&state, &id).await);
+    };
+    let mut client = connect_member(&member.address, MEMBER_STATUS)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let reply = client
+        .kick(pb::KickRequest {
+            client_id: id.clone(),
+        })
+        .await
+        .map_err(|s| ApiError::from_status(&s))?
+        .into_inner();
+    if reply.kicked {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    // Gone from that node meanwhile (reconnected elsewhere, or left).
     Err(not_here(&state, &id).await)
 }
 
-/// 404 for a client not connected here, naming the node holding its session if any.
-async fn not_here(state: &AdminState, client_id: &str) -> ApiError {
-    let elsewhere = ask_router(state, |reply| AdminRequest::Session {
+/// The other node the client is connected to, as the replicated session registry says.
+async fn connected_elsewhere(state: &AdminState, client_id: &str) -> Option<u64> {
+    ask_router(state, |reply| AdminRequest::Session {
         client_id: client_id.to_string(),
         reply,
     })
     .await
     .ok()
     .flatten()
-    .filter(|s| s.node != state.node_id && s.connected);
+    .filter(|s| s.node != state.node_id && s.connected)
+    .map(|s| s.node)
+}
+
+/// 404 for a client not connected here, naming the node holding its session if any.
+async fn not_here(state: &AdminState, client_id: &str) -> ApiError {
+    let elsewhere = connected_elsewhere(state, client_id).await;
     let message = match elsewhere {
-        Some(s) => format!(
-            "client {client_id:?} is not connected to node {}; it is connected to node {}",
-            state.node_id, s.node
+        Some(node) => format!(
+            "client {client_id:?} is not connected to node {}; it is connected to node {node}",
+            state.node_id
         ),
         None => format!(
             "client {client_id:?} is not connected to node {}",
