@@ -67,5 +67,6 @@ def test_the_secure_cluster_page_works_as_written(tmp_path):
         assert f"node-{node}.toml: ok" in text
     for expected in ("leader:", "sensors/alice/temp 21.5", "Connection Refused: bad user name or password",
                      'fleetmq_auth_refused_total{reason="bad_credentials"} 1',
+                     'fleetmq_acl_denied_total{action="publish"} 1',
                      "node 2 is draining", "sensors/alice/temp 22.0"):
         assert expected in text, f"{expected!r} not in the output:\n{text}\n{logs}"
