@@ -1,5 +1,7 @@
 //! The router's side of a client connection: a bounded outbox the connection task
-//! drains into its socket, and a switch to close it.
+//! drains into its socket, and a switch to close it. The same state carries what the
+//! rest of the node tells a connection (an administrator's close, a nudge to look at
+//! the node's drain order), so that a waiting connection waits on one thing only.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,6 +98,14 @@ pub struct ConnectionEnd {
     shared: Arc<Shared>,
 }
 
+/// Reaches a connection task without keeping it alive (it does not count as a
+/// handle): for whoever besides the router must close or wake it, as the admin API's
+/// kick and the node's drain do.
+#[derive(Clone)]
+pub struct ConnectionSignal {
+    shared: Arc<Shared>,
+}
+
 struct Shared {
     state: Mutex<State>,
     /// Live [`ConnectionHandle`]s: when the last goes, the connection ends.
@@ -111,6 +121,8 @@ struct State {
     close: Option<ReasonCode>,
     /// The connection task dropped its end: nothing more is queued.
     ended: bool,
+    /// Set by [`ConnectionSignal::nudge`], cleared when the task takes it.
+    nudged: bool,
     /// The connection task waiting for an item, a close or the last handle going.
     waker: Option<Waker>,
 }
@@ -119,6 +131,9 @@ struct State {
 #[derive(Debug)]
 pub enum Next {
     Item(Outgoing),
+    /// Something node-wide changed for this connection to look at (a drain started);
+    /// given once however often it was nudged before the task looked.
+    Nudged,
     /// Close with this reason: the router asked for it, or dropped the connection
     /// (every handle gone: [`ReasonCode::ServerShuttingDown`] unless a close was asked).
     Close(ReasonCode),
@@ -129,6 +144,36 @@ impl Shared {
         // The state stays consistent even if a holder panicked: every change to it
         // is a single push, pop or assignment.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the state and wakes the task if it waits.
+    fn set_and_wake(&self, change: impl FnOnce(&mut State)) {
+        let waker = {
+            let mut state = self.lock();
+            change(&mut state);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectionSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSignal").finish_non_exhaustive()
+    }
+}
+
+impl ConnectionSignal {
+    /// Asks the connection task to close with `reason`, as the router's close does.
+    pub fn close(&self, reason: ReasonCode) {
+        self.shared.set_and_wake(|state| state.close = Some(reason));
+    }
+
+    /// Wakes the connection task with [`Next::Nudged`].
+    pub fn nudge(&self) {
+        self.shared.set_and_wake(|state| state.nudged = true);
     }
 }
 
@@ -151,14 +196,7 @@ impl ConnectionHandle {
 
     /// Asks the connection task to send DISCONNECT with `reason` (MQTT 5) and close.
     pub fn close(&self, reason: ReasonCode) {
-        let waker = {
-            let mut state = self.shared.lock();
-            state.close = Some(reason);
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.shared.set_and_wake(|state| state.close = Some(reason));
     }
 
     /// Queues `item` without waiting. The router never blocks on one slow client:
@@ -238,6 +276,9 @@ impl ConnectionEnd {
         if let Some(reason) = state.close {
             return Poll::Ready(Next::Close(reason));
         }
+        if std::mem::take(&mut state.nudged) {
+            return Poll::Ready(Next::Nudged);
+        }
         if let Some(item) = state.queue.pop_front() {
             return Poll::Ready(Next::Item(item));
         }
@@ -270,6 +311,13 @@ impl ConnectionEnd {
     /// The reason the router asked the connection to close with, if it did.
     pub fn close_reason(&self) -> Option<ReasonCode> {
         self.shared.lock().close
+    }
+
+    /// A signal for others than the router to close or nudge this connection.
+    pub fn signal(&self) -> ConnectionSignal {
+        ConnectionSignal {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -404,6 +452,51 @@ mod tests {
             Ok(Next::Close(ReasonCode::AdministrativeAction))
         ));
         drop(closer.await);
+    }
+
+    #[tokio::test]
+    async fn a_signal_nudges_once_closes_and_keeps_nothing_alive() {
+        let metrics = Metrics::default();
+        let (handle, mut end) = ConnectionHandle::new(1, 8);
+        let signal = end.signal();
+        assert!(handle.send(Outgoing::ack(AckKind::PubAck, 1), &metrics));
+        // Nudges do not pile up, and come before queued items: a drain is not
+        // noticed only after a long outbox is written.
+        signal.nudge();
+        signal.nudge();
+        assert!(matches!(next_now(&mut end).await, Some(Next::Nudged)));
+        assert!(matches!(next_now(&mut end).await, Some(Next::Item(_))));
+        assert!(next_now(&mut end).await.is_none());
+        // A waiting task wakes for a nudge.
+        let nudger = {
+            let signal = signal.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                signal.nudge();
+            })
+        };
+        assert!(matches!(
+            tokio::time::timeout(Duration::from_secs(5), end.next()).await,
+            Ok(Next::Nudged)
+        ));
+        nudger.await.expect("the nudger task");
+        // The signal's close is the router's close: it beats the queue and stops it.
+        assert!(handle.send(Outgoing::ack(AckKind::PubAck, 2), &metrics));
+        signal.close(ReasonCode::AdministrativeAction);
+        assert!(!handle.send(Outgoing::ack(AckKind::PubAck, 3), &metrics));
+        assert!(matches!(
+            next_now(&mut end).await,
+            Some(Next::Close(ReasonCode::AdministrativeAction))
+        ));
+        // A live signal is not a handle: with the router's handles gone, the
+        // connection ends.
+        let (handle, mut end) = ConnectionHandle::new(2, 8);
+        let _signal = end.signal();
+        drop(handle);
+        assert!(matches!(
+            next_now(&mut end).await,
+            Some(Next::Close(ReasonCode::ServerShuttingDown))
+        ));
     }
 
     #[tokio::test]

@@ -18,7 +18,8 @@ pub mod session;
 pub use admin::{AdminRequest, RetainedView, SessionDetail, SessionView, SubscriptionView};
 pub use config::{BrokerConfig, QueueFullPolicy};
 pub use connection::{
-    AckKind, ConnId, ConnectionEnd, ConnectionHandle, Next, Outgoing, OutgoingPublish,
+    AckKind, ConnId, ConnectionEnd, ConnectionHandle, ConnectionSignal, Next, Outgoing,
+    OutgoingPublish,
 };
 pub use message::{now_ms, Message, MessageProperties};
 pub use metrics::{CloseReason, DropReason, Metrics};

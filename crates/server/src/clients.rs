@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fleetmq_codec::ProtocolVersion;
-use tokio::sync::Notify;
+use fleetmq_broker::ConnectionSignal;
+use fleetmq_codec::{ProtocolVersion, ReasonCode};
 
 /// One connected client.
 #[derive(Debug, Clone)]
@@ -21,8 +21,9 @@ pub struct ConnectedClient {
     pub keep_alive_s: u16,
     pub session_expiry_s: u32,
     pub connected_at_ms: u64,
-    /// Wakes the connection to close with 0x98 (administrative action).
-    pub kick: Arc<Notify>,
+    /// Closes the connection (the kick: 0x98, administrative action) or nudges it to
+    /// look at the node's drain order, through its outbox's state.
+    pub signal: ConnectionSignal,
 }
 
 #[derive(Debug, Default)]
@@ -66,10 +67,17 @@ impl ConnectedClients {
     pub fn kick(&self, client_id: &str) -> bool {
         match self.lock().get(client_id) {
             Some(c) => {
-                c.kick.notify_one();
+                c.signal.close(ReasonCode::AdministrativeAction);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Wakes every connection to look at the node's drain order.
+    pub fn nudge_all(&self) {
+        for client in self.lock().values() {
+            client.signal.nudge();
         }
     }
 
@@ -80,10 +88,13 @@ impl ConnectedClients {
 
 #[cfg(test)]
 mod tests {
+    use fleetmq_broker::{ConnectionEnd, ConnectionHandle, Next};
+
     use super::*;
 
-    fn client(id: &str, conn_id: u64) -> ConnectedClient {
-        ConnectedClient {
+    fn client(id: &str, conn_id: u64) -> (ConnectedClient, ConnectionHandle, ConnectionEnd) {
+        let (handle, end) = ConnectionHandle::new(conn_id, 8);
+        let client = ConnectedClient {
             conn_id,
             client_id: id.into(),
             username: None,
@@ -93,15 +104,22 @@ mod tests {
             keep_alive_s: 30,
             session_expiry_s: 0,
             connected_at_ms: 0,
-            kick: Arc::new(Notify::new()),
-        }
+            signal: end.signal(),
+        };
+        (client, handle, end)
+    }
+
+    async fn next_now(end: &mut ConnectionEnd) -> Option<Next> {
+        tokio::time::timeout(std::time::Duration::from_millis(50), end.next())
+            .await
+            .ok()
     }
 
     #[test]
     fn a_taken_over_connection_leaving_does_not_remove_its_successor() {
         let clients = ConnectedClients::default();
-        clients.connected(client("a", 1));
-        clients.connected(client("a", 2));
+        clients.connected(client("a", 1).0);
+        clients.connected(client("a", 2).0);
         clients.gone("a", 1);
         assert_eq!(clients.get("a").map(|c| c.conn_id), Some(2));
         clients.gone("a", 2);
@@ -109,15 +127,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_kick_wakes_the_connection_even_before_it_waits() {
+    async fn a_kick_closes_the_connection_even_before_it_waits() {
         let clients = ConnectedClients::default();
-        let c = client("b", 1);
-        let kick = c.kick.clone();
+        let (c, _router, mut end) = client("b", 1);
         clients.connected(c);
         assert!(clients.kick("b"));
         assert!(!clients.kick("nobody"));
-        tokio::time::timeout(std::time::Duration::from_secs(1), kick.notified())
-            .await
-            .expect("the kick is kept until the connection waits");
+        assert!(matches!(
+            next_now(&mut end).await,
+            Some(Next::Close(ReasonCode::AdministrativeAction))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_nudge_reaches_every_connected_client() {
+        let clients = ConnectedClients::default();
+        let (a, _ra, mut a_end) = client("a", 1);
+        let (b, _rb, mut b_end) = client("b", 2);
+        clients.connected(a);
+        clients.connected(b);
+        clients.nudge_all();
+        assert!(matches!(next_now(&mut a_end).await, Some(Next::Nudged)));
+        assert!(matches!(next_now(&mut b_end).await, Some(Next::Nudged)));
+        assert!(next_now(&mut a_end).await.is_none());
     }
 }

@@ -23,7 +23,7 @@ use fleetmq_kafka::{BridgeAck, BridgeError, BridgedMessage, Egress};
 use fleetmq_topic::{validate_topic_name, TopicFilter};
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
@@ -133,7 +133,6 @@ where
         acl: ctx.rules.borrow().rules.clone(),
         node_rules: Some(ctx.rules.clone()),
         peer,
-        kick: Arc::new(Notify::new()),
         publish_rate: RateLimit::per_second(
             u64::from(ctx.config.max_publish_rate),
             u64::from(ctx.config.max_publish_rate),
@@ -179,8 +178,6 @@ struct Connection<S> {
     /// Where the node's rules change at runtime; `None` when the token's rules apply.
     node_rules: Option<watch::Receiver<Arc<NodeRules>>>,
     peer: PeerInfo,
-    /// The admin API's order to close this connection.
-    kick: Arc<Notify>,
     /// Boxed, like everything a connection rarely needs: both are off by default, and
     /// every connection task carries its fields for its whole life.
     publish_rate: Option<Box<RateLimit>>,
@@ -224,7 +221,7 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
             keep_alive_s: self.keep_alive.map_or(0, |k| k.as_secs() as u16),
             session_expiry_s: self.session_expiry,
             connected_at_ms: now_ms(),
-            kick: self.kick.clone(),
+            signal: end.signal(),
         });
         let ending = self.serve(end).await;
         self.ctx.clients.gone(&self.client_id, self.conn_id);
@@ -637,9 +634,16 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
     async fn serve(&mut self, mut end: ConnectionEnd) -> Ending {
         let grace = self.keep_alive.map(|k| k + k / 2);
         let mut deadline = grace.map(|g| Instant::now() + g);
-        let mut drain = self.ctx.drain.subscribe();
-        // A drain that started while this client was connecting counts too.
-        let mut drain_order = drain.borrow().clone();
+        // A drain that started while this client was connecting counts too; one that
+        // starts later nudges the connection through its outbox (Next::Nudged).
+        let mut drain_order = self.ctx.drain.order();
+        // One timer for both deadlines, armed once and moved only when a deadline
+        // comes earlier than it is set for: every read pushes the keep-alive deadline
+        // later, and re-arming a timer for each read cost more than the read's own
+        // work (BENCHMARKS.md). When it fires early, it is set again to what is due.
+        let timer = sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let drain_at = drain_order.as_ref().map(|o| o.deadline_for(self.conn_id));
             // Packets already buffered are handled before reading more. Handling one
@@ -667,6 +671,12 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if let Some(at) = wake_at {
+                if armed.is_none_or(|armed| at < armed) {
+                    timer.as_mut().reset(at);
+                    armed = Some(at);
+                }
+            }
             tokio::select! {
                 read = read_more(&mut self.stream, &mut self.read_buf), if reading => match read {
                     Ok(0) | Err(_) => return Ending::Lost,
@@ -689,31 +699,35 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                             return ending;
                         }
                     }
+                    Next::Nudged => {
+                        if drain_order.is_none() {
+                            drain_order = self.ctx.drain.order();
+                        }
+                    }
+                    // The admin API's kick (the router never closes with 0x98).
+                    Next::Close(ReasonCode::AdministrativeAction) => {
+                        info!("closed by an administrator");
+                        return Ending::Server(
+                            ReasonCode::AdministrativeAction,
+                            Some("closed by an administrator".into()),
+                        );
+                    }
                     // The router asked this connection to close, or dropped it.
                     Next::Close(reason) => return Ending::Server(reason, None),
                 },
-                () = self.kick.notified() => {
-                    info!("closed by an administrator");
-                    return Ending::Server(
-                        ReasonCode::AdministrativeAction,
-                        Some("closed by an administrator".into()),
-                    );
-                }
-                changed = drain.changed(), if drain_order.is_none() => {
-                    drain_order = match changed {
-                        Ok(()) => drain.borrow().clone(),
-                        // The node is going away without a drain order: leave now.
-                        Err(_) => return Ending::Server(ReasonCode::ServerShuttingDown, None),
-                    };
-                }
-                _ = wait_deadline(wake_at) => {
-                    if keep_alive_at.is_some_and(|at| at <= Instant::now()) {
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    let now = Instant::now();
+                    if keep_alive_at.is_some_and(|at| at <= now) {
                         debug!("keep alive expired");
                         return Ending::Server(ReasonCode::KeepAliveTimeout, None);
                     }
-                    if let Some(order) = drain_order.take() {
-                        return Ending::Drained(order);
+                    if drain_at.is_some_and(|at| at <= now) {
+                        if let Some(order) = drain_order.take() {
+                            return Ending::Drained(order);
+                        }
                     }
+                    // Fired for a deadline that has moved since: set again above.
                 }
             }
         }
@@ -1308,13 +1322,6 @@ where
     std::future::poll_fn(move |cx| ready.poll_read_ready(cx)).await?;
     buf.reserve(READ_CHUNK);
     stream.read_buf(buf).await
-}
-
-async fn wait_deadline(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The protocol level byte of a CONNECT still in the buffer, if it can be read.

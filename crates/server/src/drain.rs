@@ -102,6 +102,9 @@ impl Drain {
             true
         });
         if started {
+            // Connections look at the order when nudged; one that registers after this
+            // looks at it as it starts serving.
+            self.clients.nudge_all();
             info!(
                 cause,
                 connections,
@@ -116,11 +119,6 @@ impl Drain {
 
     pub fn order(&self) -> Option<Arc<DrainOrder>> {
         self.order.borrow().clone()
-    }
-
-    /// Follows the switch; the current state counts as seen.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<DrainOrder>>> {
-        self.order.subscribe()
     }
 
     /// Returns once a drain has started.
