@@ -65,7 +65,8 @@ def test_manifests_validate_against_the_kubernetes_schemas(values):
     from kubernetes_validate import validate
     docs = _docs(_render(*values))
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "PodDisruptionBudget", "Service", "Service", "StatefulSet"]
+    assert kinds == ["ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "Service", "Service",
+                     "StatefulSet"]
     for doc in docs:
         validate(doc, K8S_VERSION, strict=True)
 
@@ -128,6 +129,28 @@ def test_the_prestop_hook_drains_a_node_and_waits_for_its_exit(broker_factory, c
     assert "drained and stopped" in out.stdout
     assert c.wait_disconnected().reason_code == 0x8B
     assert node.proc.wait(timeout=5) == 0
+
+
+@pytest.mark.parametrize("values", [(), ("tls.enabled=true", "websocket.enabled=true")],
+                         ids=["defaults", "tls-ws"])
+def test_only_the_nodes_reach_the_cluster_links(values):
+    docs = _docs(_render(*values))
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    pods = sts["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pods.items(), "the policy must select the nodes' pods"
+    named = {p["name"]: p["containerPort"] for p in
+             sts["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    open_ports, grpc_rule = policy["spec"]["ingress"]
+    # Every port but the cluster links is open; each names a port the pods have.
+    assert "from" not in open_ports
+    assert sorted(p["port"] for p in open_ports["ports"]) == sorted(set(named) - {"grpc"})
+    # The cluster links: from the nodes' own pods only.
+    assert [p["port"] for p in grpc_rule["ports"]] == ["grpc"] and named["grpc"] == 7070
+    assert grpc_rule["from"] == [{"podSelector": {"matchLabels": selector}}]
+    assert "NetworkPolicy" not in {d["kind"] for d in _docs(_render(*values,
+                                                                  "networkPolicy.enabled=false"))}
 
 
 def test_peers_name_every_pod_through_the_headless_service():
