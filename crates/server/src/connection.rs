@@ -695,7 +695,10 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                 }
                 next = end.next() => match next {
                     Next::Item(item) => {
-                        if let Err(ending) = self.write_outgoing(item, &mut end).await {
+                        // Boxed like the reading side: the timer lives across every
+                        // await here, and the write's state beside it would make the
+                        // future every idle connection keeps larger.
+                        if let Err(ending) = Box::pin(self.write_outgoing(item, &mut end)).await {
                             return ending;
                         }
                     }
