@@ -383,7 +383,7 @@ async fn sigkill_of_a_follower_under_a_qos1_qos2_stream_loses_nothing_acknowledg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_restart_of_every_node_under_a_qos1_stream_loses_nothing_acknowledged() {
+async fn rolling_restart_of_every_node_under_a_qos1_qos2_stream_loses_nothing_acknowledged() {
     let mut cluster = Cluster::start();
     let prefix = format!("t12/{}", unique_id("roll"));
     let filter = format!("{prefix}/#");
@@ -413,11 +413,7 @@ async fn rolling_restart_of_every_node_under_a_qos1_stream_loses_nothing_acknowl
     let mut pubs: Vec<Publisher> = cluster
         .ids()
         .into_iter()
-        .map(|n| {
-            let mut spec = PublisherSpec::new(&format!("r{n}"), &prefix);
-            spec.qos2_every = 0; // QoS 1 only
-            Publisher::start(&cluster, n, spec)
-        })
+        .map(|n| Publisher::start(&cluster, n, PublisherSpec::new(&format!("r{n}"), &prefix)))
         .collect();
     wait_acked(&cluster, &pubs, 20, Duration::from_secs(30)).await;
 
