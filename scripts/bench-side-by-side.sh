@@ -85,9 +85,10 @@ bench() {
 
 # The traffic sweeps: each step 0.5 s warm-up, 2 s measured, 0.5 s for late messages;
 # the rate grows by STEP_FACTOR a step. A finer sweep around the knee tells a target
-# between two steps of 1.25 (STEP_FACTOR=1.1 P2P_START_RATE=25000).
+# between two steps of 1.25 (STEP_FACTOR=1.1 P2P_START_RATE=25000, FANIN_START_RATE=50000).
 STEP_FACTOR="${STEP_FACTOR:-1.25}"
 P2P_START_RATE="${P2P_START_RATE:-5000}"
+FANIN_START_RATE="${FANIN_START_RATE:-4000}"
 # point-to-point variants, qos-payload
 P2P_VARIANTS="${P2P_VARIANTS:-0-16 0-256 1-16 1-256}"
 STEPS=(--warmup 500ms --step 2s --drain 500ms --step-factor "$STEP_FACTOR" --runs "$RUNS")
@@ -115,8 +116,8 @@ for scenario in $SCENARIOS; do
             done
             ;;
         fan-in)
-            bench fan-in fan-in --brokers "$BROKERS" --start-rate 4000 "${STEPS[@]}" \
-                --plot "$OUT/fan-in-$REVISION.svg"
+            bench "fan-in$SUFFIX" fan-in --brokers "$BROKERS" --start-rate "$FANIN_START_RATE" \
+                "${STEPS[@]}" --plot "$OUT/fan-in$SUFFIX-$REVISION.svg"
             ;;
         persistent)
             # FleetMQ only: three nodes, 10% of the subscribers offline for 30 s.
