@@ -332,14 +332,7 @@ pub struct ValidConfig {
 impl Config {
     /// Reads a TOML file; unknown keys and wrong types are errors naming the key.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message,
-        })
+        Config::load(Some(path), &[])
     }
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
@@ -350,29 +343,25 @@ impl Config {
     /// ones winning. A value that is wrong for its key, wherever it came from, is an
     /// error naming the dotted key.
     pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, ConfigError> {
-        let (text, origin) = match file {
-            Some(path) => (
-                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?,
-                path.to_path_buf(),
-            ),
-            None => (String::new(), PathBuf::from("(no file)")),
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let parse_error = |message| ConfigError::Parse {
+            path: file.map_or_else(|| PathBuf::from("(no file)"), Path::to_path_buf),
+            message,
         };
         // The file alone first: its own mistakes are reported with line and column.
-        if file.is_some() {
-            Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-                path: origin.clone(),
-                message,
-            })?;
+        let from_file = Config::from_toml(&text).map_err(parse_error)?;
+        if overrides.is_empty() {
+            return Ok(from_file);
         }
         let table: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: origin,
-                message: e.to_string().trim_end().to_string(),
-            })?;
+            .map_err(|e: toml::de::Error| parse_error(e.to_string().trim_end().to_string()))?;
         let mut tree = toml::Value::Table(table);
         for o in overrides {
             o.apply(&mut tree)?;
@@ -380,24 +369,13 @@ impl Config {
         serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
             let problem = e.into_inner().to_string();
-            // The override at fault: for an unknown key (reported at its table), the one
-            // that names it; else the last one of the key itself.
-            let related = |o: &&Override| {
+            // The override at fault: the last one of the key itself, or, for an unknown
+            // key (reported at its table), the one that names it there.
+            let culprit = overrides.iter().rev().find(|o| {
+                let (table, name) = o.key.rsplit_once('.').unwrap_or(("", &o.key));
                 o.key == key
-                    || key.starts_with(&format!("{}.", o.key))
-                    || o.key.starts_with(&format!("{key}."))
-                    || key.is_empty()
-            };
-            let quoted = |o: &&Override| {
-                let name = o.key.rsplit('.').next().unwrap_or(&o.key);
-                problem.contains(&format!("unknown field `{name}`"))
-            };
-            let culprit = overrides
-                .iter()
-                .rev()
-                .filter(related)
-                .find(quoted)
-                .or_else(|| overrides.iter().rev().find(|o| o.key == key));
+                    || (table == key && problem.contains(&format!("unknown field `{name}`")))
+            });
             let from = culprit
                 .map(|o| format!(" (set by {})", o.source))
                 .unwrap_or_default();
