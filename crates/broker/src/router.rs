@@ -2162,9 +2162,6 @@ impl Core {
             self.start_inflight(session, delivery);
             return;
         }
-        if session.connection.is_some() {
-            self.metrics.inflight_waits.fetch_add(1, Ordering::Relaxed);
-        }
         if session.queue.len() >= self.config.max_queued_messages {
             self.metrics.dropped(DropReason::QueueFull);
             match self.config.queue_full_policy {
@@ -2184,6 +2181,11 @@ impl Core {
         }
         if !stored {
             self.store_delivery(&session.client_id, &mut delivery, None);
+        }
+        // Waiting for the window of a client that is here; a dropped delivery does not
+        // wait, and one for an offline session waits for its client, not the window.
+        if session.connection.is_some() {
+            self.metrics.inflight_waits.fetch_add(1, Ordering::Relaxed);
         }
         session.queue.push_back(delivery);
         Metrics::gauge_add(&self.metrics.queued_messages_current, 1);

@@ -21,8 +21,8 @@ use tracing::{info, warn};
 use crate::failover::run_failover;
 use crate::leader_watch::{run_leader_watch, LeaderContact, WatchTiming};
 use crate::network::{
-    ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, PeerGrpcServer, RaftGrpcServer,
-    ServingHooks,
+    DrainFn, ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, KickFn, PeerGrpcServer,
+    RaftGrpcServer, ServingHooks,
 };
 use crate::store::{open_raft_storage, stored_applied_index, ApplyFeed, FeedSlot};
 use crate::types::{member_addr, NodeId, TypeConfig};
@@ -421,12 +421,12 @@ impl RaftNode {
     }
 
     /// What a `Drain` request from another node (or `fleetmq ctl`) calls.
-    pub fn attach_drain(&self, start: Arc<dyn Fn() -> bool + Send + Sync>) {
+    pub fn attach_drain(&self, start: DrainFn) {
         let _ = self.hooks.drain.set(start);
     }
 
     /// What a `Kick` request from another node calls.
-    pub fn attach_kick(&self, kick: Arc<dyn Fn(&str) -> bool + Send + Sync>) {
+    pub fn attach_kick(&self, kick: KickFn) {
         let _ = self.hooks.kick.set(kick);
     }
 

@@ -31,6 +31,6 @@ pub use errors::NetworkError;
 pub use faults::{Faults, FaultyNetwork, FaultyNetworkFactory};
 pub use forward::{ForwarderConfig, GrpcForwarder, PeerAddressLookup};
 pub use forward_wire::{decode_forwarded, encode_forwarded, ForwardDecodeError};
-pub use peer::{ForwardSink, PeerGrpcServer, ServingHooks};
+pub use peer::{DrainFn, ForwardSink, KickFn, PeerGrpcServer, ServingHooks};
 pub use peer_clients::PeerClients;
 pub use server::RaftGrpcServer;

@@ -41,6 +41,12 @@ pub struct ServingHooks {
 pub type DrainFn = Arc<dyn Fn() -> bool + Send + Sync>;
 pub type KickFn = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// The hook in `cell`, or UNAVAILABLE while the node does not serve clients yet.
+fn serving<T>(cell: &OnceLock<T>) -> Result<&T, Status> {
+    cell.get()
+        .ok_or_else(|| Status::unavailable("this node is not serving clients yet"))
+}
+
 /// Acknowledgements buffered per stream; the sender reads them continuously.
 const ACK_BUFFER: usize = 16;
 
@@ -231,9 +237,7 @@ impl PeerService for PeerGrpcServer {
         &self,
         _request: Request<pb::Empty>,
     ) -> Result<Response<pb::DrainReply>, Status> {
-        let Some(start) = self.hooks.drain.get() else {
-            return Err(Status::unavailable("this node is not serving clients yet"));
-        };
+        let start = serving(&self.hooks.drain)?;
         Ok(Response::new(pb::DrainReply { started: start() }))
     }
 
@@ -241,9 +245,7 @@ impl PeerService for PeerGrpcServer {
         &self,
         request: Request<pb::KickRequest>,
     ) -> Result<Response<pb::KickReply>, Status> {
-        let Some(kick) = self.hooks.kick.get() else {
-            return Err(Status::unavailable("this node is not serving clients yet"));
-        };
+        let kick = serving(&self.hooks.kick)?;
         let kicked = kick(&request.into_inner().client_id);
         Ok(Response::new(pb::KickReply { kicked }))
     }
