@@ -19,7 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::access::AccessMetrics;
-use crate::admin::{serve_admin, AdminState};
+use crate::admin::{serve_admin, AdminRaft, AdminState};
 use crate::clients::ConnectedClients;
 use crate::config::{StorageEngineKind, ValidConfig};
 use crate::connection::ConnectionContext;
@@ -205,8 +205,10 @@ pub async fn run(
             bridge: egress.as_ref().map(|(_, m)| m.clone()),
             listeners: listener_metrics.clone(),
             access: access_metrics.clone(),
-            raft: raft_node.as_ref().map(|node| node.raft.clone()),
-            committed_index: raft_node.as_ref().map(|node| node.committed_index.clone()),
+            raft: raft_node.as_ref().map(|node| AdminRaft {
+                group: node.raft.clone(),
+                committed_index: node.committed_index.clone(),
+            }),
             drain: drain.clone(),
             clients: clients.clone(),
             events: broker.events(),

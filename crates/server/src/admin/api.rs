@@ -189,7 +189,7 @@ fn qos_number(q: QoS) -> u8 {
 // ---- cluster ------------------------------------------------------------------------
 
 fn raft_of(state: &AdminState) -> Result<&Raft<TypeConfig>, ApiError> {
-    state.raft.as_ref().ok_or_else(|| {
+    state.raft.as_ref().map(|r| &r.group).ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             "this node runs without a cluster (storage.engine = \"memory\")",
@@ -228,7 +228,7 @@ async fn status(State(state): Shared) -> ApiResult {
     let connections = state.clients.len();
     let draining = state.drain.order().is_some();
     let not_ready = super::not_ready(&state);
-    let mut value = match &state.raft {
+    let mut value = match state.raft.as_ref().map(|r| &r.group) {
         Some(raft) => {
             let s = cluster_admin::cluster_status(raft);
             json!({

@@ -41,9 +41,7 @@ pub struct AdminState {
     pub listeners: Arc<ListenersMetrics>,
     pub access: Arc<AccessMetrics>,
     /// The node's Raft group; none with the memory engine (always ready).
-    pub raft: Option<Raft<TypeConfig>>,
-    /// The last committed log index, beside `raft` (its metrics lack it).
-    pub committed_index: Option<Arc<AtomicU64>>,
+    pub raft: Option<AdminRaft>,
     pub drain: Arc<Drain>,
     pub clients: Arc<ConnectedClients>,
     /// The router's event channel, for what only the router knows.
@@ -101,12 +99,19 @@ async fn healthz() -> &'static str {
 }
 
 /// Why the node is not ready, or `None`.
+/// The Raft group as the admin listener sees it.
+pub struct AdminRaft {
+    pub group: Raft<TypeConfig>,
+    /// The last committed log index (openraft's metrics lack it).
+    pub committed_index: Arc<AtomicU64>,
+}
+
 fn not_ready(state: &AdminState) -> Option<String> {
     if state.drain.order().is_some() {
         return Some("draining".into());
     }
     let raft = state.raft.as_ref()?;
-    RaftHealth::read(&raft.metrics().borrow()).not_ready
+    RaftHealth::read(&raft.group.metrics().borrow()).not_ready
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
@@ -123,11 +128,8 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let mut text = state.metrics.render();
     if let Some(raft) = &state.raft {
-        let committed = state
-            .committed_index
-            .as_ref()
-            .map_or(0, |c| c.load(Ordering::Relaxed));
-        RaftHealth::read(&raft.metrics().borrow()).render(committed, &mut text);
+        let committed = raft.committed_index.load(Ordering::Relaxed);
+        RaftHealth::read(&raft.group.metrics().borrow()).render(committed, &mut text);
     }
     let draining = u8::from(state.drain.order().is_some());
     text.push_str(&format!(
