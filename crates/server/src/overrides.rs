@@ -16,7 +16,7 @@ const ENV_PREFIX: &str = "FLEETMQ_";
 const ENV_LEVEL: &str = "__";
 
 /// One key set from outside the file.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Override {
     /// Dotted, as in the file: `mqtt.max_inflight`, `listeners.0.listen`.
     pub key: String,
