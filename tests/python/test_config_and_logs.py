@@ -66,6 +66,17 @@ def test_a_bad_override_stops_the_node_naming_the_key_and_its_source(tmp_path, a
         assert name in done.stderr, f"{name!r} not named in:\n{done.stderr}"
 
 
+def test_a_variable_that_is_not_utf8_is_left_alone_unless_it_sets_a_key(tmp_path):
+    # An unrelated one must not stop the node (the config error below is the first
+    # thing it says, not a panic over the environment).
+    done = run_serve(tmp_path, ["--set", "drain.rate=0"], {b"OTHER_THING": b"\xff"})
+    assert done.returncode != 0 and "`drain.rate`" in done.stderr, done.stderr
+    assert "panicked" not in done.stderr, done.stderr
+    done = run_serve(tmp_path, [], {b"FLEETMQ_MQTT__LISTEN": b"\xff"})
+    assert done.returncode != 0, "the node started with an unreadable override"
+    assert "FLEETMQ_MQTT__LISTEN" in done.stderr and "not UTF-8" in done.stderr, done.stderr
+
+
 def log_records(broker: Broker) -> list[dict]:
     records = []
     for line in broker.log_path.read_text(encoding="utf-8", errors="replace").splitlines():

@@ -284,7 +284,7 @@ impl ServeArgs {
             .iter()
             .map(|arg| Override::from_flag(arg))
             .collect::<Result<Vec<_>, _>>()?;
-        overrides.extend(Override::from_env(std::env::vars())?);
+        overrides.extend(Override::from_process_env()?);
         let mut config = Config::load(self.config.as_deref(), &overrides)?;
         if let Some(v) = self.node_id {
             config.node_id = v;

@@ -44,10 +44,7 @@ impl Override {
     ) -> Result<Vec<Override>, ConfigError> {
         let mut found: Vec<(String, String)> = vars
             .into_iter()
-            .filter(|(name, _)| {
-                name.strip_prefix(ENV_PREFIX)
-                    .is_some_and(|rest| rest.contains(ENV_LEVEL))
-            })
+            .filter(|(name, _)| names_a_key(name))
             .collect();
         found.sort();
         found
@@ -61,6 +58,25 @@ impl Override {
                 Override::new(&key, &raw, name)
             })
             .collect()
+    }
+
+    /// Those of this process's environment. Variables that are not Unicode are left
+    /// alone (`std::env::vars` would panic on them), unless they are overrides.
+    pub fn from_process_env() -> Result<Vec<Override>, ConfigError> {
+        let mut vars = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str().map(str::to_owned) else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => vars.push((name, value)),
+                Err(_) if names_a_key(&name) => {
+                    return Err(invalid(&name, "the variable's value is not UTF-8"))
+                }
+                Err(_) => {}
+            }
+        }
+        Override::from_env(vars)
     }
 
     fn new(key: &str, raw: &str, source: String) -> Result<Override, ConfigError> {
@@ -108,6 +124,12 @@ impl Override {
         }
         Ok(())
     }
+}
+
+/// `FLEETMQ_<TABLE>__<KEY>`: a variable that overrides a key.
+fn names_a_key(name: &str) -> bool {
+    name.strip_prefix(ENV_PREFIX)
+        .is_some_and(|rest| rest.contains(ENV_LEVEL))
 }
 
 fn step<'a>(here: &'a mut toml::Value, part: &str) -> Result<&'a mut toml::Value, String> {
