@@ -29,7 +29,7 @@ SCENARIOS="${SCENARIOS:-connection-storm point-to-point fan-out fan-in persisten
 # records the load each run started at. A run that saturates both cores leaves the
 # 1-minute average near 2 for a while, hence the default.
 MAX_LOAD="${MAX_LOAD:-2.5}"
-# Appended to the result files' names, to keep a second pass beside the first
+# Appended to every result file's name, to keep a second pass beside the first
 # (SUFFIX=-fine).
 SUFFIX="${SUFFIX:-}"
 
@@ -58,9 +58,12 @@ mkdir -p "$OUT"
 REVISION="$(git rev-parse --short HEAD)"
 ROWS="$OUT/side-by-side-$REVISION$SUFFIX.md"
 
+plot() { echo "$OUT/$1$SUFFIX-$REVISION.svg"; }
+
 # One scenario: its JSON, its printed summary, its markdown rows and ratios into $ROWS.
+# Its files are named "$1$SUFFIX-$REVISION" (plot() names the plot the same way).
 bench() {
-    local name="$1"
+    local name="$1$SUFFIX"
     shift
     log "$name"
     set +e
@@ -103,21 +106,21 @@ for scenario in $SCENARIOS; do
             for variant in $P2P_VARIANTS; do
                 qos="${variant%-*}"
                 payload="${variant#*-}"
-                bench "point-to-point-q$qos-$payload$SUFFIX" point-to-point --brokers "$BROKERS" \
+                bench "point-to-point-q$qos-$payload" point-to-point --brokers "$BROKERS" \
                     --qos "$qos" --payload "$payload" --start-rate "$P2P_START_RATE" "${STEPS[@]}" \
-                    --plot "$OUT/point-to-point-q$qos-$payload$SUFFIX-$REVISION.svg"
+                    --plot "$(plot "point-to-point-q$qos-$payload")"
             done
             ;;
         fan-out)
             for publishers in 1 5; do
                 bench "fan-out-$publishers" fan-out --brokers "$BROKERS" \
                     --publishers "$publishers" --start-rate 20 --max-steps 32 "${STEPS[@]}" \
-                    --plot "$OUT/fan-out-$publishers-$REVISION.svg"
+                    --plot "$(plot "fan-out-$publishers")"
             done
             ;;
         fan-in)
-            bench "fan-in$SUFFIX" fan-in --brokers "$BROKERS" --start-rate "$FANIN_START_RATE" \
-                "${STEPS[@]}" --plot "$OUT/fan-in$SUFFIX-$REVISION.svg"
+            bench fan-in fan-in --brokers "$BROKERS" --start-rate "$FANIN_START_RATE" \
+                "${STEPS[@]}" --plot "$(plot fan-in)"
             ;;
         persistent)
             # FleetMQ only: three nodes, 10% of the subscribers offline for 30 s.
