@@ -303,7 +303,7 @@ impl StoredClients {
 struct Attach {
     protocol: ProtocolVersion,
     expiry_interval: u32,
-    will: Option<LastWill>,
+    will: Option<Box<LastWill>>,
     inflight_window: u16,
 }
 
@@ -513,7 +513,7 @@ impl Router {
         }
         let ended_at = record.disconnected_at_ms.unwrap_or(now);
         session.disconnected_at_ms = Some(ended_at);
-        session.will = record.will.map(WillRecord::into_will);
+        session.will = record.will.map(|w| Box::new(w.into_will()));
         let elapsed = Duration::from_millis(now.saturating_sub(ended_at));
         if let Some(will) = &session.will {
             // As at a disconnect: the will goes at its delay or the session's end.
@@ -1443,7 +1443,7 @@ impl Router {
         let live = Attach {
             protocol: request.protocol,
             expiry_interval: request.session_expiry_interval,
-            will: request.will,
+            will: request.will.map(Box::new),
             inflight_window: request
                 .receive_maximum
                 .min(self.core.config.max_inflight)
@@ -1997,7 +1997,7 @@ fn session_record(session: &Session) -> SessionRecord {
         protocol_level: session.protocol.level(),
         expiry_interval: session.expiry_interval,
         subscriptions,
-        will: session.will.as_ref().map(WillRecord::from_will),
+        will: session.will.as_deref().map(WillRecord::from_will),
         disconnected_at_ms: session.disconnected_at_ms,
     }
 }

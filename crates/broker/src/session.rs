@@ -1,10 +1,11 @@
 //! One client's session: its subscriptions and the QoS 1/2 state machines in both
 //! directions. Pure state: the router decides what is written and sent.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use fleetmq_codec::{LastWill, ProtocolVersion, QoS, SubscriptionOptions};
+use fleetmq_topic::SmallMap;
 
 use crate::connection::ConnectionHandle;
 use crate::message::Message;
@@ -75,8 +76,10 @@ pub struct Session {
     /// Seconds the session outlives its connection; 0 ends it with the connection.
     pub expiry_interval: u32,
     /// Keyed by the filter as the client sent it, `$share/...` prefix included.
-    pub subscriptions: HashMap<String, SubscriptionEntry>,
-    pub will: Option<LastWill>,
+    /// Most sessions hold one or a few (see [`SmallMap`]).
+    pub subscriptions: SmallMap<String, SubscriptionEntry>,
+    /// Boxed: most sessions have none, and every session is kept for its whole life.
+    pub will: Option<Box<LastWill>>,
     pub connection: Option<ConnectionHandle>,
     /// Bumped on every connect, so timers set for an earlier connection do nothing.
     pub generation: u64,
@@ -86,12 +89,14 @@ pub struct Session {
     pub queue: VecDeque<Delivery>,
     next_packet_id: u16,
     /// Packet ids of QoS 2 PUBLISHes received and not yet released by PUBREL.
-    pub incoming_qos2: HashSet<u16>,
+    /// A `BTreeSet`, like `held_before_pickup`: empty in nearly every session, and an
+    /// empty one takes half the room of a `HashSet`.
+    pub incoming_qos2: BTreeSet<u16>,
     /// Unix ms when the last connection ended, `None` while connected.
     pub disconnected_at_ms: Option<u64>,
     /// Seqs of deliveries this node wrote for the session while it was on its way here
     /// and already holds: their replicated writes, applied later, are not new.
-    pub held_before_pickup: HashSet<u64>,
+    pub held_before_pickup: BTreeSet<u64>,
 }
 
 impl Session {
@@ -100,7 +105,7 @@ impl Session {
             client_id,
             protocol,
             expiry_interval,
-            subscriptions: HashMap::new(),
+            subscriptions: SmallMap::new(),
             will: None,
             connection: None,
             generation: 0,
@@ -108,9 +113,9 @@ impl Session {
             inflight_window: 1,
             queue: VecDeque::new(),
             next_packet_id: 1,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: BTreeSet::new(),
             disconnected_at_ms: None,
-            held_before_pickup: HashSet::new(),
+            held_before_pickup: BTreeSet::new(),
         }
     }
 
@@ -192,6 +197,18 @@ mod tests {
             s.allocate_packet_id(),
             2,
             "0 is never used and 1 is in flight"
+        );
+    }
+
+    /// Every session is kept for as long as its client is connected (or its expiry
+    /// runs), a million of them on a big node: what rarely holds anything is boxed or
+    /// kept in containers that are small while empty.
+    #[test]
+    fn a_session_stays_small() {
+        assert!(
+            std::mem::size_of::<Session>() <= 224,
+            "Session is {} bytes",
+            std::mem::size_of::<Session>()
         );
     }
 

@@ -26,13 +26,15 @@ pub struct ConnectedClient {
     pub signal: ConnectionSignal,
 }
 
+/// Values boxed: a hash map's spare buckets (up to half of them) hold only the
+/// key and a pointer then, not a whole client's record.
 #[derive(Debug, Default)]
 pub struct ConnectedClients {
-    by_id: Mutex<HashMap<Arc<str>, ConnectedClient>>,
+    by_id: Mutex<HashMap<Arc<str>, Box<ConnectedClient>>>,
 }
 
 impl ConnectedClients {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, ConnectedClient>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Box<ConnectedClient>>> {
         // A panic elsewhere while holding the lock leaves a map that is still whole.
         self.by_id.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -40,7 +42,8 @@ impl ConnectedClients {
     /// Registers a client that just connected; a taken-over connection of the same
     /// client id is replaced.
     pub fn connected(&self, client: ConnectedClient) {
-        self.lock().insert(client.client_id.clone(), client);
+        self.lock()
+            .insert(client.client_id.clone(), Box::new(client));
     }
 
     /// Forgets connection `conn_id` of `client_id`, unless a newer one replaced it.
@@ -53,14 +56,14 @@ impl ConnectedClients {
 
     /// At most `limit` clients, in client id order.
     pub fn list(&self, limit: usize) -> Vec<ConnectedClient> {
-        let mut all: Vec<ConnectedClient> = self.lock().values().cloned().collect();
+        let mut all: Vec<ConnectedClient> = self.lock().values().map(|c| (**c).clone()).collect();
         all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         all.truncate(limit);
         all
     }
 
     pub fn get(&self, client_id: &str) -> Option<ConnectedClient> {
-        self.lock().get(client_id).cloned()
+        self.lock().get(client_id).map(|c| (**c).clone())
     }
 
     /// Tells the connection of `client_id` to close; `false` when it is not here.

@@ -3,7 +3,8 @@
 //! keep-alive deadline and shutdown. Connection-scoped protocol state lives here:
 //! topic aliases both ways, the client's Receive Maximum quota, packet size limits.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +21,10 @@ use fleetmq_codec::{
     Subscribe,
 };
 use fleetmq_kafka::{BridgeAck, BridgeError, BridgedMessage, Egress};
-use fleetmq_topic::{validate_topic_name, TopicFilter};
+use fleetmq_topic::{validate_topic_name, SmallMap, TopicFilter};
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
@@ -78,6 +79,13 @@ struct HeldEvent {
     bridged: Option<BridgeAck>,
 }
 
+/// One connection's MQTT 5 topic aliases, both ways.
+#[derive(Default)]
+struct TopicAliases {
+    inbound: SmallMap<u16, Arc<str>>,
+    outbound: SmallMap<Arc<str>, u16>,
+}
+
 /// Why the connection loop ended.
 enum Ending {
     /// DISCONNECT from the client; `with_will` after reason 0x04.
@@ -93,7 +101,16 @@ enum Ending {
     Drained(Arc<DrainOrder>),
 }
 
-pub async fn serve_connection<S>(stream: S, peer: PeerInfo, ctx: Arc<ConnectionContext>)
+/// The task of one client connection, from its CONNECT to its close. Built here, not
+/// in an async fn: an async fn's future keeps its arguments as well as what it makes
+/// of them, and every idle connection would carry the stream and peer twice. `permit`
+/// (the listener's connection slot) is released when the task ends.
+pub fn serve_connection<S>(
+    stream: S,
+    peer: PeerInfo,
+    ctx: Arc<ConnectionContext>,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
@@ -109,7 +126,7 @@ where
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     Metrics::gauge_add(&ctx.metrics.connections_current, 1);
-    let mut conn = Connection {
+    let conn = Connection {
         stream,
         // Both allocated when there is something to read or write, and released once
         // empty again: most connections are idle most of the time.
@@ -125,9 +142,8 @@ where
         request_problem_info: true,
         client_max_packet: None,
         client_alias_max: 0,
-        inbound_aliases: HashMap::new(),
-        outbound_aliases: HashMap::new(),
-        unacked_incoming: HashSet::new(),
+        aliases: None,
+        unacked_incoming: SmallMap::new(),
         held: VecDeque::new(),
         held_max: usize::from(ctx.config.broker.receive_maximum) + HELD_BEYOND_RECEIVE_MAXIMUM,
         acl: ctx.rules.borrow().rules.clone(),
@@ -145,8 +161,9 @@ where
         )
         .map(Box::new),
     };
-    conn.run().instrument(span).await;
-    Metrics::gauge_add(&ctx.metrics.connections_current, -1);
+    // Boxed: the connection's future would otherwise hold it twice (the receiver of
+    // `run` and the local it is moved into), ~400 bytes more per connection.
+    Box::new(conn).run(permit).instrument(span)
 }
 
 struct Connection<S> {
@@ -163,11 +180,12 @@ struct Connection<S> {
     request_problem_info: bool,
     client_max_packet: Option<usize>,
     client_alias_max: u16,
-    inbound_aliases: HashMap<u16, Arc<str>>,
-    outbound_aliases: HashMap<Arc<str>, u16>,
+    /// MQTT 5 topic aliases, made at their first use: most clients use none, and
+    /// every field here is kept for the connection's whole life.
+    aliases: Option<Box<TopicAliases>>,
     /// Packet ids of QoS 1/2 PUBLISHes received and not yet fully acknowledged;
     /// its size is what the server's Receive Maximum limits.
-    unacked_incoming: HashSet<u16>,
+    unacked_incoming: SmallMap<u16, ()>,
     /// Events waiting, in arrival order, behind a bridged PUBLISH whose acknowledgement
     /// has not come: the router takes a connection's events in the order they arrived,
     /// while the client goes on sending. At `held_max` the connection stops reading.
@@ -185,7 +203,13 @@ struct Connection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
-    async fn run(&mut self) {
+    async fn run(mut self: Box<Self>, permit: OwnedSemaphorePermit) {
+        self.serve_all().await;
+        Metrics::gauge_add(&self.ctx.metrics.connections_current, -1);
+        drop(permit);
+    }
+
+    async fn serve_all(&mut self) {
         let connect_timeout = self.ctx.config.connect_timeout;
         // The handshake's states are boxed: they are needed once, and held inline they
         // would size the future every idle connection keeps for its lifetime.
@@ -805,7 +829,7 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                 let resent = publish.qos == QoS::ExactlyOnce
                     && publish
                         .packet_id
-                        .is_some_and(|id| self.unacked_incoming.contains(&id));
+                        .is_some_and(|id| self.unacked_incoming.contains_key(&id));
                 let event = self.inbound_publish(publish)?;
                 let Some(event) = self.publish_access(event) else {
                     return Ok(None);
@@ -933,12 +957,15 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                 ));
             }
             if publish.topic.is_empty() {
-                match self.inbound_aliases.get(&alias) {
+                match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                     Some(topic) => publish.topic = topic.clone(),
                     None => return Err(protocol_error("topic alias used before it was set")),
                 }
             } else {
-                self.inbound_aliases.insert(alias, publish.topic.clone());
+                self.aliases
+                    .get_or_insert_default()
+                    .inbound
+                    .insert(alias, publish.topic.clone());
             }
         }
         if publish.topic.is_empty() {
@@ -970,7 +997,7 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
         }
         if let Some(packet_id) = publish.packet_id {
             if publish.qos != QoS::AtMostOnce
-                && self.unacked_incoming.insert(packet_id)
+                && self.unacked_incoming.insert(packet_id, ()).is_none()
                 && self.unacked_incoming.len() > usize::from(cfg.receive_maximum)
             {
                 return Err(Ending::Server(
@@ -1172,11 +1199,12 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
         let mut topic = message.topic.clone();
         let mut new_alias = None;
         if v5 && self.client_alias_max > 0 {
-            if let Some(alias) = self.outbound_aliases.get(&topic) {
+            let outbound = &self.aliases.get_or_insert_default().outbound;
+            if let Some(alias) = outbound.get(&topic) {
                 properties.topic_alias = Some(*alias);
                 topic = Arc::from("");
-            } else if self.outbound_aliases.len() < usize::from(self.client_alias_max) {
-                let alias = self.outbound_aliases.len() as u16 + 1;
+            } else if outbound.len() < usize::from(self.client_alias_max) {
+                let alias = outbound.len() as u16 + 1;
                 properties.topic_alias = Some(alias);
                 new_alias = Some(alias);
             }
@@ -1217,7 +1245,10 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
             return Ok(());
         }
         if let Some(alias) = new_alias {
-            self.outbound_aliases.insert(message.topic.clone(), alias);
+            self.aliases
+                .get_or_insert_default()
+                .outbound
+                .insert(message.topic.clone(), alias);
         }
         self.ctx
             .metrics

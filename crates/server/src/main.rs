@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 mod access;
 mod admin;
+mod allocator;
 mod clients;
 mod config;
 mod connection;
@@ -22,12 +23,6 @@ mod rules;
 mod server;
 
 use config::{Config, Override};
-
-// sled allocates and frees a tree node copy on most writes, and every node applies every
-// replicated write: with glibc's malloc a third of the broker's CPU under replicated
-// QoS 1 load was the allocator (BENCHMARKS.md, "Profile").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -542,6 +537,8 @@ fn args_with_env_precedence(
 }
 
 fn main() -> ExitCode {
+    // Before anything sizeable is allocated: the options apply to what comes after.
+    allocator::give_back_freed_memory();
     let cli = Cli::parse_from(args_with_env_precedence(std::env::args_os(), |var| {
         std::env::var_os(var).is_some()
     }));

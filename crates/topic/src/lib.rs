@@ -6,6 +6,8 @@
 //! - [`SubscriptionTrie`] maps filters to subscribers and finds every
 //!   subscription a topic matches, at a cost that depends on the topic and the
 //!   matching filters, not on how many filters are stored.
+//! - [`SmallMap`] is the map the trie keeps per node, and the broker per session:
+//!   a `Vec` while it holds few entries, a hash map beyond.
 //!
 //! Matching follows MQTT 5.0 section 4.7 (identical to 3.1.1 section 4.7):
 //! levels are separated by `/` and may be empty, `+` matches exactly one level,
@@ -33,8 +35,10 @@
 mod error;
 mod filter;
 pub mod relation;
+pub mod small_map;
 mod trie;
 
 pub use error::TopicError;
 pub use filter::{validate_topic_name, TopicFilter, MAX_FILTER_LEVELS, MAX_TOPIC_LEN};
+pub use small_map::SmallMap;
 pub use trie::{Match, SubscriptionTrie};

@@ -1,8 +1,7 @@
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::str::Split;
 
-use crate::TopicFilter;
+use crate::{SmallMap, TopicFilter};
 
 /// One subscription entry a topic matched, as passed to
 /// [`SubscriptionTrie::for_each_match`].
@@ -39,7 +38,8 @@ impl<K, V> Copy for Match<'_, K, V> {}
 /// The subscriptions whose filter ends at one trie node.
 #[derive(Debug, Clone)]
 struct Subscribers<K, V> {
-    direct: HashMap<K, V>,
+    /// Most filters have one subscriber (a device's own topic): see [`SmallMap`].
+    direct: SmallMap<K, V>,
     /// Few groups share one filter in practice, so a Vec beats a map and keeps
     /// the visiting order stable.
     shared: Vec<SharedGroup<K, V>>,
@@ -59,7 +59,7 @@ struct SharedGroup<K, V> {
 impl<K: Eq + Hash, V> Subscribers<K, V> {
     fn new() -> Self {
         Subscribers {
-            direct: HashMap::new(),
+            direct: SmallMap::new(),
             shared: Vec::new(),
         }
     }
@@ -135,9 +135,10 @@ impl<K: Eq + Hash, V> Subscribers<K, V> {
 /// `#` through `hash`.
 #[derive(Debug, Clone)]
 struct Node<K, V> {
-    /// Keyed by level text. The default SipHash keeps hostile topic names from
+    /// Keyed by level text. Most nodes have a few children (a scan), some have
+    /// thousands (a device id level): then SipHash keeps hostile topic names from
     /// degrading lookups into collision chains.
-    children: HashMap<Box<str>, Node<K, V>>,
+    children: SmallMap<Box<str>, Node<K, V>>,
     plus: Option<Box<Node<K, V>>>,
     /// `#` is always the last level of a valid filter, so this node never has children.
     hash: Option<Box<Node<K, V>>>,
@@ -147,7 +148,7 @@ struct Node<K, V> {
 impl<K: Eq + Hash, V> Node<K, V> {
     fn new() -> Self {
         Node {
-            children: HashMap::new(),
+            children: SmallMap::new(),
             plus: None,
             hash: None,
             subscribers: Subscribers::new(),
@@ -241,12 +242,8 @@ impl<K: Eq + Hash, V> Node<K, V> {
                 let child = self.children.get_mut(literal)?;
                 let removed = child.remove(levels, group, key);
                 if child.is_empty() {
+                    // The map gives back capacity it no longer needs.
                     self.children.remove(literal);
-                    // A map that once held many children keeps its capacity;
-                    // give it back once most of it is unused.
-                    if self.children.capacity() > 8 * self.children.len().max(4) {
-                        self.children.shrink_to_fit();
-                    }
                 }
                 removed
             }
@@ -291,10 +288,7 @@ impl<K: Clone + Eq + Hash, V> SubscriptionTrie<K, V> {
             node = match level {
                 "+" => node.plus.get_or_insert_with(|| Box::new(Node::new())),
                 "#" => node.hash.get_or_insert_with(|| Box::new(Node::new())),
-                literal => node
-                    .children
-                    .entry(literal.into())
-                    .or_insert_with(Node::new),
+                literal => node.children.get_or_insert_with(literal.into(), Node::new),
             };
         }
         let previous = node.subscribers.insert(filter, key, value);

@@ -311,10 +311,7 @@ fn spawn_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
-    tokio::spawn(async move {
-        serve_connection(stream, info, ctx).await;
-        drop(permit);
-    });
+    tokio::spawn(serve_connection(stream, info, ctx, permit));
 }
 
 /// Counts and logs a connection closed before MQTT began.
