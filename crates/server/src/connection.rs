@@ -204,12 +204,13 @@ struct Connection<S> {
 
 impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
     async fn run(mut self: Box<Self>, permit: OwnedSemaphorePermit) {
-        self.serve_all().await;
+        self.serve_until_closed().await;
         Metrics::gauge_add(&self.ctx.metrics.connections_current, -1);
         drop(permit);
     }
 
-    async fn serve_all(&mut self) {
+    /// CONNECT, the session's traffic, then the close and its DISCONNECT.
+    async fn serve_until_closed(&mut self) {
         let connect_timeout = self.ctx.config.connect_timeout;
         // The handshake's states are boxed: they are needed once, and held inline they
         // would size the future every idle connection keeps for its lifetime.

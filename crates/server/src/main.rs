@@ -537,8 +537,8 @@ fn args_with_env_precedence(
 }
 
 fn main() -> ExitCode {
-    // Before anything sizeable is allocated: the options apply to what comes after.
-    allocator::give_back_freed_memory();
+    // Before the runtime starts: what it frees from then on is purged at once.
+    allocator::purge_freed_memory_at_once();
     let cli = Cli::parse_from(args_with_env_precedence(std::env::args_os(), |var| {
         std::env::var_os(var).is_some()
     }));

@@ -35,7 +35,7 @@ enum Repr<K, V> {
 
 impl<K, V> Default for SmallMap<K, V> {
     fn default() -> Self {
-        SmallMap(Repr::Few(Vec::new()))
+        Self::new()
     }
 }
 
@@ -46,6 +46,11 @@ impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for SmallMap<K, V> 
 }
 
 impl<K, V> SmallMap<K, V> {
+    /// An empty map; it allocates nothing until the first insert.
+    pub const fn new() -> Self {
+        SmallMap(Repr::Few(Vec::new()))
+    }
+
     pub fn len(&self) -> usize {
         match &self.0 {
             Repr::Few(pairs) => pairs.len(),
@@ -74,11 +79,6 @@ impl<K, V> SmallMap<K, V> {
 }
 
 impl<K: Eq + Hash, V> SmallMap<K, V> {
-    /// An empty map; it allocates nothing until the first insert.
-    pub const fn new() -> Self {
-        SmallMap(Repr::Few(Vec::new()))
-    }
-
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
