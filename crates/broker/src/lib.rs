@@ -33,3 +33,5 @@ pub use service::{
 mod router_cluster_tests;
 #[cfg(test)]
 mod router_tests;
+#[cfg(test)]
+mod service_tests;

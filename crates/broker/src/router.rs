@@ -4,7 +4,7 @@
 //! into its outputs, and the service decides when both happen (after the batch is
 //! durable, when there is one).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,19 +154,75 @@ pub enum Output {
     Done(oneshot::Sender<()>),
 }
 
+impl Output {
+    /// Where the output goes, as one number: outputs to the same destination keep
+    /// their order. Peer nodes are kept apart from connection ids.
+    pub fn destination(&self) -> u64 {
+        match self {
+            Output::Send(handle, _) => handle.id,
+            Output::Forward(node, _) => u64::MAX - node,
+            Output::Reply(conn, ..) => *conn,
+            // Below every node's (node ids are at most 1023): one queue of its own.
+            Output::Done(_) => u64::MAX - 2048,
+        }
+    }
+}
+
 /// Everything one pass of the router produced.
 #[derive(Debug, Default)]
 pub struct Round {
     pub batch: WriteBatch,
+    /// Outputs that go out once the round's writes are durable.
     pub outputs: Vec<Output>,
+    /// Outputs of events that wrote nothing, to destinations none of `outputs` goes
+    /// to: they need not wait for the writes of other events in the round (had each
+    /// event been a round of its own, they would not have), only behind earlier
+    /// rounds' outputs to the same destination. Without this a clean session's QoS 0
+    /// message routed in the same pass as a durable PUBLISH waits for that write:
+    /// on a node cut off from the majority, for as long as the partition lasts.
+    pub immediate: Vec<Output>,
     /// A SUBACK is among the outputs: they wait for every node to route to the
     /// subscription (`Visibility` in service.rs); other rounds pass straight through.
     pub subscribed: bool,
+    /// Destinations of `outputs[..held_indexed]`, indexed only once an event that
+    /// wrote nothing follows one that did.
+    held: HashSet<u64>,
+    held_indexed: usize,
 }
 
 impl Round {
     pub fn is_empty(&self) -> bool {
-        self.batch.is_empty() && self.outputs.is_empty()
+        self.batch.is_empty() && self.outputs.is_empty() && self.immediate.is_empty()
+    }
+
+    /// Sorts the outputs one event added after `outputs_before`: they wait for the
+    /// round's writes if the event wrote (or subscribed), or if an output that waits
+    /// goes to the same destination; the others go to `immediate`.
+    fn settle_event(&mut self, outputs_before: usize, batch_before: usize, subscribed: bool) {
+        if self.batch.len() > batch_before || self.subscribed != subscribed {
+            return;
+        }
+        if outputs_before == 0 {
+            if self.immediate.is_empty() {
+                std::mem::swap(&mut self.immediate, &mut self.outputs);
+            } else {
+                self.immediate.append(&mut self.outputs);
+            }
+            return;
+        }
+        for output in &self.outputs[self.held_indexed..outputs_before] {
+            self.held.insert(output.destination());
+        }
+        self.held_indexed = outputs_before;
+        let added = self.outputs.split_off(outputs_before);
+        for output in added {
+            if self.held.contains(&output.destination()) {
+                self.outputs.push(output);
+            } else {
+                self.immediate.push(output);
+            }
+        }
+        self.held_indexed = self.outputs.len();
     }
 }
 
@@ -1098,7 +1154,8 @@ impl Router {
 
     /// Outputs and writes produced so far in this round.
     pub fn round_len(&self) -> usize {
-        self.core.round.outputs.len() + self.core.round.batch.len()
+        let round = &self.core.round;
+        round.outputs.len() + round.immediate.len() + round.batch.len()
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -1151,6 +1208,16 @@ impl Router {
     }
 
     pub fn handle(&mut self, event: Event) {
+        let round = &self.core.round;
+        let (outputs_before, batch_before, subscribed) =
+            (round.outputs.len(), round.batch.len(), round.subscribed);
+        self.handle_event(event);
+        self.core
+            .round
+            .settle_event(outputs_before, batch_before, subscribed);
+    }
+
+    fn handle_event(&mut self, event: Event) {
         match event {
             Event::Connect {
                 conn,

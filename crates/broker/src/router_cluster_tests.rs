@@ -101,6 +101,7 @@ impl Cluster {
     /// Commits one round of node `origin`: its writes go to the store and, in order, to
     /// every router that is not lagging; then its outputs go out.
     fn commit(&mut self, origin: u64, round: Round) {
+        deliver(round.immediate, &self.metrics, &self.forwarded);
         // One op at a time, so that each is admitted against the ones before it (a
         // claim and the session it brings come in one batch).
         let mut ops = Vec::new();
@@ -289,13 +290,9 @@ impl Cluster {
             client.as_bytes(),
             persist::encode(&OwnerRecord { node, epoch }),
         );
-        self.commit(
-            node,
-            Round {
-                batch,
-                ..Round::default()
-            },
-        );
+        let mut round = Round::default();
+        round.batch = batch;
+        self.commit(node, round);
     }
 }
 

@@ -67,6 +67,7 @@ impl Harness {
     /// Applies events' writes to storage and their outputs to connections, as the service does.
     fn settle(&mut self) {
         let round = self.router.take_round();
+        deliver(round.immediate, &self.metrics, &crate::peer::NoForwarder);
         self.engine.write(round.batch).unwrap();
         deliver(round.outputs, &self.metrics, &crate::peer::NoForwarder);
     }
@@ -821,4 +822,83 @@ fn settings_are_stored_follow_other_nodes_and_survive_a_restart() {
     let after = h.router.settings();
     let after = after.borrow();
     assert_eq!(after.keys().collect::<Vec<_>>(), ["other"]);
+}
+
+/// One pass of the router may take a durable PUBLISH and a clean session's QoS 0
+/// message together: the latter must not wait for the former's write (on a node cut
+/// off from the majority that write waits for as long as the partition lasts), but
+/// whatever goes to a connection that already waits in the pass stays behind it.
+#[test]
+fn outputs_of_an_event_that_wrote_nothing_need_not_wait_for_the_pass_s_writes() {
+    let mut h = Harness::new(BrokerConfig::default());
+    let durable_sub = h.connect("durable-sub", ProtocolVersion::V5, false, 600);
+    h.subscribe(&durable_sub, "d/#", opts(QoS::AtLeastOnce), None);
+    let mut clean_sub = h.connect("clean-sub", ProtocolVersion::V5, true, 0);
+    h.subscribe(&clean_sub, "c/#", opts(QoS::AtLeastOnce), None);
+    let durable_pub = h.connect("durable-pub", ProtocolVersion::V5, true, 0);
+    let clean_pub = h.connect("clean-pub", ProtocolVersion::V5, true, 0);
+
+    // Three events in one pass, none settled in between.
+    h.router.handle(Event::Publish {
+        conn: durable_pub.conn,
+        publish: publish("d/x", "stored", QoS::AtLeastOnce, false, 7),
+    });
+    h.router.handle(Event::Publish {
+        conn: clean_pub.conn,
+        publish: publish("c/x", "q0", QoS::AtMostOnce, false, 0),
+    });
+    h.router.handle(Event::Publish {
+        conn: durable_pub.conn,
+        publish: publish("c/x", "q0 after the stored one", QoS::AtMostOnce, false, 0),
+    });
+    let round = h.router.take_round();
+    assert!(
+        !round.batch.is_empty(),
+        "the QoS 1 message for a persistent session is stored"
+    );
+    let to = |outputs: &[crate::router::Output]| -> Vec<u64> {
+        outputs.iter().map(|o| o.destination()).collect()
+    };
+    assert_eq!(
+        to(&round.immediate),
+        [clean_sub.conn, clean_sub.conn],
+        "both QoS 0 messages to the clean session need no write"
+    );
+    assert!(
+        to(&round.outputs).contains(&durable_pub.conn),
+        "the PUBACK waits for the write: {:?}",
+        to(&round.outputs)
+    );
+    assert!(!to(&round.immediate).contains(&durable_pub.conn));
+    deliver(round.immediate, &h.metrics, &crate::peer::NoForwarder);
+    assert_eq!(
+        payloads(&publishes(&mut clean_sub)),
+        ["q0", "q0 after the stored one"]
+    );
+
+    // A write-free event's output to a connection that already waits in the pass
+    // stays behind it; its other outputs need not.
+    h.router.handle(Event::Publish {
+        conn: durable_pub.conn,
+        publish: publish("d/y", "stored", QoS::AtLeastOnce, false, 8),
+    });
+    h.router.handle(Event::Publish {
+        conn: durable_pub.conn,
+        publish: publish("c/y", "not stored", QoS::AtLeastOnce, false, 9),
+    });
+    let round = h.router.take_round();
+    assert_eq!(to(&round.immediate), [clean_sub.conn]);
+    let acks: Vec<u16> = round
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            crate::router::Output::Send(handle, Outgoing::Ack { packet_id, .. })
+                if handle.id == durable_pub.conn =>
+            {
+                Some(*packet_id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, [8, 9], "PUBACKs in order, both behind the write");
 }

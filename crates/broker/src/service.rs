@@ -327,17 +327,6 @@ struct Gates {
     waiting: std::sync::Mutex<HashMap<u64, usize>>,
 }
 
-/// Where an output goes; peer nodes are kept apart from connection ids.
-fn destination(output: &Output) -> u64 {
-    match output {
-        Output::Send(handle, _) => handle.id,
-        Output::Forward(node, _) => u64::MAX - node,
-        Output::Reply(conn, ..) => *conn,
-        // Below every node's (node ids are at most 1023): one queue of its own.
-        Output::Done(_) => u64::MAX - 2048,
-    }
-}
-
 impl Gates {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
         self.waiting
@@ -350,12 +339,20 @@ impl Gates {
         let waiting = self.lock();
         outputs
             .iter()
-            .all(|o| !waiting.contains_key(&destination(o)))
+            .all(|o| !waiting.contains_key(&o.destination()))
+    }
+
+    /// Splits `outputs` into those whose destination has nothing waiting and the rest.
+    fn split(&self, outputs: Vec<Output>) -> (Vec<Output>, Vec<Output>) {
+        let waiting = self.lock();
+        outputs
+            .into_iter()
+            .partition(|o| !waiting.contains_key(&o.destination()))
     }
 
     fn hold(&self, outputs: &[Output]) {
         let mut waiting = self.lock();
-        for d in outputs.iter().map(destination) {
+        for d in outputs.iter().map(Output::destination) {
             *waiting.entry(d).or_insert(0) += 1;
         }
     }
@@ -384,17 +381,34 @@ struct RoundSink {
 }
 
 impl RoundSink {
-    /// Sends a round's outputs now if it writes nothing and none of its destinations
-    /// waits for an earlier round (see [`Gates`]), else queues it behind the writes. While the writer is full it
-    /// keeps taking in what the replicated store applies: the writer may be waiting
-    /// for exactly that (a Raft entry is committed once applied here), so stopping
-    /// would deadlock.
+    /// Sends a round's outputs now if they wait for no write of it (its `immediate`
+    /// ones; all of them if it writes nothing) and none of their destinations waits
+    /// for an earlier round (see [`Gates`]), else queues them behind the writes. While
+    /// the writer is full it keeps taking in what the replicated store applies: the
+    /// writer may be waiting for exactly that (a Raft entry is committed once applied
+    /// here), so stopping would deadlock.
     async fn finish(
         &mut self,
-        round: Round,
+        mut round: Round,
         router: &mut Router,
         applied: &mut Option<mpsc::Receiver<Applied>>,
     ) {
+        if !round.immediate.is_empty() {
+            let immediate = std::mem::take(&mut round.immediate);
+            let blocked = if self.gates.clear(&immediate) {
+                deliver(immediate, &self.metrics, self.forwarder.as_ref());
+                Vec::new()
+            } else {
+                let (now, blocked) = self.gates.split(immediate);
+                deliver(now, &self.metrics, self.forwarder.as_ref());
+                blocked
+            };
+            // Behind earlier rounds' outputs, and ahead of this round's, to the same
+            // destinations: where they were produced.
+            if !blocked.is_empty() {
+                round.outputs.splice(0..0, blocked);
+            }
+        }
         if round.is_empty() {
             return;
         }
@@ -411,7 +425,7 @@ impl RoundSink {
                         Err(mpsc::error::SendError(())) => {
                             error!("storage writer stopped; outputs dropped");
                             self.gates
-                                .release(round.outputs.iter().map(destination).collect());
+                                .release(round.outputs.iter().map(Output::destination).collect());
                         }
                     }
                     return;
@@ -524,7 +538,7 @@ struct Outlet {
 
 impl Outlet {
     fn send(&self, outputs: Vec<Output>) {
-        let destinations: Vec<u64> = outputs.iter().map(destination).collect();
+        let destinations: Vec<u64> = outputs.iter().map(Output::destination).collect();
         deliver(outputs, &self.metrics, self.forwarder.as_ref());
         self.gates.release(destinations);
     }
@@ -586,7 +600,7 @@ impl VisibilityFence {
             }
             for output in outputs {
                 let suback = is_suback(&output);
-                let destination = destination(&output);
+                let destination = output.destination();
                 if suback || held.contains_key(&destination) {
                     has_suback |= suback;
                     *held.entry(destination).or_insert(0) += 1;
@@ -615,7 +629,7 @@ impl VisibilityFence {
 
 fn release_held(held: &std::sync::Mutex<HashMap<u64, usize>>, outputs: &[Output]) {
     let mut held = lock_held(held);
-    for d in outputs.iter().map(destination) {
+    for d in outputs.iter().map(Output::destination) {
         if let Some(n) = held.get_mut(&d) {
             *n -= 1;
             if *n == 0 {
@@ -731,7 +745,7 @@ async fn run_committer(
                 // time out and resend, which is safe for QoS 1 and 2.
                 outlet
                     .gates
-                    .release(round.outputs.iter().map(destination).collect());
+                    .release(round.outputs.iter().map(Output::destination).collect());
                 continue;
             }
             match &fence {

@@ -1,0 +1,175 @@
+//! The broker core with its router, gates and committer running: what goes out when.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleetmq_codec::{ProtocolVersion, Publish, PublishProperties, QoS, SubscriptionOptions};
+use fleetmq_storage::{KvEngine, MemoryEngine, WriteBatch};
+use fleetmq_topic::TopicFilter;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::connection::{ConnectionEnd, ConnectionHandle, Next, Outgoing};
+use crate::metrics::Metrics;
+use crate::peer::NoForwarder;
+use crate::persist::Snapshot;
+use crate::router::{ConnectRequest, Event};
+use crate::service::{BrokerParts, BrokerService, CommitError, Committer, RoutingView};
+use crate::BrokerConfig;
+
+/// Writes to memory until told to stall, then never resolves: a node cut off from
+/// the majority, whose durable writes wait for as long as the partition lasts.
+struct StallingCommitter {
+    engine: Arc<MemoryEngine>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl Committer for StallingCommitter {
+    fn commit(
+        &mut self,
+        batch: WriteBatch,
+    ) -> impl Future<Output = Result<u64, CommitError>> + Send {
+        let stalled = self.stalled.load(Ordering::SeqCst);
+        let written = self.engine.write(batch);
+        async move {
+            if stalled {
+                std::future::pending::<()>().await;
+            }
+            written?;
+            Ok(0)
+        }
+    }
+}
+
+async fn next_item(end: &mut ConnectionEnd) -> Option<Outgoing> {
+    match tokio::time::timeout(Duration::from_secs(5), end.next()).await {
+        Ok(Next::Item(item)) => Some(item),
+        _ => None,
+    }
+}
+
+async fn connect(events: &mpsc::Sender<Event>, conn: u64, id: &str, clean: bool) -> ConnectionEnd {
+    let (handle, end) = ConnectionHandle::new(conn, 64);
+    let (reply, replied) = oneshot::channel();
+    events
+        .send(Event::Connect {
+            conn: handle,
+            request: ConnectRequest {
+                client_id: Arc::from(id),
+                protocol: ProtocolVersion::V5,
+                clean_start: clean,
+                session_expiry_interval: if clean { 0 } else { 600 },
+                receive_maximum: u16::MAX,
+                will: None,
+            },
+            reply,
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), replied)
+        .await
+        .expect("CONNACK decision")
+        .expect("router alive");
+    end
+}
+
+async fn subscribe(events: &mpsc::Sender<Event>, conn: u64, end: &mut ConnectionEnd, filter: &str) {
+    events
+        .send(Event::Subscribe {
+            conn,
+            packet_id: 1,
+            filters: vec![Ok((
+                TopicFilter::parse(filter).unwrap(),
+                SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..SubscriptionOptions::default()
+                },
+            ))],
+            subscription_id: None,
+        })
+        .await
+        .unwrap();
+    assert!(next_item(end).await.is_some(), "SUBACK");
+}
+
+fn publish(topic: &str, payload: &'static str, qos: QoS, packet_id: Option<u16>) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: Arc::from(topic),
+        packet_id,
+        properties: PublishProperties::default(),
+        payload: Bytes::from_static(payload.as_bytes()),
+    }
+}
+
+/// What CI once caught on a node cut off from its cluster: the router took a durable
+/// PUBLISH and a clean session's QoS 0 message in one pass, and the QoS 0 message
+/// waited behind a write that could not commit. Sent before the router runs (one
+/// thread), the events are surely taken in one pass.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_that_cannot_commit_holds_back_only_what_depends_on_it() {
+    let engine = Arc::new(MemoryEngine::new());
+    let stalled = Arc::new(AtomicBool::new(false));
+    let service = BrokerService::start(BrokerParts {
+        config: BrokerConfig::default(),
+        snapshot: Snapshot::default(),
+        engine: engine.clone(),
+        committer: StallingCommitter {
+            engine: engine.clone(),
+            stalled: stalled.clone(),
+        },
+        forwarder: Arc::new(NoForwarder),
+        metrics: Arc::new(Metrics::default()),
+        event_capacity: 64,
+        applied: None,
+        sweeps: Arc::new(|| false),
+        view: RoutingView::default(),
+        visibility: None,
+    });
+    let events = service.events();
+    let mut durable_sub = connect(&events, 1, "durable-sub", false).await;
+    subscribe(&events, 1, &mut durable_sub, "d/#").await;
+    let mut clean_sub = connect(&events, 2, "clean-sub", true).await;
+    subscribe(&events, 2, &mut clean_sub, "c/#").await;
+    let mut durable_pub = connect(&events, 3, "durable-pub", true).await;
+    let mut clean_pub = connect(&events, 4, "clean-pub", true).await;
+
+    stalled.store(true, Ordering::SeqCst);
+    for (conn, publish) in [
+        (3, publish("d/x", "stored", QoS::AtLeastOnce, Some(7))),
+        (4, publish("c/x", "q0", QoS::AtMostOnce, None)),
+        (4, publish("c/x", "q1", QoS::AtLeastOnce, Some(1))),
+    ] {
+        events.try_send(Event::Publish { conn, publish }).unwrap();
+    }
+
+    for want in ["q0", "q1"] {
+        match next_item(&mut clean_sub).await {
+            Some(Outgoing::Publish(p)) => assert_eq!(p.message.payload, want),
+            other => panic!("expected {want} on the clean session, got {other:?}"),
+        }
+    }
+    assert!(
+        matches!(
+            next_item(&mut clean_pub).await,
+            Some(Outgoing::Ack { packet_id: 1, .. })
+        ),
+        "the clean publisher's QoS 1 needs no write: acknowledged"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), durable_pub.next())
+            .await
+            .is_err(),
+        "a PUBLISH for a persistent session is not acknowledged before it is stored"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), durable_sub.next())
+            .await
+            .is_err(),
+        "nor delivered"
+    );
+}
