@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use fleetmq_tests::broker::free_port;
+use fleetmq_tests::v4::V4Client;
 use fleetmq_tests::{broker_binary, BrokerOptions, BrokerProcess};
+use rumqttc::QoS;
 
 fn ctl(args: &[&str]) -> std::process::Output {
     Command::new(broker_binary())
@@ -142,29 +144,32 @@ fn members_changes_that_cannot_be_made_fail_with_the_reason() {
     assert_eq!(roles(&list), vec![(1, "leader".to_owned())]);
 }
 
-#[test]
-fn members_add_and_remove_a_second_node_through_either_node() {
-    let first = BrokerProcess::start_default();
-    let first_grpc = first.grpc_addr.to_string();
-    let first_admin = first.admin_addr.to_string();
-    // A node that knows the cluster but is not in it yet: it is not the lowest id, so
-    // it waits to be added instead of starting a group of its own.
+/// Node 2, launched to join `first`: it knows the cluster but is not in it yet; not
+/// the lowest id, it waits to be added instead of starting a group of its own.
+fn launch_second(first: &BrokerProcess) -> BrokerProcess {
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let second_grpc_addr = loopback(free_port());
-    let second_grpc = second_grpc_addr.to_string();
-    let second_admin_addr = loopback(free_port());
-    let second_admin = second_admin_addr.to_string();
-    let mut second = BrokerProcess::launch(
+    let grpc = loopback(free_port());
+    let second = BrokerProcess::launch(
         BrokerOptions::new()
             .node_id(2)
             .args([
                 "--peers".to_owned(),
-                format!("1={first_grpc},2={second_grpc}"),
+                format!("1={},2={grpc}", first.grpc_addr),
             ])
-            .addrs(loopback(free_port()), second_admin_addr, second_grpc_addr),
+            .addrs(loopback(free_port()), loopback(free_port()), grpc),
     )
     .expect("launch node 2");
-    assert_eq!(second.grpc_addr.to_string(), second_grpc);
+    assert_eq!(second.grpc_addr, grpc);
+    second
+}
+
+#[test]
+fn members_add_and_remove_a_second_node_through_either_node() {
+    let first = BrokerProcess::start_default();
+    let first_admin = first.admin_addr.to_string();
+    let mut second = launch_second(&first);
+    let second_grpc = second.grpc_addr.to_string();
+    let second_admin = second.admin_addr.to_string();
 
     // The leader waits until node 2 has caught up, however long node 2 takes to start.
     let added = must_ctl_json(&["members", "add", "2", &second_grpc, "--admin", &first_admin]);
@@ -200,4 +205,53 @@ fn members_add_and_remove_a_second_node_through_either_node() {
     assert!(text.contains("node 2 removed"), "{text}");
     let list = must_ctl_json(&["members", "list", "--admin", &first_admin]);
     assert_eq!(roles(&list), vec![(1, "leader".to_owned())]);
+}
+
+/// A node alone keeps its clean sessions in memory only (no other node routes to
+/// them); the moment a second one joins it stores them, so the newcomer routes to
+/// subscriptions made before it came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_routes_to_clean_sessions_subscribed_before_it_came() {
+    let first = BrokerProcess::start_default();
+    let mut sub = V4Client::must_connect(&first, "t10-before-join-sub").await;
+    sub.must_subscribe("t10/before-join/#", QoS::AtLeastOnce)
+        .await;
+
+    let mut second = launch_second(&first);
+    let second_grpc = second.grpc_addr.to_string();
+    let first_admin = first.admin_addr.to_string();
+    let added = tokio::task::spawn_blocking(move || {
+        must_ctl_json(&["members", "add", "2", &second_grpc, "--admin", &first_admin])
+    })
+    .await
+    .expect("ctl");
+    assert_eq!(
+        roles(&added),
+        vec![(1, "leader".to_owned()), (2, "voter".to_owned())]
+    );
+    second
+        .wait_listening(fleetmq_tests::WAIT)
+        .expect("node 2 listens after joining");
+
+    let mut publisher = V4Client::must_connect(&second, "t10-before-join-pub").await;
+    publisher
+        .must_publish(
+            "t10/before-join/x",
+            QoS::AtLeastOnce,
+            false,
+            "published on the newcomer",
+        )
+        .await;
+    let got = sub.recv_publish(fleetmq_tests::WAIT).await;
+    assert_eq!(
+        got.map(|p| String::from_utf8_lossy(&p.payload).into_owned()),
+        Some("published on the newcomer".to_owned()),
+        "the subscription made while node 1 was alone reaches node 2's router"
+    );
+    assert!(
+        sub.recv_publish(std::time::Duration::from_millis(500))
+            .await
+            .is_none(),
+        "delivered once"
+    );
 }

@@ -51,6 +51,8 @@ struct Run {
     round: usize,
     /// The machine's 1-minute load average when the run started.
     load1_at_start: f64,
+    /// TCP sockets in TIME_WAIT when the run started (see [`TIME_WAIT_LIMIT`]).
+    time_wait_at_start: Option<u64>,
     connections: usize,
     connected: usize,
     failed: usize,
@@ -64,6 +66,12 @@ struct Run {
     rss_per_connection: f64,
     first_error: Option<String>,
 }
+
+/// A run starts once at most this many TCP sockets are in TIME_WAIT (the previous
+/// runs' connections; see [`sysinfo::wait_for_time_wait`]), waiting up to
+/// [`TIME_WAIT_WAIT`]: a little over Linux's 60 s TIME_WAIT.
+const TIME_WAIT_LIMIT: u64 = 2_000;
+const TIME_WAIT_WAIT: Duration = Duration::from_secs(75);
 
 pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
     let kinds = args.lineup.kinds()?;
@@ -84,17 +92,21 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
     let mut problems = Vec::new();
     for round in 1..=args.lineup.runs {
         for kind in &kinds {
+            let time_wait = sysinfo::wait_for_time_wait(TIME_WAIT_LIMIT, TIME_WAIT_WAIT).await;
             let gate = sysinfo::wait_for_load(common.max_load, common.load_wait).await;
             note(&format!(
-                "round {round}: {} with {} connections at {}/s (load {:.2})",
+                "round {round}: {} with {} connections at {}/s (load {:.2}, {} sockets in \
+                 TIME_WAIT)",
                 kind.name(),
                 args.connections,
                 args.rate,
-                gate.load1_at_start
+                gate.load1_at_start,
+                time_wait.map_or("?".to_string(), |n| n.to_string())
             ));
             match one_run(*kind, round, args, &bins, common).await {
                 Ok(mut r) => {
                     r.load1_at_start = gate.load1_at_start;
+                    r.time_wait_at_start = time_wait;
                     note(&format!(
                         "  {:.0} conn/s, {:.0} B RSS per connection, {:.2} CPU-s, {} failed",
                         r.achieved_rate, r.rss_per_connection, r.cpu_s, r.failed
@@ -191,6 +203,7 @@ async fn one_run(
         broker: kind.name(),
         round,
         load1_at_start: f64::NAN,
+        time_wait_at_start: None,
         connections: args.connections,
         connected,
         failed: failures,

@@ -122,6 +122,9 @@ pub enum Applied {
     /// Everything up to and including this Raft log index has been sent: what the
     /// entries wrote is in the router's view once it takes this.
     Through(u64),
+    /// How many nodes (voters and learners) the group has now: sent when the feed
+    /// starts and with every membership change.
+    Members(usize),
 }
 
 /// A validated CONNECT.
@@ -248,6 +251,11 @@ struct Core {
     metrics: Arc<Metrics>,
     round: Round,
     ids: IdGen,
+    /// This node is the only member of its group: no other node routes to its
+    /// sessions, so a clean session without a will is not stored (see
+    /// [`Session::stored`]). Set by [`Applied::Members`]; a node without Raft is never
+    /// told, and stores every session.
+    alone: bool,
 }
 
 /// What this node knows of a session another node holds: enough to route to it.
@@ -405,6 +413,7 @@ impl Router {
                 metrics,
                 round: Round::default(),
                 ids: IdGen::new(node_id),
+                alone: false,
             },
             node_id,
             sessions: HashMap::new(),
@@ -555,6 +564,7 @@ impl Router {
         let now = now_ms();
         let instant_now = Instant::now();
         let mut session = Session::new(client.clone(), record.protocol(), record.expiry_interval);
+        session.stored = true;
         for sub in &record.subscriptions {
             match TopicFilter::parse(&sub.filter) {
                 Ok(filter) => {
@@ -722,6 +732,39 @@ impl Router {
             Applied::Loaded { client, state } => self.loaded(client, *state),
             Applied::Reset(snapshot) => self.reset(*snapshot),
             Applied::Through(index) => self.applied_through = self.applied_through.max(index),
+            Applied::Members(count) => self.set_members(count),
+        }
+    }
+
+    /// Sessions stop being stored when the node is left alone, and those that were not
+    /// are stored the moment a second node joins: before the newcomer routes (it
+    /// applies the log up to here, and this entry follows at once), so it learns
+    /// of every subscription here.
+    fn set_members(&mut self, count: usize) {
+        let alone = count <= 1;
+        if alone == self.core.alone {
+            return;
+        }
+        self.core.alone = alone;
+        if alone {
+            return;
+        }
+        let unstored: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.stored)
+            .map(|(client, _)| client.clone())
+            .collect();
+        info!(
+            members = count,
+            sessions = unstored.len(),
+            "another node joined: storing the sessions kept only in memory"
+        );
+        for client in unstored {
+            self.claim(&client);
+            if let Some(session) = self.sessions.get_mut(&client) {
+                self.core.persist_session(session);
+            }
         }
     }
 
@@ -952,7 +995,7 @@ impl Router {
                     }
                 }
             }
-        } else if let Some(session) = self.sessions.get(&client) {
+        } else if let Some(session) = self.sessions.get_mut(&client) {
             // Adopted from a dead node: it is this node's now, offline until its
             // client comes back; rewrite it so the record says it is disconnected.
             self.core.persist_session(session);
@@ -1502,8 +1545,14 @@ impl Router {
         if let Some(will) = old_will {
             self.publish_will(&client, &will);
         }
-        if self.owners.get(&client).map(|o| o.node) != Some(self.node_id)
-            || !self.sessions.contains_key(&client)
+        // As `Core::stores` will find once the session has this connection's settings.
+        let stored = self.sessions.get(&client).is_some_and(|s| s.stored)
+            || !self.core.alone
+            || request.session_expiry_interval > 0
+            || request.will.is_some();
+        if stored
+            && (self.owners.get(&client).map(|o| o.node) != Some(self.node_id)
+                || !self.sessions.contains_key(&client))
         {
             self.claim(&client);
         }
@@ -1638,8 +1687,10 @@ impl Router {
             return;
         };
         self.unroute(client, &session);
-        self.core.forget_stored_state(&mut session);
-        self.core.round.batch.delete(OWNERS, client.as_bytes());
+        if session.stored {
+            self.core.forget_stored_state(&mut session);
+            self.core.round.batch.delete(OWNERS, client.as_bytes());
+        }
     }
 
     /// Takes a session of this node that was removed from memory out of the trie.
@@ -2074,13 +2125,22 @@ impl Core {
         self.round.outputs.push(Output::Send(handle.clone(), item));
     }
 
-    fn persist_session(&mut self, session: &Session) {
+    fn persist_session(&mut self, session: &mut Session) {
+        if !self.stores(session) {
+            return;
+        }
+        session.stored = true;
         let record = session_record(session);
         self.round.batch.put(
             SESSIONS,
             session.client_id.as_bytes(),
             persist::encode(&record),
         );
+    }
+
+    /// Whether the session's records belong in the store (see [`Session::stored`]).
+    fn stores(&self, session: &Session) -> bool {
+        session.stored || !self.alone || session.is_persistent() || session.will.is_some()
     }
 
     /// Deletes what storage holds for a session that no longer persists.

@@ -902,3 +902,71 @@ fn outputs_of_an_event_that_wrote_nothing_need_not_wait_for_the_pass_s_writes() 
         .collect();
     assert_eq!(acks, [8, 9], "PUBACKs in order, both behind the write");
 }
+
+/// Which clients the store holds, by registry and by session record.
+fn stored_clients(h: &Harness) -> (Vec<String>, Vec<String>) {
+    let snap = persist::load(&h.engine).unwrap();
+    let mut owners: Vec<String> = snap.owners.into_iter().map(|(c, _)| c).collect();
+    let mut sessions: Vec<String> = snap.sessions.into_iter().map(|(c, _)| c).collect();
+    owners.sort();
+    sessions.sort();
+    (owners, sessions)
+}
+
+#[test]
+fn a_node_alone_stores_no_clean_session_until_a_second_node_joins() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.router.handle_applied(crate::router::Applied::Members(1));
+    let clean = h.connect("clean", ProtocolVersion::V3_1_1, true, 0);
+    h.subscribe(&clean, "t/#", opts(QoS::AtLeastOnce), None);
+    let _with_will = h.connect_with(
+        "with-will",
+        ProtocolVersion::V5,
+        true,
+        0,
+        u16::MAX,
+        Some(will("w/gone", None)),
+    );
+    let persistent = h.connect("persistent", ProtocolVersion::V5, false, 600);
+    h.subscribe(&persistent, "p/#", opts(QoS::AtLeastOnce), None);
+    let names = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    let expected = names(&["persistent", "with-will"]);
+    assert_eq!(
+        stored_clients(&h),
+        (expected.clone(), expected),
+        "alone, a clean session without a will needs no record: nobody else routes to it"
+    );
+
+    // A clean session that ends while unstored writes nothing either.
+    let brief = h.connect("brief", ProtocolVersion::V3_1_1, true, 0);
+    h.router.handle(Event::Disconnect {
+        conn: brief.conn,
+        publish_will: false,
+        session_expiry_interval: None,
+    });
+    assert!(h.router.take_round().batch.is_empty());
+
+    // A second node joins: what it must route to is stored at once, subscription too.
+    h.router.handle_applied(crate::router::Applied::Members(2));
+    h.settle();
+    let expected = names(&["clean", "persistent", "with-will"]);
+    assert_eq!(stored_clients(&h), (expected.clone(), expected));
+    let snap = persist::load(&h.engine).unwrap();
+    let (_, record) = snap.sessions.iter().find(|(c, _)| c == "clean").unwrap();
+    let filters: Vec<&str> = record.subscriptions.iter().map(|s| &*s.filter).collect();
+    assert_eq!(filters, ["t/#"]);
+
+    // From now on every session is stored, and ends as before.
+    let _later = h.connect("later", ProtocolVersion::V3_1_1, true, 0);
+    assert!(stored_clients(&h).0.contains(&"later".to_string()));
+    h.disconnect(clean, false);
+    assert!(!stored_clients(&h).0.contains(&"clean".to_string()));
+
+    // Left alone again: sessions stored meanwhile stay stored until they end, new
+    // clean ones are not.
+    h.router.handle_applied(crate::router::Applied::Members(1));
+    let _alone_again = h.connect("alone-again", ProtocolVersion::V3_1_1, true, 0);
+    let (owners, _) = stored_clients(&h);
+    assert!(owners.contains(&"later".to_string()));
+    assert!(!owners.contains(&"alone-again".to_string()));
+}

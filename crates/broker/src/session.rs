@@ -88,6 +88,11 @@ pub struct Session {
     pub inflight_window: u16,
     pub queue: VecDeque<Delivery>,
     next_packet_id: u16,
+    /// Its registry and session records are in the store (until the session ends).
+    /// In a cluster every session's are: other nodes route to it from them, and
+    /// publish a dead node's wills from them. A node alone stores only sessions that
+    /// outlive their connection or carry a will, until a second node joins.
+    pub stored: bool,
     /// Packet ids of QoS 2 PUBLISHes received and not yet released by PUBREL.
     /// A `BTreeSet`, like `held_before_pickup`: empty in nearly every session, and an
     /// empty one takes half the room of a `HashSet`.
@@ -113,6 +118,7 @@ impl Session {
             inflight_window: 1,
             queue: VecDeque::new(),
             next_packet_id: 1,
+            stored: false,
             incoming_qos2: BTreeSet::new(),
             disconnected_at_ms: None,
             held_before_pickup: BTreeSet::new(),

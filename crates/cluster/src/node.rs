@@ -403,6 +403,19 @@ impl RaftNode {
         tx.send(Applied::Through(through))
             .await
             .map_err(|_| NodeError::Load("the broker's feed closed".into()))?;
+        // The membership as of now (the log is applied): later changes come with their
+        // entries.
+        let members = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .count();
+        tx.send(Applied::Members(members))
+            .await
+            .map_err(|_| NodeError::Load("the broker's feed closed".into()))?;
         *slot = Some(ApplyFeed {
             node_id: self.node_id,
             tx,

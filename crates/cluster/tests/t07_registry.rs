@@ -231,6 +231,7 @@ async fn the_feed_gets_each_entry_then_the_sessions_that_became_this_nodes() {
             }
             Applied::Reset(_) => panic!("no snapshot is installed here"),
             Applied::Through(index) => through.push(index),
+            Applied::Members(_) => panic!("no membership entry is applied here"),
         }
     }
     assert_eq!(entries, 4);

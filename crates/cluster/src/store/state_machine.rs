@@ -435,6 +435,9 @@ impl StateMachineStore {
                     responses.push(response);
                 }
                 EntryPayload::Membership(membership) => {
+                    if feed_node.is_some() {
+                        feed.push(Applied::Members(membership.nodes().count()));
+                    }
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                     responses.push(ClusterResponse::default());
                 }
