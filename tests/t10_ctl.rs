@@ -254,4 +254,19 @@ async fn a_node_that_joins_routes_to_clean_sessions_subscribed_before_it_came() 
             .is_none(),
         "delivered once"
     );
+
+    // And the other way: the newcomer stores its clean sessions, node 1 routes to them.
+    let mut newcomer_sub = V4Client::must_connect(&second, "t10-after-join-sub").await;
+    newcomer_sub
+        .must_subscribe("t10/after-join/#", QoS::AtLeastOnce)
+        .await;
+    let mut first_pub = V4Client::must_connect(&first, "t10-after-join-pub").await;
+    first_pub
+        .must_publish("t10/after-join/x", QoS::AtLeastOnce, false, "from node 1")
+        .await;
+    let got = newcomer_sub.recv_publish(fleetmq_tests::WAIT).await;
+    assert_eq!(
+        got.map(|p| String::from_utf8_lossy(&p.payload).into_owned()),
+        Some("from node 1".to_owned())
+    );
 }
