@@ -8,6 +8,11 @@
 //! hardly does. The memory freed after a connection storm (handshake buffers, Raft
 //! entries) stayed resident: about 1.3 KB per idle connection (BENCHMARKS.md, "What
 //! each memory change bought").
+//!
+//! Purging at once does not go with transparent huge pages, which mimalloc asks for on
+//! its arenas: a purge breaks up a 2 MiB page, and the next allocation there faults in
+//! a fresh one and zeroes all of it. In a connection storm that zeroing was 13% of the
+//! broker's CPU (BENCHMARKS.md, the connection storm), so the process turns them off.
 
 use libmimalloc_sys::{mi_option_set, mi_option_t};
 
@@ -19,8 +24,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const PURGE_DELAY: mi_option_t = 15;
 
 /// Purge freed pages at once, so that what a broker frees after a burst returns to
-/// the system instead of staying in its RSS. `MIMALLOC_PURGE_DELAY` in the environment
-/// still wins. Options that shape the first arena (its eager commit) cannot be set
+/// the system instead of staying in its RSS, and use no transparent huge pages (see
+/// above). `MIMALLOC_PURGE_DELAY` and `MIMALLOC_ALLOW_THP` in the environment still
+/// win. Options that shape the first arena (its eager commit) cannot be set
 /// here: mimalloc reserves it before `main` runs, so only the environment reaches them.
 // The workspace denies unsafe code; this is an FFI call that passes two integers.
 #[allow(unsafe_code)]
@@ -28,5 +34,18 @@ pub fn purge_freed_memory_at_once() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a plain integer option; mimalloc reads options atomically.
         unsafe { mi_option_set(PURGE_DELAY, 0) };
+    }
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // mimalloc reserved its first arena (huge pages advised) before `main`: only the
+        // process-wide switch reaches it, and it applies to mappings that exist.
+        // SAFETY: prctl with integer arguments; it changes a flag of this process only.
+        let refused = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0;
+        if refused {
+            // Not fatal: the broker runs as before, at some CPU cost in storms.
+            eprintln!(
+                "fleetmq: could not turn off transparent huge pages: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
