@@ -192,6 +192,9 @@ pub struct MqttConfig {
     pub sys_interval: u64,
     pub connect_timeout: u64,
     pub max_connections: usize,
+    /// Connections each listener's kernel queue holds before they are accepted (the
+    /// kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// New connections a second each listener takes (its own `max_connect_rate`
     /// overrides); 0: no limit.
     pub max_connect_rate: u32,
@@ -262,6 +265,7 @@ impl Default for MqttConfig {
             sys_interval: 10,
             connect_timeout: 10,
             max_connections: 100_000,
+            listen_backlog: 4096,
             max_connect_rate: 0,
             max_publish_rate: 0,
             max_publish_bytes_rate: 0,
@@ -314,6 +318,7 @@ pub struct ValidConfig {
     pub storage: StorageEngineKind,
     pub connect_timeout: Duration,
     pub max_connections: usize,
+    pub listen_backlog: u32,
     pub max_publish_rate: u32,
     pub max_publish_bytes_rate: u64,
     pub broker: BrokerConfig,
@@ -448,6 +453,9 @@ impl Config {
         if m.connect_timeout == 0 {
             return Err(invalid("mqtt.connect_timeout", "must be 1 second or more"));
         }
+        if m.listen_backlog == 0 {
+            return Err(invalid("mqtt.listen_backlog", "must be 1 or more"));
+        }
         if m.max_connections == 0 {
             return Err(invalid("mqtt.max_connections", "must be 1 or more"));
         }
@@ -513,6 +521,7 @@ impl Config {
             storage,
             connect_timeout: Duration::from_secs(m.connect_timeout),
             max_connections: m.max_connections,
+            listen_backlog: m.listen_backlog,
             max_publish_rate: m.max_publish_rate,
             max_publish_bytes_rate: m.max_publish_bytes_rate,
             broker: BrokerConfig {
@@ -883,6 +892,11 @@ mod tests {
         c.mqtt.listen = "localhost".into();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("mqtt.listen"), "{err}");
+
+        let mut c = Config::default();
+        c.mqtt.listen_backlog = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("mqtt.listen_backlog"), "{err}");
 
         let c = Config {
             version: 2,

@@ -125,7 +125,7 @@ pub async fn run(
 
     let mut mqtt = Vec::with_capacity(config.listeners.len());
     for (i, spec) in config.listeners.iter().enumerate() {
-        let listener = TcpListener::bind(spec.listen).await.with_context(|| {
+        let listener = listen(spec.listen, config.listen_backlog).with_context(|| {
             // The first is mqtt.listen when that is set; the rest are [[listeners]].
             let key = if &*spec.name == "mqtt" && i == 0 {
                 "mqtt.listen".to_string()
@@ -374,4 +374,19 @@ fn start_bridge(
         "kafka bridge started"
     );
     Ok((egress, ingress, metrics))
+}
+
+/// A listening socket with room for `backlog` connections not yet accepted (the
+/// kernel caps it at `net.core.somaxconn`). In a reconnect storm the accept loop falls
+/// behind; a connection the queue has no room for loses its SYN, and the client sends
+/// it again only after a second.
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's and tokio's `bind` do: a restarted broker rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
