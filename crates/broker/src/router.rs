@@ -1546,10 +1546,11 @@ impl Router {
             self.publish_will(&client, &will);
         }
         // As `Core::stores` will find once the session has this connection's settings.
-        let stored = self.sessions.get(&client).is_some_and(|s| s.stored)
-            || !self.core.alone
-            || request.session_expiry_interval > 0
-            || request.will.is_some();
+        let stored = self.core.would_store(
+            self.sessions.get(&client).is_some_and(|s| s.stored),
+            request.session_expiry_interval,
+            request.will.is_some(),
+        );
         if stored
             && (self.owners.get(&client).map(|o| o.node) != Some(self.node_id)
                 || !self.sessions.contains_key(&client))
@@ -2140,7 +2141,17 @@ impl Core {
 
     /// Whether the session's records belong in the store (see [`Session::stored`]).
     fn stores(&self, session: &Session) -> bool {
-        session.stored || !self.alone || session.is_persistent() || session.will.is_some()
+        self.would_store(
+            session.stored,
+            session.expiry_interval,
+            session.will.is_some(),
+        )
+    }
+
+    /// The same for a session with these settings: whether it is stored already, its
+    /// expiry interval (above 0: it outlives its connection), whether it has a will.
+    fn would_store(&self, stored: bool, expiry_interval: u32, has_will: bool) -> bool {
+        stored || !self.alone || expiry_interval > 0 || has_will
     }
 
     /// Deletes what storage holds for a session that no longer persists.

@@ -135,11 +135,16 @@ impl Harness {
     }
 
     fn send_publish(&mut self, c: &Client, publish: Publish) {
+        self.queue_publish(c, publish);
+        self.settle();
+    }
+
+    /// Hands the router a PUBLISH without settling: several make one pass.
+    fn queue_publish(&mut self, c: &Client, publish: Publish) {
         self.router.handle(Event::Publish {
             conn: c.conn,
             publish,
         });
-        self.settle();
     }
 
     fn disconnect(&mut self, c: Client, publish_will: bool) {
@@ -160,7 +165,7 @@ impl Harness {
     }
 }
 
-fn publish(topic: &str, payload: &str, qos: QoS, retain: bool, pid: u16) -> Publish {
+pub(crate) fn publish(topic: &str, payload: &str, qos: QoS, retain: bool, pid: u16) -> Publish {
     Publish {
         dup: false,
         qos,
@@ -172,7 +177,7 @@ fn publish(topic: &str, payload: &str, qos: QoS, retain: bool, pid: u16) -> Publ
     }
 }
 
-fn opts(qos: QoS) -> SubscriptionOptions {
+pub(crate) fn opts(qos: QoS) -> SubscriptionOptions {
     SubscriptionOptions {
         qos,
         ..SubscriptionOptions::default()
@@ -839,18 +844,15 @@ fn outputs_of_an_event_that_wrote_nothing_need_not_wait_for_the_pass_s_writes() 
     let clean_pub = h.connect("clean-pub", ProtocolVersion::V5, true, 0);
 
     // Three events in one pass, none settled in between.
-    h.router.handle(Event::Publish {
-        conn: durable_pub.conn,
-        publish: publish("d/x", "stored", QoS::AtLeastOnce, false, 7),
-    });
-    h.router.handle(Event::Publish {
-        conn: clean_pub.conn,
-        publish: publish("c/x", "q0", QoS::AtMostOnce, false, 0),
-    });
-    h.router.handle(Event::Publish {
-        conn: durable_pub.conn,
-        publish: publish("c/x", "q0 after the stored one", QoS::AtMostOnce, false, 0),
-    });
+    h.queue_publish(
+        &durable_pub,
+        publish("d/x", "stored", QoS::AtLeastOnce, false, 7),
+    );
+    h.queue_publish(&clean_pub, publish("c/x", "q0", QoS::AtMostOnce, false, 0));
+    h.queue_publish(
+        &durable_pub,
+        publish("c/x", "q0 after the stored one", QoS::AtMostOnce, false, 0),
+    );
     let round = h.router.take_round();
     assert!(
         !round.batch.is_empty(),
@@ -878,14 +880,14 @@ fn outputs_of_an_event_that_wrote_nothing_need_not_wait_for_the_pass_s_writes() 
 
     // A write-free event's output to a connection that already waits in the pass
     // stays behind it; its other outputs need not.
-    h.router.handle(Event::Publish {
-        conn: durable_pub.conn,
-        publish: publish("d/y", "stored", QoS::AtLeastOnce, false, 8),
-    });
-    h.router.handle(Event::Publish {
-        conn: durable_pub.conn,
-        publish: publish("c/y", "not stored", QoS::AtLeastOnce, false, 9),
-    });
+    h.queue_publish(
+        &durable_pub,
+        publish("d/y", "stored", QoS::AtLeastOnce, false, 8),
+    );
+    h.queue_publish(
+        &durable_pub,
+        publish("c/y", "not stored", QoS::AtLeastOnce, false, 9),
+    );
     let round = h.router.take_round();
     assert_eq!(to(&round.immediate), [clean_sub.conn]);
     let acks: Vec<u16> = round

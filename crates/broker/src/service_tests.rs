@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use fleetmq_codec::{ProtocolVersion, Publish, PublishProperties, QoS, SubscriptionOptions};
+use fleetmq_codec::{ProtocolVersion, QoS};
 use fleetmq_storage::{KvEngine, MemoryEngine, WriteBatch};
 use fleetmq_topic::TopicFilter;
 use tokio::sync::{mpsc, oneshot};
@@ -16,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::peer::NoForwarder;
 use crate::persist::Snapshot;
 use crate::router::{ConnectRequest, Event};
+use crate::router_tests::{opts, publish};
 use crate::service::{BrokerParts, BrokerService, CommitError, Committer, RoutingView};
 use crate::BrokerConfig;
 
@@ -82,28 +82,13 @@ async fn subscribe(events: &mpsc::Sender<Event>, conn: u64, end: &mut Connection
             packet_id: 1,
             filters: vec![Ok((
                 TopicFilter::parse(filter).unwrap(),
-                SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..SubscriptionOptions::default()
-                },
+                opts(QoS::AtLeastOnce),
             ))],
             subscription_id: None,
         })
         .await
         .unwrap();
     assert!(next_item(end).await.is_some(), "SUBACK");
-}
-
-fn publish(topic: &str, payload: &'static str, qos: QoS, packet_id: Option<u16>) -> Publish {
-    Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: Arc::from(topic),
-        packet_id,
-        properties: PublishProperties::default(),
-        payload: Bytes::from_static(payload.as_bytes()),
-    }
 }
 
 /// What CI once caught on a node cut off from its cluster: the router took a durable
@@ -140,9 +125,9 @@ async fn a_write_that_cannot_commit_holds_back_only_what_depends_on_it() {
 
     stalled.store(true, Ordering::SeqCst);
     for (conn, publish) in [
-        (3, publish("d/x", "stored", QoS::AtLeastOnce, Some(7))),
-        (4, publish("c/x", "q0", QoS::AtMostOnce, None)),
-        (4, publish("c/x", "q1", QoS::AtLeastOnce, Some(1))),
+        (3, publish("d/x", "stored", QoS::AtLeastOnce, false, 7)),
+        (4, publish("c/x", "q0", QoS::AtMostOnce, false, 0)),
+        (4, publish("c/x", "q1", QoS::AtLeastOnce, false, 1)),
     ] {
         events.try_send(Event::Publish { conn, publish }).unwrap();
     }
