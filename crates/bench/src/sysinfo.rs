@@ -100,10 +100,10 @@ pub fn time_wait_sockets() -> Option<u64> {
 
 /// Waits (up to `max_wait`) until at most `limit` TCP sockets are in TIME_WAIT; the
 /// count when it stopped waiting. A storm's clients close their N connections first,
-/// so each of those holds its (source address, port) for 60 s; a storm started
-/// meanwhile binds its sockets among the ports left (28,232 per source address here),
-/// and the kernel's search for a free one slows it: back to back, storms of 15,000
-/// ran at 700 to 1,900 connections a second instead of 6,400 (FleetMQ, 1af48f3).
+/// so each of those holds its (source address, port) for 60 s. Storms started
+/// meanwhile ran slow: back to back, storms of 15,000 kept 690 to 4,063 connections a
+/// second instead of 6,400 (FleetMQ, 1af48f3), most likely because their sockets bind
+/// among the ports left (28,232 per source address here).
 pub async fn wait_for_time_wait(limit: u64, max_wait: Duration) -> Option<u64> {
     let start = Instant::now();
     let mut now = time_wait_sockets()?;
