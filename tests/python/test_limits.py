@@ -185,10 +185,16 @@ def test_inflight_window_holds_deliveries_until_acknowledged_and_counts_the_wait
 
 def test_connection_limit_refuses_with_0x97_and_is_counted(broker_factory, client_factory):
     b = broker_factory(config={"mqtt": {"max_connections": 1}})
-    # The start-up probe's connection may still hold the slot for a moment.
+    # The start-up probe's TCP connection holds the slot from its accept until its
+    # task sees the close: wait until it has been counted and has ended.
     deadline = time.monotonic() + 10
-    while b.metrics().get("fleetmq_connections_current", 0) > 0 and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        m = b.metrics()
+        if m.get("fleetmq_connections_total", 0) >= 1 and m.get("fleetmq_connections_current", 0) == 0:
+            break
         time.sleep(0.05)
+    else:
+        raise AssertionError(f"the start-up probe's connection never ended: {b.metrics()}")
     first = client_factory(version=V5, on=b)
     second = client_factory(version=V5, on=b, connect=False)
     assert second.connect(expect_rc=None).reason_code == 0x97

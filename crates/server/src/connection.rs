@@ -205,8 +205,9 @@ struct Connection<S> {
 impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
     async fn run(mut self: Box<Self>, permit: OwnedSemaphorePermit) {
         self.serve_until_closed().await;
-        Metrics::gauge_add(&self.ctx.metrics.connections_current, -1);
+        // The slot first: a gauge of 0 then means every slot is free again.
         drop(permit);
+        Metrics::gauge_add(&self.ctx.metrics.connections_current, -1);
     }
 
     /// CONNECT, the session's traffic, then the close and its DISCONNECT.
