@@ -102,6 +102,22 @@ fn persistent_qos1_across_three_nodes() {
     assert_eq!(r["runs"][0]["offline_subscribers"], 2, "{r:#}");
     assert_eq!(r["runs"][0]["sessions_resumed"], 2, "{r:#}");
     assert!(median(&r, "backlog_delivered") > 0.0, "{r:#}");
+    // The live figures leave the backlog out, and only the backlog.
+    let run = &r["runs"][0];
+    let count = |key: &str| run[key]["count"].as_u64().unwrap_or(0);
+    let (all, live) = (count("delivery_latency"), count("live_delivery_latency"));
+    assert!(live > 0 && live < all, "live {live} of {all}: {r:#}");
+    let backlog = run["backlog_delivered"].as_u64().unwrap_or(0);
+    assert!(
+        all - live <= backlog,
+        "{} left out, backlog {backlog}: {r:#}",
+        all - live
+    );
+    let max = |key: &str| run[key]["max_ms"].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        max("live_delivery_latency") <= max("delivery_latency"),
+        "{r:#}"
+    );
 }
 
 #[test]
