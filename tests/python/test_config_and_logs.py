@@ -2,6 +2,7 @@
 and the logs' formats, levels and fields, seen from outside the running binary."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -40,6 +41,24 @@ def test_a_set_flag_beats_the_file_and_a_variable_beats_both(tmp_path, brokers,
     codes = c.subscribe(["a/b", "a/b/c"], qos=1, check=False)
     assert codes == [1, 0x8F], \
         f"SUBACK {codes}: FLEETMQ_MQTT__MAX_TOPIC_LEVELS=2 should beat --set's 4 and the file's 8"
+
+
+def test_worker_threads_sets_the_runtime_s_threads(tmp_path, brokers, client_factory):
+    def workers(b: Broker) -> int:
+        line = next(l for l in b.log_tail().splitlines() if "fleetmq listening" in l)
+        return int(line.split("worker_threads=")[1].split()[0])
+
+    b = start(tmp_path, "three", config={"worker_threads": 3})
+    brokers.append(b)
+    assert workers(b) == 3, b.log_tail()
+    c = client_factory(version=V5, on=b)
+    c.subscribe(["w/t"], qos=1)
+    c.publish("w/t", "through three threads", qos=1)
+    assert [m.payload for m in c.drain(1.0)] == [b"through three threads"]
+    # 0, the default: one per core the process may use (a cgroup quota may lower it).
+    d = start(tmp_path, "default")
+    brokers.append(d)
+    assert 1 <= workers(d) <= len(os.sched_getaffinity(0)), d.log_tail()
 
 
 def run_serve(tmp_path, args, env=None) -> subprocess.CompletedProcess:

@@ -20,6 +20,8 @@ pub use crate::overrides::Override;
 
 /// The schema version this build reads.
 pub const CONFIG_VERSION: u32 = 1;
+/// More runtime threads than this is a typo, not a tuning.
+const MAX_WORKER_THREADS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,6 +69,8 @@ pub struct Config {
     pub version: u32,
     pub node_id: u64,
     pub data_dir: PathBuf,
+    /// Threads of the async runtime; 0: one per core.
+    pub worker_threads: usize,
     pub mqtt: MqttConfig,
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
@@ -233,6 +237,7 @@ impl Default for Config {
             version: CONFIG_VERSION,
             node_id: 1,
             data_dir: PathBuf::from("./data"),
+            worker_threads: 0,
             mqtt: MqttConfig::default(),
             admin: AdminConfig::default(),
             cluster: ClusterConfig::default(),
@@ -310,6 +315,8 @@ pub enum StorageEngineKind {
 pub struct ValidConfig {
     pub node_id: u64,
     pub data_dir: PathBuf,
+    /// `None`: one per core.
+    pub worker_threads: Option<usize>,
     /// Every MQTT listener: `mqtt` (from `mqtt.listen`) first, then `[[listeners]]`.
     pub listeners: Vec<ListenerSpec>,
     pub admin_listen: SocketAddr,
@@ -453,6 +460,12 @@ impl Config {
         if m.connect_timeout == 0 {
             return Err(invalid("mqtt.connect_timeout", "must be 1 second or more"));
         }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0: one per core)"),
+            ));
+        }
         if m.listen_backlog == 0 {
             return Err(invalid("mqtt.listen_backlog", "must be 1 or more"));
         }
@@ -514,6 +527,7 @@ impl Config {
         Ok(ValidConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
+            worker_threads: (self.worker_threads > 0).then_some(self.worker_threads),
             listeners,
             admin_listen,
             grpc_listen,
@@ -897,6 +911,16 @@ mod tests {
         c.mqtt.listen_backlog = 0;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("mqtt.listen_backlog"), "{err}");
+
+        let mut c = Config {
+            worker_threads: 100_000,
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("worker_threads"), "{err}");
+        assert_eq!(Config::default().validate().unwrap().worker_threads, None);
+        c.worker_threads = 3;
+        assert_eq!(c.validate().unwrap().worker_threads, Some(3));
 
         let c = Config {
             version: 2,

@@ -361,7 +361,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // spawned or not, carry node_id without each spawn having to pass it on.
     let node_span = tracing::info_span!("node", node_id = config.node_id);
     let thread_span = node_span.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime
         .enable_all()
         .thread_name("fleetmq")
         .on_thread_start(move || enter_for_this_thread(&thread_span))

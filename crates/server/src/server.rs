@@ -156,6 +156,7 @@ pub async fn run(
         admin = %admin.local_addr()?,
         data_dir = %config.data_dir.display(),
         storage = ?config.storage,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "fleetmq listening"
     );
     info!(
