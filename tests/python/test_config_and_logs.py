@@ -4,6 +4,7 @@ and the logs' formats, levels and fields, seen from outside the running binary."
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -59,6 +60,28 @@ def test_worker_threads_sets_the_runtime_s_threads(tmp_path, brokers, client_fac
     d = start(tmp_path, "default")
     brokers.append(d)
     assert 1 <= workers(d) <= len(os.sched_getaffinity(0)), d.log_tail()
+
+
+def test_logs_written_to_a_file_carry_no_colour_codes(tmp_path):
+    # Not the harness's Broker: it sets NO_COLOR, and this is about the default.
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(broker_binary()), "serve", "--data-dir", str(tmp_path / "data"),
+             "--mqtt-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+             "--grpc-listen", "127.0.0.1:0"],
+            env={"PATH": "/usr/bin:/bin"}, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while b"fleetmq listening" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = log.read_bytes()
+    assert b"\x1b[" not in text, text[:2000]
+    assert b"fleetmq listening node_id=1" in text, text[:2000]
 
 
 def run_serve(tmp_path, args, env=None) -> subprocess.CompletedProcess:

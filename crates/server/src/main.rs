@@ -321,8 +321,13 @@ impl ServeArgs {
 fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter =
         EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))?;
+    // Colours only for a person at a terminal: a file or a log collector gets plain
+    // text (NO_COLOR, set and not empty, turns them off at a terminal too).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
