@@ -44,6 +44,13 @@ def test_a_set_flag_beats_the_file_and_a_variable_beats_both(tmp_path, brokers,
         f"SUBACK {codes}: FLEETMQ_MQTT__MAX_TOPIC_LEVELS=2 should beat --set's 4 and the file's 8"
 
 
+def serve_command(tmp_path, *args) -> list[str]:
+    """`fleetmq serve` on ports the system picks, outside the harness (no NO_COLOR)."""
+    return [str(broker_binary()), "serve", "--data-dir", str(tmp_path / "data"),
+            "--mqtt-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+            "--grpc-listen", "127.0.0.1:0", *args]
+
+
 def test_worker_threads_sets_the_runtime_s_threads(tmp_path, brokers, client_factory):
     def workers(b: Broker) -> int:
         line = next(l for l in b.log_tail().splitlines() if "fleetmq listening" in l)
@@ -66,11 +73,8 @@ def test_logs_written_to_a_file_carry_no_colour_codes(tmp_path):
     # Not the harness's Broker: it sets NO_COLOR, and this is about the default.
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(broker_binary()), "serve", "--data-dir", str(tmp_path / "data"),
-             "--mqtt-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-             "--grpc-listen", "127.0.0.1:0"],
-            env={"PATH": "/usr/bin:/bin"}, stdout=out, stderr=out)
+        proc = subprocess.Popen(serve_command(tmp_path), env={"PATH": "/usr/bin:/bin"},
+                                stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 30
         while b"fleetmq listening" not in log.read_bytes():
@@ -86,10 +90,7 @@ def test_logs_written_to_a_file_carry_no_colour_codes(tmp_path):
 
 def run_serve(tmp_path, args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(broker_binary()), "serve", "--data-dir", str(tmp_path / "data"),
-         "--mqtt-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-         "--grpc-listen", "127.0.0.1:0", *args],
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        serve_command(tmp_path, *args), env={"PATH": "/usr/bin:/bin", **(env or {})},
         capture_output=True, text=True, timeout=30)
 
 
