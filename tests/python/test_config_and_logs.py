@@ -69,23 +69,36 @@ def test_worker_threads_sets_the_runtime_s_threads(tmp_path, brokers, client_fac
     assert 1 <= workers(d) <= len(os.sched_getaffinity(0)), d.log_tail()
 
 
-def test_logs_written_to_a_file_carry_no_colour_codes(tmp_path):
-    # Not the harness's Broker: it sets NO_COLOR, and this is about the default.
+def serve_until_logged(tmp_path, marker: bytes) -> bytes:
+    """Runs `serve_command` with its output to a file, outside the harness, until
+    `marker` is in it; returns the file's bytes."""
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(serve_command(tmp_path), env={"PATH": "/usr/bin:/bin"},
                                 stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 30
-        while b"fleetmq listening" not in log.read_bytes():
+        while marker not in log.read_bytes():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
     finally:
         proc.kill()
         proc.wait()
-    text = log.read_bytes()
+    return log.read_bytes()
+
+
+def test_logs_written_to_a_file_carry_no_colour_codes(tmp_path):
+    # Not the harness's Broker: it sets NO_COLOR, and this is about the default.
+    text = serve_until_logged(tmp_path, b"fleetmq listening")
     assert b"\x1b[" not in text, text[:2000]
     assert b"fleetmq listening node_id=1" in text, text[:2000]
+
+
+def test_the_start_log_names_the_grpc_port_bound_not_the_0_asked_for(tmp_path):
+    text = serve_until_logged(tmp_path, b"cluster links ready").decode()
+    line = next(l for l in text.splitlines() if "cluster links ready" in l)
+    port = int(line.split("grpc=127.0.0.1:")[1].split()[0])
+    assert port > 0, line
 
 
 def run_serve(tmp_path, args, env=None) -> subprocess.CompletedProcess:

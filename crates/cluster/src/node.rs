@@ -78,6 +78,9 @@ pub struct RaftNode {
     pub raft: Raft<TypeConfig>,
     /// The last committed log index (openraft's metrics do not carry it).
     pub committed_index: Arc<AtomicU64>,
+    /// Where the gRPC server listens: the bound address, so a port 0 asked for reads
+    /// as the port the system gave.
+    pub grpc_addr: SocketAddr,
     node_id: NodeId,
     engine: Arc<dyn KvEngine>,
     feed: FeedSlot,
@@ -163,6 +166,10 @@ impl RaftNode {
                     addr: grpc_listen,
                     source,
                 })?;
+        let grpc_addr = listener.local_addr().map_err(|source| NodeError::Listen {
+            addr: grpc_listen,
+            source,
+        })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let contact = LeaderContact::default();
         let service = RaftGrpcServer::with_leader_contact(raft.clone(), contact.clone())
@@ -203,6 +210,7 @@ impl RaftNode {
         let node = RaftNode {
             raft,
             committed_index,
+            grpc_addr,
             node_id,
             engine,
             feed,

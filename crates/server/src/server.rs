@@ -160,7 +160,7 @@ pub async fn run(
         "fleetmq listening"
     );
     info!(
-        grpc = %config.grpc_listen,
+        grpc = %raft_node.as_ref().map_or(config.grpc_listen, |node| node.grpc_addr),
         raft = raft_node.is_some(),
         members = config.peers.len().max(1),
         "cluster links ready"
