@@ -81,7 +81,7 @@ bench() {
         echo
         echo "### $name"
         echo
-        sed -n 's/^  \(| .*\)$/\1/p' "$OUT/$name-$REVISION.txt"
+        sed -n 's/^  \(|.*|\)$/\1/p' "$OUT/$name-$REVISION.txt"
         grep '^  fleetmq/' "$OUT/$name-$REVISION.txt" | sed 's/^  /- /' || true
     } >>"$ROWS"
 }

@@ -126,39 +126,7 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
             }
         }
     }
-    let mut text = format!(
-        "connection-storm: {} connections at {}/s, idle {:?}, {} rounds\n",
-        args.connections, args.rate, args.idle, args.lineup.runs
-    );
-    let mut summary = serde_json::Map::new();
-    for kind in &kinds {
-        let mine: Vec<&Run> = runs.iter().filter(|r| r.broker == kind.name()).collect();
-        let median = |f: fn(&Run) -> f64| {
-            let values: Vec<f64> = mine.iter().map(|r| f(r)).collect();
-            stats::Spread::of(&values)
-        };
-        let rate = median(|r| r.achieved_rate);
-        let per_conn = median(|r| r.rss_per_connection);
-        let cpu = median(|r| r.cpu_s);
-        let p99 = median(|r| r.handshake.p99_ms);
-        text.push_str(&format!(
-            "  {:<10} rate {}  RSS/conn {}  CPU {}  handshake p99 {}\n",
-            kind.name(),
-            rate.as_ref().map_or("-".into(), |s| s.line(0, "/s")),
-            per_conn.as_ref().map_or("-".into(), |s| s.line(0, " B")),
-            cpu.as_ref().map_or("-".into(), |s| s.line(2, " s")),
-            p99.as_ref().map_or("-".into(), |s| s.line(1, " ms")),
-        ));
-        summary.insert(
-            kind.name().to_string(),
-            json!({
-                "achieved_rate": rate,
-                "rss_per_connection": per_conn,
-                "cpu_s": cpu,
-                "handshake_p99_ms": p99,
-            }),
-        );
-    }
+    let (summary, text) = summarize(args, &kinds, &runs);
     Ok(Outcome {
         scenario: "connection-storm",
         params: json!({
@@ -168,11 +136,124 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
             "lineup": args.lineup.params(&kinds, &bins),
         }),
         runs: runs.iter().map(|r| json!(r)).collect(),
-        summary: serde_json::Value::Object(summary),
+        summary,
         aims: Vec::new(),
         problems,
         text,
     })
+}
+
+/// Medians over the rounds per broker, FleetMQ's ratios against each peer (each taken
+/// within one round, then their median), and a markdown row per broker: what
+/// `scripts/bench-side-by-side.sh` copies into its rows file.
+fn summarize(args: &Args, kinds: &[PeerKind], runs: &[Run]) -> (serde_json::Value, String) {
+    let mut text = format!(
+        "connection-storm: {} connections at {}/s, idle {:?}, {} rounds\n",
+        args.connections, args.rate, args.idle, args.lineup.runs
+    );
+    let mut summary = serde_json::Map::new();
+    let mut rows = String::new();
+    for kind in kinds {
+        let mine: Vec<&Run> = runs.iter().filter(|r| r.broker == kind.name()).collect();
+        let median = |f: fn(&Run) -> f64| {
+            let values: Vec<f64> = mine.iter().map(|r| f(r)).collect();
+            stats::Spread::of(&values)
+        };
+        let rate = median(|r| r.achieved_rate);
+        let per_conn = median(|r| r.rss_per_connection);
+        let cpu = median(|r| r.cpu_s);
+        let p99 = median(|r| r.handshake.p99_ms);
+        let failed = median(|r| r.failed as f64);
+        text.push_str(&format!(
+            "  {:<10} rate {}  RSS/conn {}  CPU {}  handshake p99 {}\n",
+            kind.name(),
+            rate.as_ref().map_or("-".into(), |s| s.line(0, "/s")),
+            per_conn.as_ref().map_or("-".into(), |s| s.line(0, " B")),
+            cpu.as_ref().map_or("-".into(), |s| s.line(2, " s")),
+            p99.as_ref().map_or("-".into(), |s| s.line(1, " ms")),
+        ));
+        let cell = |s: &Option<stats::Spread>, d: usize| {
+            s.as_ref().map_or("-".to_string(), |s| {
+                format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max, d = d)
+            })
+        };
+        rows.push_str(&format!(
+            "| {} at {}/s | {} | {} | {} | {} | {} | {} |\n",
+            args.connections,
+            args.rate,
+            kind.name(),
+            cell(&rate, 0),
+            cell(&per_conn, 0),
+            cell(&cpu, 2),
+            cell(&p99, 1),
+            failed
+                .as_ref()
+                .map_or("-".into(), |s| format!("{:.0}", s.median)),
+        ));
+        summary.insert(
+            kind.name().to_string(),
+            json!({
+                "achieved_rate": rate,
+                "rss_per_connection": per_conn,
+                "cpu_s": cpu,
+                "handshake_p99_ms": p99,
+                "failed": failed,
+            }),
+        );
+    }
+    let mut ratios = serde_json::Map::new();
+    for peer in kinds.iter().filter(|k| **k != PeerKind::Fleetmq) {
+        let pairs: Vec<(&Run, &Run)> = runs
+            .iter()
+            .filter(|r| r.broker == PeerKind::Fleetmq.name())
+            .filter_map(|f| {
+                runs.iter()
+                    .find(|p| p.broker == peer.name() && p.round == f.round)
+                    .map(|p| (f, p))
+            })
+            .collect();
+        let ratio = |f: fn(&Run) -> f64| {
+            stats::Spread::of(
+                &pairs
+                    .iter()
+                    .map(|(mine, theirs)| f(mine) / f(theirs))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let rate = ratio(|r| r.achieved_rate);
+        let per_conn = ratio(|r| r.rss_per_connection);
+        let cpu = ratio(|r| r.cpu_s);
+        let p99 = ratio(|r| r.handshake.p99_ms);
+        let line = |s: &Option<stats::Spread>| s.as_ref().map_or("-".into(), |s| s.line(2, "×"));
+        text.push_str(&format!(
+            "  fleetmq/{}: connect rate {}, RSS per idle connection {}, storm CPU {}, \
+             handshake p99 {}\n",
+            peer.name(),
+            line(&rate),
+            line(&per_conn),
+            line(&cpu),
+            line(&p99),
+        ));
+        ratios.insert(
+            peer.name().to_string(),
+            json!({
+                "achieved_rate": rate,
+                "rss_per_connection": per_conn,
+                "cpu_s": cpu,
+                "handshake_p99_ms": p99,
+            }),
+        );
+    }
+    text.push_str(
+        "  | storm | broker | connections/s | RSS B per idle connection | CPU-s | \
+         handshake p99 ms | failed |\n  |---|---|---|---|---|---|---|\n",
+    );
+    for row in rows.lines() {
+        text.push_str(&format!("  {row}\n"));
+    }
+    summary.insert("fleetmq_over".into(), serde_json::Value::Object(ratios));
+    summary.insert("markdown_rows".into(), json!(rows));
+    (serde_json::Value::Object(summary), text)
 }
 
 async fn one_run(
@@ -299,6 +380,64 @@ fn open_files_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_of(broker: &'static str, round: usize, rate: f64, per_conn: f64, cpu: f64) -> Run {
+        let mut handshake = Latency::of(&hdrhistogram::Histogram::<u64>::new(3).unwrap());
+        handshake.p99_ms = cpu * 10.0;
+        Run {
+            broker,
+            round,
+            load1_at_start: 0.0,
+            time_wait_at_start: None,
+            connections: 100,
+            connected: 100,
+            failed: 0,
+            achieved_rate: rate,
+            storm_s: 1.0,
+            handshake,
+            cpu_s: cpu,
+            rss_before: 0,
+            rss_idle: 0,
+            rss_per_connection: per_conn,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn the_summary_pairs_rounds_and_writes_a_markdown_row_per_broker() {
+        let args = Args {
+            connections: 100,
+            rate: 50,
+            idle: Duration::from_secs(1),
+            lineup: Lineup::fleetmq_once(2),
+            in_flight: 100,
+        };
+        // Ratios within each round: 2.0 and 4.0 for RSS, 0.5 and 1.0 for CPU; medians
+        // across rounds would give other figures (3000/1000 and 1.5/2.0).
+        let runs = vec![
+            run_of("fleetmq", 1, 50.0, 2000.0, 1.0),
+            run_of("mosquitto", 1, 50.0, 1000.0, 2.0),
+            run_of("fleetmq", 2, 40.0, 4000.0, 2.0),
+            run_of("mosquitto", 2, 50.0, 1000.0, 2.0),
+        ];
+        let kinds = [PeerKind::Fleetmq, PeerKind::Mosquitto];
+        let (summary, text) = summarize(&args, &kinds, &runs);
+        let over = &summary["fleetmq_over"]["mosquitto"];
+        assert_eq!(over["rss_per_connection"]["runs"], json!([2.0, 4.0]));
+        assert_eq!(over["cpu_s"]["runs"], json!([0.5, 1.0]));
+        assert_eq!(over["achieved_rate"]["runs"], json!([1.0, 0.8]));
+        let rows = summary["markdown_rows"].as_str().unwrap();
+        assert_eq!(rows.lines().count(), 2, "{rows}");
+        assert!(
+            rows.starts_with("| 100 at 50/s | fleetmq | 45 (40–50) | 3000 (2000–4000) |"),
+            "{rows}"
+        );
+        assert!(text.contains("  |---|"), "{text}");
+        assert!(
+            text.contains("  fleetmq/mosquitto: connect rate 0.90 ×"),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn a_small_storm_against_fleetmq_holds_every_connection() {
