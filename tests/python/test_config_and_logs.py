@@ -63,6 +63,10 @@ def test_worker_threads_sets_the_runtime_s_threads(tmp_path, brokers, client_fac
     c.subscribe(["w/t"], qos=1)
     c.publish("w/t", "through three threads", qos=1)
     assert [m.payload for m in c.drain(1.0)] == [b"through three threads"]
+    # A top-level key has no FLEETMQ_<TABLE>__<KEY> name: its own variable sets it.
+    e = start(tmp_path, "from-env", extra_env={"FLEETMQ_WORKER_THREADS": "4"})
+    brokers.append(e)
+    assert workers(e) == 4, e.log_tail()
     # 0, the default: one per core the process may use (a cgroup quota may lower it).
     d = start(tmp_path, "default")
     brokers.append(d)

@@ -257,6 +257,9 @@ struct ServeArgs {
     /// Storage engine: sled (durable) or memory.
     #[arg(long, env = "FLEETMQ_STORAGE")]
     storage: Option<String>,
+    /// Runtime threads (worker_threads); 0: one per core.
+    #[arg(long, env = "FLEETMQ_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// Set any key of the file, e.g. --set mqtt.max_inflight=64 (repeatable; after the
     /// file, before FLEETMQ_<TABLE>__<KEY> variables and the flags above).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -313,6 +316,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.storage {
             config.storage.engine = v.clone();
+        }
+        if let Some(v) = self.worker_threads {
+            config.worker_threads = v;
         }
         Ok(config)
     }
