@@ -94,6 +94,25 @@ impl PeerKind {
     }
 }
 
+/// One broker's run in one round of a side-by-side scenario.
+pub trait RoundRun {
+    fn broker(&self) -> &str;
+    fn round(&self) -> usize;
+}
+
+/// FleetMQ's runs, each with `peer`'s run of the same round: ratios are taken within a
+/// round, where both brokers met the same machine.
+pub fn same_round_pairs<R: RoundRun>(runs: &[R], peer: PeerKind) -> Vec<(&R, &R)> {
+    runs.iter()
+        .filter(|r| r.broker() == PeerKind::Fleetmq.name())
+        .filter_map(|mine| {
+            runs.iter()
+                .find(|p| p.broker() == peer.name() && p.round() == mine.round())
+                .map(|theirs| (mine, theirs))
+        })
+        .collect()
+}
+
 /// Where each broker's binary is.
 #[derive(Debug, Clone)]
 pub struct PeerBinaries {

@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::peers::{Lineup, PeerBinaries, PeerBroker, PeerKind};
+use crate::peers::{same_round_pairs, Lineup, PeerBinaries, PeerBroker, PeerKind, RoundRun};
 use crate::raw;
 use crate::stats::{self, Latency};
 use crate::sysinfo::{self, note};
@@ -43,6 +43,15 @@ pub struct Args {
     /// Handshakes in flight at once, at most.
     #[arg(long, default_value_t = 2_000)]
     in_flight: usize,
+}
+
+impl RoundRun for Run {
+    fn broker(&self) -> &str {
+        self.broker
+    }
+    fn round(&self) -> usize {
+        self.round
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -203,15 +212,7 @@ fn summarize(args: &Args, kinds: &[PeerKind], runs: &[Run]) -> (serde_json::Valu
     }
     let mut ratios = serde_json::Map::new();
     for peer in kinds.iter().filter(|k| **k != PeerKind::Fleetmq) {
-        let pairs: Vec<(&Run, &Run)> = runs
-            .iter()
-            .filter(|r| r.broker == PeerKind::Fleetmq.name())
-            .filter_map(|f| {
-                runs.iter()
-                    .find(|p| p.broker == peer.name() && p.round == f.round)
-                    .map(|p| (f, p))
-            })
-            .collect();
+        let pairs = same_round_pairs(runs, *peer);
         let ratio = |f: fn(&Run) -> f64| {
             stats::Spread::of(
                 &pairs

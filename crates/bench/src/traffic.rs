@@ -40,7 +40,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::peers::{Lineup, PeerBinaries, PeerBroker, PeerKind};
+use crate::peers::{same_round_pairs, Lineup, PeerBinaries, PeerBroker, PeerKind, RoundRun};
 use crate::stats::{self, Latency, Spread};
 use crate::sysinfo::{self, note};
 use crate::{plot, raw, Common, Outcome};
@@ -263,6 +263,15 @@ struct Step {
     failed: Option<String>,
 }
 
+impl RoundRun for Run {
+    fn broker(&self) -> &str {
+        self.broker
+    }
+    fn round(&self) -> usize {
+        self.round
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct Run {
     broker: &'static str,
@@ -419,15 +428,7 @@ fn summarize(plan: &Plan, kinds: &[PeerKind], runs: &[Run]) -> (serde_json::Valu
     // Ratios of FleetMQ against each peer, each figure compared within the same round.
     let mut ratios = serde_json::Map::new();
     for peer in kinds.iter().filter(|k| **k != PeerKind::Fleetmq) {
-        let pairs: Vec<(&Run, &Run)> = runs
-            .iter()
-            .filter(|r| r.broker == PeerKind::Fleetmq.name())
-            .filter_map(|f| {
-                runs.iter()
-                    .find(|p| p.broker == peer.name() && p.round == f.round)
-                    .map(|p| (f, p))
-            })
-            .collect();
+        let pairs = same_round_pairs(runs, *peer);
         let rate_ratio = Spread::of(
             &pairs
                 .iter()
