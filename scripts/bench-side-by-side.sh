@@ -83,6 +83,8 @@ bench() {
         echo
         sed -n 's/^  \(|.*|\)$/\1/p' "$OUT/$name-$REVISION.txt"
         grep '^  fleetmq/' "$OUT/$name-$REVISION.txt" | sed 's/^  /- /' || true
+        # Scenarios without peers (persistent) print one median line per figure.
+        grep -E '^  [^ |].* median ' "$OUT/$name-$REVISION.txt" | sed 's/^  /- /' || true
     } >>"$ROWS"
 }
 
