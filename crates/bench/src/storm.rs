@@ -69,6 +69,9 @@ struct Run {
     achieved_rate: f64,
     storm_s: f64,
     handshake: Latency,
+    /// The handshake's two halves: TCP connect to CONNACK, then SUBSCRIBE to SUBACK.
+    connack: Latency,
+    suback: Latency,
     cpu_s: f64,
     rss_before: u64,
     rss_idle: u64,
@@ -117,8 +120,14 @@ pub async fn run(args: &Args, common: &Common) -> anyhow::Result<Outcome> {
                     r.load1_at_start = gate.load1_at_start;
                     r.time_wait_at_start = time_wait;
                     note(&format!(
-                        "  {:.0} conn/s, {:.0} B RSS per connection, {:.2} CPU-s, {} failed",
-                        r.achieved_rate, r.rss_per_connection, r.cpu_s, r.failed
+                        "  {:.0} conn/s, {:.0} B RSS per connection, {:.2} CPU-s, {} failed; \
+                         p99 to CONNACK {:.1} ms, SUBSCRIBE to SUBACK {:.1} ms",
+                        r.achieved_rate,
+                        r.rss_per_connection,
+                        r.cpu_s,
+                        r.failed,
+                        r.connack.p99_ms,
+                        r.suback.p99_ms
                     ));
                     if r.failed > 0 {
                         problems.push(format!(
@@ -271,7 +280,7 @@ async fn one_run(
     let rss_before = sysinfo::rss_bytes(pid).map_or(0, |r| r.0);
     let ticks0 = sysinfo::cpu_ticks(pid).unwrap_or(0);
     let started = Instant::now();
-    let (held, failures, histogram, first_error) = storm(broker.addr, args, kind, round).await;
+    let (held, failures, latencies, first_error) = storm(broker.addr, args, kind, round).await;
     let storm_s = started.elapsed().as_secs_f64();
     let ticks1 = sysinfo::cpu_ticks(pid).unwrap_or(ticks0);
     tokio::time::sleep(args.idle).await;
@@ -291,7 +300,9 @@ async fn one_run(
         failed: failures,
         achieved_rate: connected as f64 / storm_s,
         storm_s,
-        handshake: Latency::of(&histogram),
+        handshake: Latency::of(&latencies.handshake),
+        connack: Latency::of(&latencies.connack),
+        suback: Latency::of(&latencies.suback),
         cpu_s: (ticks1 - ticks0) as f64 / sysinfo::clock_ticks(),
         rss_before,
         rss_idle,
@@ -300,19 +311,21 @@ async fn one_run(
     })
 }
 
+/// Handshake latencies (µs): the whole, and its halves.
+struct Latencies {
+    handshake: hdrhistogram::Histogram<u64>,
+    connack: hdrhistogram::Histogram<u64>,
+    suback: hdrhistogram::Histogram<u64>,
+}
+
 /// Opens the connections at the configured rate; returns the open sockets, the
-/// number that failed, the handshake latencies (µs) and the first error.
+/// number that failed, the handshake latencies and the first error.
 async fn storm(
     addr: SocketAddr,
     args: &Args,
     kind: PeerKind,
     round: usize,
-) -> (
-    Vec<TcpStream>,
-    usize,
-    hdrhistogram::Histogram<u64>,
-    Option<String>,
-) {
+) -> (Vec<TcpStream>, usize, Latencies, Option<String>) {
     let slots = Arc::new(Semaphore::new(args.in_flight.max(1)));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
@@ -338,7 +351,7 @@ async fn storm(
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("no SUBACK within 30 s")));
                     drop(permit);
-                    let _ = tx.send(result.map(|s| (s, began.elapsed())));
+                    let _ = tx.send(result.map(|(s, connack)| (s, connack, began.elapsed())));
                 });
             }
         })
@@ -346,11 +359,20 @@ async fn storm(
     let mut held = Vec::with_capacity(args.connections);
     let mut failures = 0;
     let mut first_error = None;
-    let mut histogram = stats::histogram();
+    let mut latencies = Latencies {
+        handshake: stats::histogram(),
+        connack: stats::histogram(),
+        suback: stats::histogram(),
+    };
     for _ in 0..args.connections {
         match rx.recv().await {
-            Some(Ok((stream, took))) => {
-                stats::record(&mut histogram, took.as_micros() as u64);
+            Some(Ok((stream, connack, took))) => {
+                stats::record(&mut latencies.handshake, took.as_micros() as u64);
+                stats::record(&mut latencies.connack, connack.as_micros() as u64);
+                stats::record(
+                    &mut latencies.suback,
+                    took.saturating_sub(connack).as_micros() as u64,
+                );
                 held.push(stream);
             }
             Some(Err(e)) => {
@@ -361,14 +383,21 @@ async fn storm(
         }
     }
     let _ = launcher.await;
-    (held, failures, histogram, first_error)
+    (held, failures, latencies, first_error)
 }
 
-/// TCP connect from `source`, CONNECT, CONNACK, SUBSCRIBE (QoS 0), SUBACK.
-async fn handshake(source: IpAddr, addr: SocketAddr, client_id: &str) -> anyhow::Result<TcpStream> {
+/// TCP connect from `source`, CONNECT, CONNACK, SUBSCRIBE (QoS 0), SUBACK; with the
+/// time from the start to the CONNACK.
+async fn handshake(
+    source: IpAddr,
+    addr: SocketAddr,
+    client_id: &str,
+) -> anyhow::Result<(TcpStream, Duration)> {
+    let began = Instant::now();
     let mut stream = raw::connect(source, addr, client_id).await?;
+    let connack = began.elapsed();
     raw::subscribe(&mut stream, &format!("storm/{client_id}"), QoS::AtMostOnce).await?;
-    Ok(stream)
+    Ok((stream, connack))
 }
 
 /// This process's soft limit of open files.
@@ -395,6 +424,8 @@ mod tests {
             failed: 0,
             achieved_rate: rate,
             storm_s: 1.0,
+            connack: handshake.clone(),
+            suback: handshake.clone(),
             handshake,
             cpu_s: cpu,
             rss_before: 0,
@@ -466,5 +497,8 @@ mod tests {
             .unwrap();
         assert_eq!((r.connected, r.failed), (200, 0), "{:?}", r.first_error);
         assert!(r.rss_idle > 0 && r.achieved_rate > 0.0);
+        // Both halves are recorded for every connection, and neither exceeds the whole.
+        assert_eq!((r.connack.count, r.suback.count), (200, 200));
+        assert!(r.connack.max_ms <= r.handshake.max_ms && r.suback.max_ms <= r.handshake.max_ms);
     }
 }
