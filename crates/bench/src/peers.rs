@@ -113,6 +113,29 @@ pub fn same_round_pairs<R: RoundRun>(runs: &[R], peer: PeerKind) -> Vec<(&R, &R)
         .collect()
 }
 
+/// Ends a side-by-side summary: the markdown table (a header of `columns`, then `rows`)
+/// indented into the printed text, where `scripts/bench-side-by-side.sh` picks it up,
+/// and FleetMQ's `ratios` over each peer and the rows into the JSON.
+pub fn close_summary(
+    mut summary: serde_json::Map<String, serde_json::Value>,
+    ratios: serde_json::Map<String, serde_json::Value>,
+    columns: &[&str],
+    rows: &str,
+    text: &mut String,
+) -> serde_json::Value {
+    text.push_str(&format!(
+        "  | {} |\n  |{}\n",
+        columns.join(" | "),
+        "---|".repeat(columns.len())
+    ));
+    for row in rows.lines() {
+        text.push_str(&format!("  {row}\n"));
+    }
+    summary.insert("fleetmq_over".into(), serde_json::Value::Object(ratios));
+    summary.insert("markdown_rows".into(), serde_json::json!(rows));
+    serde_json::Value::Object(summary)
+}
+
 /// Where each broker's binary is.
 #[derive(Debug, Clone)]
 pub struct PeerBinaries {

@@ -21,7 +21,9 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::peers::{same_round_pairs, Lineup, PeerBinaries, PeerBroker, PeerKind, RoundRun};
+use crate::peers::{
+    close_summary, same_round_pairs, Lineup, PeerBinaries, PeerBroker, PeerKind, RoundRun,
+};
 use crate::raw;
 use crate::stats::{self, Latency};
 use crate::sysinfo::{self, note};
@@ -254,16 +256,17 @@ fn summarize(args: &Args, kinds: &[PeerKind], runs: &[Run]) -> (serde_json::Valu
             }),
         );
     }
-    text.push_str(
-        "  | storm | broker | connections/s | RSS B per idle connection | CPU-s | \
-         handshake p99 ms | failed |\n  |---|---|---|---|---|---|---|\n",
-    );
-    for row in rows.lines() {
-        text.push_str(&format!("  {row}\n"));
-    }
-    summary.insert("fleetmq_over".into(), serde_json::Value::Object(ratios));
-    summary.insert("markdown_rows".into(), json!(rows));
-    (serde_json::Value::Object(summary), text)
+    let columns = [
+        "storm",
+        "broker",
+        "connections/s",
+        "RSS B per idle connection",
+        "CPU-s",
+        "handshake p99 ms",
+        "failed",
+    ];
+    let summary = close_summary(summary, ratios, &columns, &rows, &mut text);
+    (summary, text)
 }
 
 async fn one_run(
@@ -343,7 +346,6 @@ async fn storm(
                 let client_id = format!("{prefix}-{i}");
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let began = Instant::now();
                     let result = tokio::time::timeout(
                         Duration::from_secs(30),
                         handshake(source, addr, &client_id),
@@ -351,7 +353,7 @@ async fn storm(
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("no SUBACK within 30 s")));
                     drop(permit);
-                    let _ = tx.send(result.map(|(s, connack)| (s, connack, began.elapsed())));
+                    let _ = tx.send(result);
                 });
             }
         })
@@ -387,17 +389,17 @@ async fn storm(
 }
 
 /// TCP connect from `source`, CONNECT, CONNACK, SUBSCRIBE (QoS 0), SUBACK; with the
-/// time from the start to the CONNACK.
+/// times from the start to the CONNACK and to the SUBACK.
 async fn handshake(
     source: IpAddr,
     addr: SocketAddr,
     client_id: &str,
-) -> anyhow::Result<(TcpStream, Duration)> {
+) -> anyhow::Result<(TcpStream, Duration, Duration)> {
     let began = Instant::now();
     let mut stream = raw::connect(source, addr, client_id).await?;
     let connack = began.elapsed();
     raw::subscribe(&mut stream, &format!("storm/{client_id}"), QoS::AtMostOnce).await?;
-    Ok((stream, connack))
+    Ok((stream, connack, began.elapsed()))
 }
 
 /// This process's soft limit of open files.
@@ -458,13 +460,21 @@ mod tests {
         assert_eq!(over["rss_per_connection"]["runs"], json!([2.0, 4.0]));
         assert_eq!(over["cpu_s"]["runs"], json!([0.5, 1.0]));
         assert_eq!(over["achieved_rate"]["runs"], json!([1.0, 0.8]));
+        // run_of gives each run a handshake p99 of ten times its CPU-seconds.
+        assert_eq!(over["handshake_p99_ms"]["runs"], json!([0.5, 1.0]));
         let rows = summary["markdown_rows"].as_str().unwrap();
         assert_eq!(rows.lines().count(), 2, "{rows}");
         assert!(
             rows.starts_with("| 100 at 50/s | fleetmq | 45 (40–50) | 3000 (2000–4000) |"),
             "{rows}"
         );
-        assert!(text.contains("  |---|"), "{text}");
+        assert!(
+            text.contains(
+                "  | storm | broker | connections/s | RSS B per idle connection | CPU-s | \
+                 handshake p99 ms | failed |\n  |---|---|---|---|---|---|---|\n  | 100 at"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("  fleetmq/mosquitto: connect rate 0.90 ×"),
             "{text}"

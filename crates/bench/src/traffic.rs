@@ -40,7 +40,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::peers::{same_round_pairs, Lineup, PeerBinaries, PeerBroker, PeerKind, RoundRun};
+use crate::peers::{
+    close_summary, same_round_pairs, Lineup, PeerBinaries, PeerBroker, PeerKind, RoundRun,
+};
 use crate::stats::{self, Latency, Spread};
 use crate::sysinfo::{self, note};
 use crate::{plot, raw, Common, Outcome};
@@ -482,16 +484,18 @@ fn summarize(plan: &Plan, kinds: &[PeerKind], runs: &[Run]) -> (serde_json::Valu
             }),
         );
     }
-    text.push_str(
-        "  | scenario | broker | best msg/s | p50 ms | p99 ms | p99.9 ms | CPU-s/M | RSS MB |\n  \
-         |---|---|---|---|---|---|---|---|\n",
-    );
-    for row in rows.lines() {
-        text.push_str(&format!("  {row}\n"));
-    }
-    summary.insert("fleetmq_over".into(), serde_json::Value::Object(ratios));
-    summary.insert("markdown_rows".into(), json!(rows));
-    (serde_json::Value::Object(summary), text)
+    let columns = [
+        "scenario",
+        "broker",
+        "best msg/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "CPU-s/M",
+        "RSS MB",
+    ];
+    let summary = close_summary(summary, ratios, &columns, &rows, &mut text);
+    (summary, text)
 }
 
 /// p99 against delivered rate, one line per broker: its run of median best rate.
