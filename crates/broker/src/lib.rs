@@ -5,6 +5,7 @@
 //! storage through [`fleetmq_storage::KvEngine`], group-committed.
 
 pub mod admin;
+pub mod command;
 pub mod config;
 pub mod connection;
 pub mod message;
@@ -24,10 +25,11 @@ pub use connection::{
 pub use message::{now_ms, Message, MessageProperties};
 pub use metrics::{CloseReason, DropReason, Metrics};
 pub use peer::{ForwardTarget, ForwardedPublish, Forwarder, NoForwarder};
-pub use router::{Applied, ConnectReply, ConnectRequest, Event, Settings};
+pub use router::{Applied, AppliedCommand, ConnectReply, ConnectRequest, Event, Settings};
 pub use service::{
     BrokerParts, BrokerService, CommitError, Committer, LocalCommitter, RoutingView, Visibility,
 };
+pub use session::Revocation;
 
 #[cfg(test)]
 mod router_cluster_tests;

@@ -96,6 +96,10 @@ pub struct Metrics {
     pub applied_entries: AtomicU64,
     /// Sessions this node took over from another node (reconnects and adoptions).
     pub sessions_taken_over: AtomicU64,
+    /// This node's replicated commands the log refused (its client had moved on).
+    pub commands_refused: AtomicU64,
+    /// Outputs dropped because the PUBLISH that made them was refused.
+    pub outputs_withdrawn: AtomicU64,
     /// Elections this node called because its leader's address refused connections.
     pub elections_called: AtomicU64,
 }
@@ -126,6 +130,8 @@ impl Default for Metrics {
             forwarded_in: AtomicU64::new(0),
             applied_entries: AtomicU64::new(0),
             sessions_taken_over: AtomicU64::new(0),
+            commands_refused: AtomicU64::new(0),
+            outputs_withdrawn: AtomicU64::new(0),
             elections_called: AtomicU64::new(0),
         }
     }
@@ -293,6 +299,18 @@ impl Metrics {
             "counter",
             "Sessions this node took from another node (reconnect elsewhere or adoption of a dead node's).",
             load(&self.sessions_taken_over).to_string(),
+        );
+        one(
+            "fleetmq_replicated_commands_refused_total",
+            "counter",
+            "This node's replicated commands refused when applied: their client's session had moved to another node (fencing).",
+            load(&self.commands_refused).to_string(),
+        );
+        one(
+            "fleetmq_outputs_withdrawn_total",
+            "counter",
+            "Packets not sent because the PUBLISH that produced them was refused by the replicated log.",
+            load(&self.outputs_withdrawn).to_string(),
         );
         one(
             "fleetmq_raft_elections_called_total",

@@ -9,8 +9,7 @@
 //! - `qos2_in`: client id, 0, packet id (u16 BE) → empty: QoS 2 PUBLISHes awaiting PUBREL
 //! - `retained`: topic → [`MessageRecord`]
 //! - `owners`: client id → [`OwnerRecord`]: the client registry, which node holds the
-//!   session; only that node's writes to the client's keys in `sessions`, `deliveries`
-//!   and `qos2_in` are applied (see [`admit`])
+//!   session; writes on a client's behalf are fenced by it (see [`crate::command`])
 //!
 //! Message ids and delivery seqs come from [`IdGen`]: unique across nodes (the node id
 //! is in the low bits) and ordered by time, so every node writes the same trees.
@@ -275,47 +274,6 @@ impl IdGen {
     }
 }
 
-/// Whether a replicated write from `origin` may be applied, given the client registry.
-/// The node that owns a client is the only writer of its session record, its QoS 2
-/// state and its delivery cursors; any node may add a new delivery for it (a message
-/// it routed there). So a node that lost a session to another (takeover, adoption)
-/// cannot overwrite what the new owner wrote, however late its writes arrive; and every
-/// node decides the same, because the registry is replicated state too.
-///
-/// `value` is the put's value (`None` for deletes); `owner_of` answers the registry as
-/// of the writes applied before this one; `exists` whether a key is present.
-pub fn admit(
-    tree: &str,
-    key: &[u8],
-    value: Option<&[u8]>,
-    origin: u64,
-    owner_of: &mut dyn FnMut(&str) -> Option<u64>,
-    exists: &mut dyn FnMut(&[u8]) -> bool,
-) -> bool {
-    let client = match tree {
-        SESSIONS => std::str::from_utf8(key).ok(),
-        DELIVERIES | QOS2_IN => split_client_key(key).map(|(client, _)| client),
-        _ => return true,
-    };
-    let Some(client) = client else {
-        return true;
-    };
-    match owner_of(client) {
-        None => true,
-        Some(owner) if owner == origin => true,
-        // A message another node routed to this session: the first write of a delivery
-        // not stored yet. A late phase change from a deposed owner is not one, even if
-        // the new owner has meanwhile completed and deleted the delivery.
-        Some(_) => {
-            tree == DELIVERIES
-                && value
-                    .and_then(|v| decode::<DeliveryRecord>(DELIVERIES, v).ok())
-                    .is_some_and(|d| d.first_write)
-                && !exists(key)
-        }
-    }
-}
-
 /// Everything stored for one client, read when its session moves to this node.
 #[derive(Debug, Default)]
 pub struct ClientState {
@@ -547,42 +505,6 @@ mod tests {
         let future = ((a2 >> NODE_ID_BITS) + 60_000_000) << NODE_ID_BITS | 3;
         c.observe(future);
         assert!(c.next_id() > future);
-    }
-
-    #[test]
-    fn only_the_owner_writes_a_clients_state_but_anyone_adds_deliveries() {
-        let mut owner = |c: &str| (c == "dev").then_some(2);
-        let delivery = client_key("dev", &7u64.to_be_bytes());
-        let qos2 = client_key("dev", &[0, 1]);
-        let record = |first_write| {
-            encode(&DeliveryRecord {
-                message_id: 1,
-                qos: 1,
-                retain: false,
-                subscription_ids: vec![],
-                inflight: Some((3, 1)),
-                for_remote_owner: false,
-                first_write,
-            })
-        };
-        let (first, update) = (record(true), record(false));
-        let (first, update) = (Some(first.as_slice()), Some(update.as_slice()));
-        let some = Some(&b"x"[..]);
-        let mut absent = |_: &[u8]| false;
-        let mut present = |_: &[u8]| true;
-        let mut check = |tree, key: &[u8], value, origin, exists: &mut dyn FnMut(&[u8]) -> bool| {
-            admit(tree, key, value, origin, &mut owner, exists)
-        };
-        assert!(check(SESSIONS, b"dev", some, 2, &mut absent));
-        assert!(!check(SESSIONS, b"dev", some, 1, &mut absent));
-        assert!(!check(QOS2_IN, &qos2, some, 1, &mut absent));
-        assert!(check(DELIVERIES, &delivery, first, 1, &mut absent));
-        assert!(!check(DELIVERIES, &delivery, first, 1, &mut present));
-        assert!(!check(DELIVERIES, &delivery, update, 1, &mut absent));
-        assert!(check(DELIVERIES, &delivery, update, 2, &mut present));
-        assert!(!check(DELIVERIES, &delivery, None, 1, &mut present));
-        assert!(check(SESSIONS, b"other", some, 1, &mut absent));
-        assert!(check(RETAINED, b"t", some, 1, &mut absent));
     }
 
     /// An engine that stores a new message with its delivery right after the first

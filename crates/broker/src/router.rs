@@ -14,23 +14,22 @@ use fleetmq_codec::{
     AckProperties, LastWill, Packet, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
     SubAck, SubscriptionOptions, UnsubAck,
 };
-use fleetmq_storage::{WriteBatch, WriteOp};
 use fleetmq_topic::{Match, SubscriptionTrie, TopicFilter};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::admin::{AdminRequest, RetainedView, SessionDetail, SessionView, SubscriptionView};
+use crate::command::{Command, Fence, NewDelivery, PublishCommand, Verdict};
 use crate::config::{BrokerConfig, QueueFullPolicy};
 use crate::connection::{AckKind, ConnId, ConnectionHandle, Outgoing, OutgoingPublish};
 use crate::message::{now_ms, Message, MessageProperties};
 use crate::metrics::{DropReason, Metrics};
 use crate::peer::{ForwardTarget, ForwardedPublish};
 use crate::persist::{
-    self, client_key, client_prefix, split_client_key, ClientState, DeliveryRecord, IdGen,
-    MessageRecord, OwnerRecord, SessionRecord, Snapshot, SubscriptionRecord, WillRecord,
-    DELIVERIES, MESSAGES, OWNERS, QOS2_IN, RETAINED, SESSIONS, SETTINGS,
+    ClientState, DeliveryRecord, IdGen, MessageRecord, OwnerRecord, SessionRecord, Snapshot,
+    SubscriptionRecord, WillRecord,
 };
-use crate::session::{Delivery, Inflight, Phase, Session, SubscriptionEntry};
+use crate::session::{Delivery, Inflight, Phase, Revocation, Session, SubscriptionEntry};
 
 /// What a connection task asks of the router.
 #[derive(Debug)]
@@ -107,8 +106,13 @@ pub enum Event {
 /// What the replicated store tells the router, in the order it was applied.
 #[derive(Debug)]
 pub enum Applied {
-    /// The writes of one committed entry that this node's store admitted.
-    Entry { origin: u64, ops: Vec<WriteOp> },
+    /// The commands of one committed entry, in order: the admitted ones of another
+    /// node's entry; every one of this node's own, with its verdict (a refused claim or
+    /// publish has to be undone in memory).
+    Entry {
+        origin: u64,
+        commands: Vec<AppliedCommand>,
+    },
     /// A client whose session is now this node's (it connected here, or the node
     /// it was on died), with everything stored for it as of the entries sent before.
     Loaded {
@@ -125,6 +129,13 @@ pub enum Applied {
     /// How many nodes (voters and learners) the group has now: sent when the feed
     /// starts and with every membership change.
     Members(usize),
+}
+
+/// One command of an applied entry and what the state machine decided.
+#[derive(Debug, Clone)]
+pub struct AppliedCommand {
+    pub command: Command,
+    pub verdict: Verdict,
 }
 
 /// A validated CONNECT.
@@ -148,11 +159,13 @@ pub struct ConnectReply {
 /// Something to do once the round's writes are durable.
 #[derive(Debug)]
 pub enum Output {
-    Send(ConnectionHandle, Outgoing),
+    /// A packet for a connection; not sent if its [`Revocation`] was revoked meanwhile
+    /// (it came from a PUBLISH the replicated log refused).
+    Send(ConnectionHandle, Outgoing, Option<Revocation>),
     /// The CONNACK decision for connection `ConnId`.
     Reply(ConnId, oneshot::Sender<ConnectReply>, ConnectReply),
     /// A message for sessions of another node.
-    Forward(u64, ForwardedPublish),
+    Forward(u64, ForwardedPublish, Option<Revocation>),
     /// Tells an [`Event::Ingest`] caller that its message is routed and durable.
     Done(oneshot::Sender<()>),
 }
@@ -162,8 +175,8 @@ impl Output {
     /// their order. Peer nodes are kept apart from connection ids.
     pub fn destination(&self) -> u64 {
         match self {
-            Output::Send(handle, _) => handle.id,
-            Output::Forward(node, _) => u64::MAX - node,
+            Output::Send(handle, ..) => handle.id,
+            Output::Forward(node, ..) => u64::MAX - node,
             Output::Reply(conn, ..) => *conn,
             // Below every node's (node ids are at most 1023): one queue of its own.
             Output::Done(_) => u64::MAX - 2048,
@@ -174,7 +187,8 @@ impl Output {
 /// Everything one pass of the router produced.
 #[derive(Debug, Default)]
 pub struct Round {
-    pub batch: WriteBatch,
+    /// What the round changes in replicated state, in order.
+    pub commands: Vec<Command>,
     /// Outputs that go out once the round's writes are durable.
     pub outputs: Vec<Output>,
     /// Outputs of events that wrote nothing, to destinations none of `outputs` goes
@@ -195,14 +209,19 @@ pub struct Round {
 
 impl Round {
     pub fn is_empty(&self) -> bool {
-        self.batch.is_empty() && self.outputs.is_empty() && self.immediate.is_empty()
+        self.commands.is_empty() && self.outputs.is_empty() && self.immediate.is_empty()
+    }
+
+    /// Roughly how many storage writes the round's commands make.
+    pub fn weight(&self) -> usize {
+        self.commands.iter().map(Command::weight).sum()
     }
 
     /// Sorts the outputs one event added after `outputs_before`: they wait for the
     /// round's writes if the event wrote (or subscribed), or if an output that waits
     /// goes to the same destination; the others go to `immediate`.
-    fn settle_event(&mut self, outputs_before: usize, batch_before: usize, subscribed: bool) {
-        if self.batch.len() > batch_before || self.subscribed != subscribed {
+    fn settle_event(&mut self, outputs_before: usize, commands_before: usize, subscribed: bool) {
+        if self.commands.len() > commands_before || self.subscribed != subscribed {
             return;
         }
         if outputs_before == 0 {
@@ -251,6 +270,25 @@ struct Core {
     metrics: Arc<Metrics>,
     round: Round,
     ids: IdGen,
+    /// The client registry as applied so far, with this node's own claims and ends
+    /// counted from the moment it makes them: the record its next write for a client
+    /// is fenced by.
+    owners: HashMap<Arc<str>, OwnerRecord>,
+    /// The PUBLISH whose writes are being gathered into one command.
+    open: Option<OpenPublish>,
+    /// This node's PUBLISH commands not applied yet that sent something out: revoked
+    /// if the log refuses them.
+    revocations: HashMap<u64, Revocation>,
+    /// Writes come back from a replicated log (every node but one on `--storage
+    /// memory`): what this node applied in memory is confirmed or corrected from it.
+    replicated: bool,
+    /// This node's retained and settings writes not applied yet, per topic or name: an
+    /// applied value older than one of them must not replace it in memory.
+    retained_pending: HashMap<Arc<str>, u32>,
+    settings_pending: HashMap<String, u32>,
+    /// Hands out session generations: unique across every incarnation of every
+    /// session, so a timer of an ended session never matches its successor.
+    last_generation: u64,
     /// This node is the only member of its group: no other node routes to its
     /// sessions, so a clean session without a will is not stored (see
     /// [`Session::stored`]). Set by [`Applied::Members`]; a node without Raft is never
@@ -266,26 +304,11 @@ struct RemoteSession {
     filters: Vec<String>,
 }
 
-/// The message bodies one applied entry stored, decoded only when a delivery for a
-/// session of this node needs one (most are for other nodes' sessions), and then once
-/// however many of this node's sessions it is for.
-#[derive(Default)]
-struct EntryMessages {
-    raw: HashMap<u64, Vec<u8>>,
-    decoded: HashMap<u64, Arc<Message>>,
-}
-
-impl EntryMessages {
-    fn get(&mut self, id: u64) -> Option<Arc<Message>> {
-        if let Some(message) = self.decoded.get(&id) {
-            return Some(message.clone());
-        }
-        let raw = self.raw.remove(&id)?;
-        let record = persist::decode::<MessageRecord>(MESSAGES, &raw).ok()?;
-        let message = Arc::new(record.into_message());
-        self.decoded.insert(id, message.clone());
-        Some(message)
-    }
+/// One PUBLISH's writes while it is routed.
+struct OpenPublish {
+    command: PublishCommand,
+    /// What it sends is withdrawn if the log refuses it.
+    revocation: Option<Revocation>,
 }
 
 /// A CONNECT waiting for its session to arrive from the node that held it.
@@ -302,6 +325,7 @@ struct PendingConnect {
 
 struct HeldDelivery {
     seq: Option<u64>,
+    revocation: Option<Revocation>,
     stored_id: Option<u64>,
     message: Arc<Message>,
     qos: QoS,
@@ -378,8 +402,6 @@ pub struct Router {
     /// Boxed: the table has room for about twice as many entries as it holds, and a
     /// session is some 500 bytes; a node with many idle clients pays for that room.
     sessions: HashMap<Arc<str>, Box<Session>>,
-    /// The client registry as applied so far: which node holds each session.
-    owners: HashMap<Arc<str>, OwnerRecord>,
     /// Sessions held by other nodes; their subscriptions are in the trie too.
     remote: HashMap<Arc<str>, RemoteSession>,
     pending: HashMap<Arc<str>, PendingConnect>,
@@ -414,10 +436,16 @@ impl Router {
                 round: Round::default(),
                 ids: IdGen::new(node_id),
                 alone: false,
+                owners: HashMap::new(),
+                open: None,
+                revocations: HashMap::new(),
+                replicated: false,
+                retained_pending: HashMap::new(),
+                settings_pending: HashMap::new(),
+                last_generation: 0,
             },
             node_id,
             sessions: HashMap::new(),
-            owners: HashMap::new(),
             remote: HashMap::new(),
             pending: HashMap::new(),
             connections: HashMap::new(),
@@ -462,7 +490,7 @@ impl Router {
             .into_iter()
             .map(|(client, owner)| (Arc::from(client), owner))
             .collect();
-        let before = std::mem::replace(&mut self.owners, owners);
+        let before = std::mem::replace(&mut self.core.owners, owners);
         self.replace_retained(retained);
         let mut stored = StoredClients::index(&mut self.core.ids, messages, deliveries, qos2_in);
         stored.sessions = sessions;
@@ -480,7 +508,7 @@ impl Router {
                 self.set_remote(&client, Some(&record));
                 continue;
             }
-            if self.owners.get(&client).map(|o| o.node) != Some(self.node_id) {
+            if self.core.owners.get(&client).map(|o| o.node) != Some(self.node_id) {
                 // Stored before the registry existed: claim it so other nodes know.
                 self.claim(&client);
             }
@@ -492,11 +520,12 @@ impl Router {
             if with_session.contains(client.as_str()) || !self.is_mine(&client) {
                 continue;
             }
+            let fence = self.core.fence(&client);
             for (seq, _) in list {
-                self.core
-                    .round
-                    .batch
-                    .delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
+                self.core.push(Command::RemoveDelivery {
+                    fence: fence.clone(),
+                    seq,
+                });
             }
         }
         if !self.sessions.is_empty() || !self.retained.is_empty() || !self.remote.is_empty() {
@@ -528,24 +557,27 @@ impl Router {
 
     /// True when this node holds (or may take without asking) the client's session.
     fn is_mine(&self, client: &str) -> bool {
-        self.owners
+        self.core
+            .owners
             .get(client)
             .is_none_or(|owner| owner.node == self.node_id)
     }
 
-    /// Records in the registry that this node holds the client's session from now on.
-    /// Written before anything else of the client in the same batch, so the
-    /// state machine admits those writes.
+    /// Records in the registry that this node holds the client's session from now on,
+    /// in place of the record this node knows of. Proposed before anything else of the
+    /// client in the same round, whose writes are fenced by the new record.
     fn claim(&mut self, client: &Arc<str>) {
-        let epoch = self.owners.get(client).map_or(0, |o| o.epoch) + 1;
-        let record = OwnerRecord {
+        let expected = self.core.owners.get(client).copied();
+        let owner = OwnerRecord {
             node: self.node_id,
-            epoch,
+            epoch: expected.map_or(0, |o| o.epoch) + 1,
         };
-        self.core
-            .round
-            .batch
-            .put(OWNERS, client.as_bytes(), persist::encode(&record));
+        self.core.owners.insert(client.clone(), owner);
+        self.core.push(Command::Claim {
+            client: client.to_string(),
+            expected,
+            owner,
+        });
     }
 
     /// Makes a stored session this node's: in memory, in the trie, with its timers.
@@ -565,6 +597,8 @@ impl Router {
         let instant_now = Instant::now();
         let mut session = Session::new(client.clone(), record.protocol(), record.expiry_interval);
         session.stored = true;
+        session.generation = self.core.next_generation();
+        let generation = session.generation;
         for sub in &record.subscriptions {
             match TopicFilter::parse(&sub.filter) {
                 Ok(filter) => {
@@ -593,7 +627,7 @@ impl Router {
                 instant_now + delay.saturating_sub(elapsed),
                 Timer::WillDelay {
                     client: client.clone(),
-                    generation: 0,
+                    generation,
                 },
             );
         }
@@ -603,7 +637,7 @@ impl Router {
                 instant_now + expiry.saturating_sub(elapsed),
                 Timer::SessionExpiry {
                     client: client.clone(),
-                    generation: 0,
+                    generation,
                 },
             );
         }
@@ -611,10 +645,8 @@ impl Router {
             self.core.ids.observe(seq);
             let Some(message) = messages.get(&record.message_id) else {
                 warn!(client_id = %client, seq, "stored delivery without its message");
-                self.core
-                    .round
-                    .batch
-                    .delete(DELIVERIES, client_key(&client, &seq.to_be_bytes()));
+                let fence = self.core.fence(&client);
+                self.core.push(Command::RemoveDelivery { fence, seq });
                 continue;
             };
             let delivery = Delivery {
@@ -625,6 +657,7 @@ impl Router {
                 retain: record.retain,
                 subscription_ids: record.subscription_ids.clone(),
                 persisted: true,
+                revocation: None,
             };
             match record.phase() {
                 Some((packet_id, phase)) => {
@@ -725,9 +758,9 @@ impl Router {
     /// messages and deliveries for sessions of this node; sessions moving here or away.
     pub fn handle_applied(&mut self, applied: Applied) {
         match applied {
-            Applied::Entry { origin, ops } => {
+            Applied::Entry { origin, commands } => {
                 Metrics::add(&self.core.metrics.applied_entries, 1);
-                self.apply_entry(origin, ops);
+                self.apply_entry(origin, commands);
             }
             Applied::Loaded { client, state } => self.loaded(client, *state),
             Applied::Reset(snapshot) => self.reset(*snapshot),
@@ -788,146 +821,243 @@ impl Router {
         });
     }
 
+    /// This node's writes come back to it from a replicated log ([`Applied`]): memory
+    /// follows the log's order for what several nodes write (retained messages,
+    /// settings), and a PUBLISH the log refuses is withdrawn.
+    pub fn set_replicated(&mut self) {
+        self.core.replicated = true;
+    }
+
     /// The Raft log index up to which replicated writes are in this router's view.
     pub fn applied_through(&self) -> u64 {
         self.applied_through
     }
 
-    fn apply_entry(&mut self, origin: u64, ops: Vec<WriteOp>) {
+    /// Takes in one applied entry. Every kind of command is named here: one added
+    /// later does not compile until this says what it means for the router.
+    fn apply_entry(&mut self, origin: u64, commands: Vec<AppliedCommand>) {
         let own = origin == self.node_id;
-        let mut messages = EntryMessages::default();
-        for op in ops {
-            match op {
-                WriteOp::Put { tree, key, value } => match tree {
-                    OWNERS => {
-                        let Ok(client) = std::str::from_utf8(&key) else {
-                            continue;
-                        };
-                        let Ok(owner) = persist::decode::<OwnerRecord>(OWNERS, &value) else {
-                            continue;
-                        };
-                        let client: Arc<str> = Arc::from(client);
-                        self.owners.insert(client.clone(), owner);
-                        if owner.node != self.node_id {
-                            self.hand_off(&client);
-                            if let Some(pending) = self.pending.remove(&client) {
-                                // Another node claimed it after this one: it won.
-                                pending.conn.close(ReasonCode::SessionTakenOver);
-                            }
-                        }
+        for AppliedCommand { command, verdict } in commands {
+            if let Verdict::Refused { registry } = verdict {
+                if own {
+                    self.refused(command, registry);
+                }
+                continue;
+            }
+            match command {
+                // This node's own: its memory made them when it proposed them.
+                Command::Claim { .. }
+                | Command::SaveSession { .. }
+                | Command::ForgetSession { .. }
+                | Command::EndSession { .. }
+                    if own => {}
+                Command::Claim { client, owner, .. } => self.claimed_elsewhere(client, owner),
+                Command::SaveSession { fence, record } => {
+                    let client: Arc<str> = Arc::from(fence.client);
+                    if !self.sessions.contains_key(&client) {
+                        self.set_remote(&client, Some(&record));
                     }
-                    SESSIONS if !own => {
-                        let Ok(client) = std::str::from_utf8(&key) else {
-                            continue;
-                        };
-                        let client: Arc<str> = Arc::from(client);
-                        if self.sessions.contains_key(&client) {
-                            continue;
-                        }
-                        if let Ok(record) = persist::decode::<SessionRecord>(SESSIONS, &value) {
-                            self.set_remote(&client, Some(&record));
-                        }
+                }
+                Command::ForgetSession { fence } => {
+                    let client: Arc<str> = Arc::from(fence.client);
+                    if !self.sessions.contains_key(&client) {
+                        self.set_remote(&client, None);
                     }
-                    RETAINED if !own => {
-                        if let Ok(record) = persist::decode::<MessageRecord>(RETAINED, &value) {
-                            let message = Arc::new(record.into_message());
-                            if self
-                                .retained
-                                .insert(message.topic.clone(), message)
-                                .is_none()
-                            {
-                                Metrics::gauge_add(&self.core.metrics.retained_current, 1);
-                            }
-                        }
+                }
+                Command::EndSession { fence } => {
+                    let client: Arc<str> = Arc::from(fence.client);
+                    self.core.owners.remove(&client);
+                    if !self.sessions.contains_key(&client) {
+                        self.set_remote(&client, None);
                     }
-                    MESSAGES => {
-                        if let Ok(bytes) = <[u8; 8]>::try_from(key.as_slice()) {
-                            messages.raw.insert(u64::from_be_bytes(bytes), value);
-                        }
+                }
+                Command::Publish(publish) => {
+                    if own {
+                        self.core.revocations.remove(&publish.id);
                     }
-                    DELIVERIES => self.picked_up_delivery(own, &key, &value, &mut messages),
-                    SETTINGS if !own => {
-                        if let Ok(name) = std::str::from_utf8(&key) {
-                            self.set_setting(name, Some(Bytes::from(value)));
-                        }
-                    }
-                    _ => {}
-                },
-                WriteOp::Delete { tree, key } => match tree {
-                    OWNERS => {
-                        if let Ok(client) = std::str::from_utf8(&key) {
-                            self.owners.remove(client);
-                        }
-                    }
-                    SESSIONS if !own => {
-                        if let Ok(client) = std::str::from_utf8(&key) {
-                            let client: Arc<str> = Arc::from(client);
-                            if !self.sessions.contains_key(&client) {
-                                self.set_remote(&client, None);
-                            }
-                        }
-                    }
-                    RETAINED if !own => {
-                        if let Ok(topic) = std::str::from_utf8(&key) {
-                            if self.retained.remove(topic).is_some() {
-                                Metrics::gauge_add(&self.core.metrics.retained_current, -1);
-                            }
-                        }
-                    }
-                    SETTINGS if !own => {
-                        if let Ok(name) = std::str::from_utf8(&key) {
-                            self.set_setting(name, None);
-                        }
-                    }
-                    _ => {}
-                },
-                WriteOp::DeletePrefix { .. } => {}
+                    self.picked_up(own, publish);
+                }
+                // The owner's bookkeeping of its own sessions: only the owner holds them
+                // in memory, and it wrote these.
+                Command::DeliveryPhase { .. }
+                | Command::RemoveDelivery { .. }
+                | Command::ReleaseQos2 { .. }
+                | Command::DeleteMessages { .. } => {}
+                Command::SetRetained { topic, message } => {
+                    self.applied_retained(own, topic, message)
+                }
+                Command::SetSetting { name, value } => self.applied_setting(own, name, value),
             }
         }
     }
 
-    /// A delivery for a session of this node that it did not write itself: another
-    /// node routed a message here (or wrote it just before the session moved).
-    fn picked_up_delivery(
-        &mut self,
-        own: bool,
-        key: &[u8],
-        value: &[u8],
-        messages: &mut EntryMessages,
-    ) {
-        let Some((client, rest)) = split_client_key(key) else {
-            return;
-        };
-        let Some(session) = self.sessions.get_mut(client) else {
-            return;
-        };
-        let Ok(record) = persist::decode::<DeliveryRecord>(DELIVERIES, value) else {
-            return;
-        };
-        if own && !record.for_remote_owner {
+    /// Another node's claim was admitted: the session is that node's now.
+    fn claimed_elsewhere(&mut self, client: String, owner: OwnerRecord) {
+        let client: Arc<str> = Arc::from(client);
+        self.core.owners.insert(client.clone(), owner);
+        if owner.node != self.node_id {
+            self.hand_off(&client);
+            if let Some(pending) = self.pending.remove(&client) {
+                // Another node claimed it after this one: it won.
+                pending.conn.close(ReasonCode::SessionTakenOver);
+            }
+        }
+    }
+
+    /// One of this node's commands that the log refused: the registry named `registry`
+    /// for its client by the time it was applied, not what this node held it by.
+    fn refused(&mut self, command: Command, registry: Option<OwnerRecord>) {
+        Metrics::add(&self.core.metrics.commands_refused, 1);
+        match command {
+            Command::Claim { client, .. } => {
+                let client: Arc<str> = Arc::from(client);
+                match registry {
+                    Some(owner) if owner.node != self.node_id => {
+                        self.claimed_elsewhere(client.to_string(), owner)
+                    }
+                    // The record this node expected was replaced or removed by one it
+                    // has applied since (the session ended where it was): claim again
+                    // over what is there now, for the CONNECT waiting or the session
+                    // held here, and store that session again under the new record.
+                    _ => {
+                        match registry {
+                            Some(owner) => self.core.owners.insert(client.clone(), owner),
+                            None => self.core.owners.remove(&client),
+                        };
+                        if self.pending.contains_key(&client) || self.sessions.contains_key(&client)
+                        {
+                            debug!(client_id = %client, "claim refused; claiming again");
+                            self.claim(&client);
+                            if let Some(session) = self.sessions.get_mut(&client) {
+                                self.core.persist_session(session);
+                            }
+                        }
+                    }
+                }
+            }
+            Command::Publish(publish) => {
+                if let Some(revocation) = self.core.revocations.remove(&publish.id) {
+                    revocation.revoke();
+                    self.withdraw(&revocation);
+                }
+                debug!(
+                    client_id = publish.on_behalf.as_ref().map(|f| f.client.as_str()),
+                    "publish refused: its publisher's session moved on"
+                );
+            }
+            other => debug!(kind = other.kind(), "command refused: its session moved on"),
+        }
+    }
+
+    /// Removes from memory every delivery a refused PUBLISH made on this node; what it
+    /// would have sent is dropped on the way out (see [`Revocation`]).
+    fn withdraw(&mut self, revocation: &Revocation) {
+        let made_by = |d: &Delivery| d.revocation.as_ref().is_some_and(|r| r.same(revocation));
+        let metrics = self.core.metrics.clone();
+        for session in self.sessions.values_mut() {
+            let queued = session.queue.len();
+            session.queue.retain(|d| !made_by(d));
+            Metrics::gauge_add(
+                &metrics.queued_messages_current,
+                session.queue.len() as i64 - queued as i64,
+            );
+            session.inflight.retain(|i| !made_by(&i.delivery));
+        }
+        for pending in self.pending.values_mut() {
+            pending
+                .held
+                .retain(|h| !h.revocation.as_ref().is_some_and(|r| r.same(revocation)));
+        }
+    }
+
+    /// A retained message as the log ordered it. This node's own writes not applied
+    /// yet are newer: memory keeps theirs until the last of them is applied.
+    fn applied_retained(&mut self, own: bool, topic: String, message: Option<MessageRecord>) {
+        let topic: Arc<str> = Arc::from(topic);
+        if own {
+            if let Some(n) = self.core.retained_pending.get_mut(&topic) {
+                *n -= 1;
+                if *n == 0 {
+                    self.core.retained_pending.remove(&topic);
+                }
+            }
+        }
+        if self.core.retained_pending.contains_key(&topic) {
             return;
         }
-        let Ok(seq) = <[u8; 8]>::try_from(rest).map(u64::from_be_bytes) else {
-            return;
-        };
-        if own && session.held_before_pickup.remove(&seq) {
-            return;
+        let metrics = &self.core.metrics;
+        match message {
+            Some(record) => {
+                let message = Arc::new(record.into_message());
+                if self.retained.insert(topic, message).is_none() {
+                    Metrics::gauge_add(&metrics.retained_current, 1);
+                }
+            }
+            None => {
+                if self.retained.remove(&topic).is_some() {
+                    Metrics::gauge_add(&metrics.retained_current, -1);
+                }
+            }
         }
-        let Some(message) = messages.get(record.message_id) else {
-            warn!(client_id = %client, seq, "replicated delivery without its message");
-            return;
-        };
-        self.core.ids.observe(seq);
-        let delivery = Delivery {
-            seq,
-            message,
-            stored_id: Some(record.message_id),
-            qos: QoS::from_u8(record.qos).unwrap_or(QoS::AtLeastOnce),
-            retain: record.retain,
-            subscription_ids: record.subscription_ids,
-            persisted: true,
-        };
-        self.core.enqueue(session, delivery, true);
+    }
+
+    /// A setting as the log ordered it; like [`Router::applied_retained`].
+    fn applied_setting(&mut self, own: bool, name: String, value: Option<Vec<u8>>) {
+        if own {
+            if let Some(n) = self.core.settings_pending.get_mut(&name) {
+                *n -= 1;
+                if *n == 0 {
+                    self.core.settings_pending.remove(&name);
+                }
+            }
+        }
+        if !self.core.settings_pending.contains_key(&name) {
+            self.set_setting(&name, value.map(Bytes::from));
+        }
+    }
+
+    /// The deliveries of an applied PUBLISH for sessions of this node that it did not
+    /// write for them itself: another node routed the message here, or this node wrote
+    /// it for another node's session that has since moved here.
+    fn picked_up(&mut self, own: bool, publish: PublishCommand) {
+        let mut message: Option<(u64, Arc<Message>)> = None;
+        let mut record = publish.message;
+        for delivery in publish.deliveries {
+            let Some(session) = self.sessions.get_mut(delivery.client.as_str()) else {
+                continue;
+            };
+            if own && !delivery.record.for_remote_owner {
+                continue;
+            }
+            let seq = delivery.seq;
+            if own && session.held_before_pickup.remove(&seq) {
+                continue;
+            }
+            if message.is_none() {
+                message = record
+                    .take()
+                    .map(|(id, record)| (id, Arc::new(record.into_message())));
+            }
+            let Some((id, body)) = message
+                .as_ref()
+                .filter(|(id, _)| *id == delivery.record.message_id)
+            else {
+                warn!(client_id = %delivery.client, seq, "replicated delivery without its message");
+                continue;
+            };
+            self.core.ids.observe(seq);
+            let delivery = Delivery {
+                seq,
+                message: body.clone(),
+                stored_id: Some(*id),
+                qos: QoS::from_u8(delivery.record.qos).unwrap_or(QoS::AtLeastOnce),
+                retain: delivery.record.retain,
+                subscription_ids: delivery.record.subscription_ids,
+                persisted: true,
+                revocation: None,
+            };
+            self.core.enqueue(session, delivery, true);
+        }
     }
 
     fn loaded(&mut self, client: Arc<str>, mut state: ClientState) {
@@ -979,19 +1109,21 @@ impl Router {
                             retain: held.retain,
                             subscription_ids: held.subscription_ids,
                             persisted: true,
+                            revocation: held.revocation,
                         };
                         self.core.enqueue(session, delivery, true);
                     }
                     None => {
-                        let mut stored_id = None;
+                        let fence = self.core.fence(&client);
+                        self.core.begin_publish(Some(fence), None);
                         self.core.deliver(
                             session,
                             &held.message,
                             held.qos,
                             held.retain,
                             held.subscription_ids,
-                            &mut stored_id,
                         );
+                        self.core.end_publish();
                     }
                 }
             }
@@ -1025,7 +1157,23 @@ impl Router {
     /// gives up after `connect_timeout` (0x88) like any claim that cannot commit.
     /// Other nodes' sessions and the retained messages are read as at start.
     fn reset(&mut self, snap: Snapshot) {
-        let (before, mut stored) = self.take_snapshot(snap);
+        let (mut before, mut stored) = self.take_snapshot(snap);
+        // This node's own claims not applied yet are ahead of the snapshot: its next
+        // writes for those clients are fenced by them.
+        for (client, mine) in &before {
+            let ahead = mine.node == self.node_id
+                && self
+                    .core
+                    .owners
+                    .get(client)
+                    .is_some_and(|now| now.node == self.node_id && now.epoch < mine.epoch);
+            if ahead {
+                self.core.owners.insert(client.clone(), *mine);
+            }
+        }
+        // A CONNECT waiting for its session: the record this node had is its own claim,
+        // not one applied; who held the session before is not known here.
+        before.retain(|client, _| !self.pending.contains_key(client));
         let sessions = std::mem::take(&mut stored.sessions);
         let mut records: HashMap<Arc<str>, SessionRecord> = sessions
             .into_iter()
@@ -1036,7 +1184,7 @@ impl Router {
         let (mut moved, mut kept) = (Vec::new(), Vec::new());
         let mut reload = std::collections::HashSet::new();
         for client in self.sessions.keys() {
-            let now = self.owners.get(client);
+            let now = self.core.owners.get(client);
             if now.is_some_and(|o| o.node != node) {
                 moved.push(client.clone());
             } else if records.contains_key(client)
@@ -1054,7 +1202,7 @@ impl Router {
         self.timers
             .retain(|_, timer| timer.client().is_none_or(|c| !reload.contains(c)));
         for client in &kept {
-            if !self.owners.contains_key(client) {
+            if !self.core.owners.contains_key(client) {
                 // As at start: a session nobody is named for is claimed, so that other
                 // nodes route to it and no one else's writes to it are admitted.
                 self.claim(client);
@@ -1081,11 +1229,11 @@ impl Router {
                 self.set_remote(&client, Some(&record));
                 continue;
             }
-            if held_throughout(node, before.get(&client), self.owners.get(&client)) {
+            if held_throughout(node, before.get(&client), self.core.owners.get(&client)) {
                 // Ended here: its deletes are in entries after the snapshot.
                 continue;
             }
-            if !self.owners.contains_key(&client) {
+            if !self.core.owners.contains_key(&client) {
                 self.claim(&client);
             }
             let state = stored.take(&client, record);
@@ -1096,7 +1244,12 @@ impl Router {
         let waiting: Vec<Arc<str>> = self
             .pending
             .keys()
-            .filter(|client| self.owners.get(*client).is_some_and(|o| o.node == node))
+            .filter(|client| {
+                self.core
+                    .owners
+                    .get(*client)
+                    .is_some_and(|o| o.node == node)
+            })
             .cloned()
             .collect();
         for client in waiting {
@@ -1152,6 +1305,7 @@ impl Router {
                 retain: record.retain,
                 subscription_ids: record.subscription_ids,
                 persisted: true,
+                revocation: None,
             };
             self.core.enqueue(session, delivery, true);
         }
@@ -1198,7 +1352,7 @@ impl Router {
     /// Outputs and writes produced so far in this round.
     pub fn round_len(&self) -> usize {
         let round = &self.core.round;
-        round.outputs.len() + round.immediate.len() + round.batch.len()
+        round.outputs.len() + round.immediate.len() + round.commands.len()
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -1252,12 +1406,12 @@ impl Router {
 
     pub fn handle(&mut self, event: Event) {
         let round = &self.core.round;
-        let (outputs_before, batch_before, subscribed) =
-            (round.outputs.len(), round.batch.len(), round.subscribed);
+        let (outputs_before, commands_before, subscribed) =
+            (round.outputs.len(), round.commands.len(), round.subscribed);
         self.handle_event(event);
         self.core
             .round
-            .settle_event(outputs_before, batch_before, subscribed);
+            .settle_event(outputs_before, commands_before, subscribed);
     }
 
     fn handle_event(&mut self, event: Event) {
@@ -1319,14 +1473,10 @@ impl Router {
                 session_expiry_interval,
             } => self.disconnect(conn, publish_will, session_expiry_interval),
             Event::Forwarded(forwarded) => self.forwarded(forwarded),
-            Event::Sweep(ids) => {
-                for id in ids {
-                    self.core.round.batch.delete(MESSAGES, id.to_be_bytes());
-                }
-            }
+            Event::Sweep(ids) => self.core.push(Command::DeleteMessages { ids }),
             Event::Ingest { message, done } => {
                 Metrics::add(&self.core.metrics.messages_ingested, 1);
-                self.publish_message(message);
+                self.publish_message(message, None);
                 self.core.round.outputs.push(Output::Done(done));
             }
             Event::Admin(request) => self.admin(request),
@@ -1409,11 +1559,13 @@ impl Router {
                 self.core.round.outputs.push(Output::Done(done));
             }
             AdminRequest::PutSetting { name, value, done } => {
-                let batch = &mut self.core.round.batch;
-                match &value {
-                    Some(value) => batch.put(SETTINGS, name.as_bytes(), value.to_vec()),
-                    None => batch.delete(SETTINGS, name.as_bytes()),
+                if self.core.replicated {
+                    *self.core.settings_pending.entry(name.clone()).or_default() += 1;
                 }
+                self.core.push(Command::SetSetting {
+                    name: name.clone(),
+                    value: value.as_ref().map(|v| v.to_vec()),
+                });
                 self.set_setting(&name, value);
                 self.core.round.outputs.push(Output::Done(done));
             }
@@ -1451,7 +1603,7 @@ impl Router {
             });
         }
         let (client, remote) = self.remote.get_key_value(client_id)?;
-        let node = self.owners.get(client_id).map_or(0, |o| o.node);
+        let node = self.core.owners.get(client_id).map_or(0, |o| o.node);
         let mut filters = remote.filters.clone();
         filters.sort();
         Some(SessionView {
@@ -1475,25 +1627,22 @@ impl Router {
 
     fn forwarded(&mut self, forwarded: ForwardedPublish) {
         Metrics::add(&self.core.metrics.forwarded_in, 1);
+        // Written, if at all, for a session that became persistent since the sender
+        // routed: on behalf of no one here.
+        self.core.begin_publish(None, None);
         for target in forwarded.targets {
             let Some(session) = self.sessions.get_mut(&target.client) else {
                 self.core.metrics.dropped(DropReason::NotLocal);
                 continue;
             };
-            let mut stored_id = None;
             let mut ids = target.subscription_ids;
             if !session.protocol.is_v5() {
                 ids.clear();
             }
-            self.core.deliver(
-                session,
-                &forwarded.message,
-                target.qos,
-                target.retain,
-                ids,
-                &mut stored_id,
-            );
+            self.core
+                .deliver(session, &forwarded.message, target.qos, target.retain, ids);
         }
+        self.core.end_publish();
     }
 
     fn with_session(&mut self, conn: ConnId, f: impl FnOnce(&mut Core, &mut Session)) {
@@ -1512,19 +1661,28 @@ impl Router {
         reply: oneshot::Sender<ConnectReply>,
     ) {
         let client = request.client_id.clone();
-        if !self.sessions.contains_key(&client) && !self.is_mine(&client) {
+        let waiting = self.pending.contains_key(&client);
+        if waiting || (!self.sessions.contains_key(&client) && !self.is_mine(&client)) {
             // Another node holds the session: claim it, and finish this CONNECT once
-            // the claim is applied and the session's state has been read here.
-            self.claim(&client);
+            // the claim is applied and the session's state has been read here. A
+            // CONNECT already waiting for it gives its place to this one.
+            if !waiting {
+                self.claim(&client);
+            }
+            let held = match self.pending.remove(&client) {
+                Some(old) => {
+                    old.conn.close(ReasonCode::SessionTakenOver);
+                    old.held
+                }
+                None => Vec::new(),
+            };
             let pending = PendingConnect {
                 conn,
                 request,
                 reply,
-                held: Vec::new(),
+                held,
             };
-            if let Some(old) = self.pending.insert(client, pending) {
-                old.conn.close(ReasonCode::SessionTakenOver);
-            }
+            self.pending.insert(client, pending);
             return;
         }
         let mut session_present = false;
@@ -1535,7 +1693,9 @@ impl Router {
                 old.close(ReasonCode::SessionTakenOver);
                 self.connections.remove(&old.id);
             }
-            if request.clean_start {
+            // A session that ends with its connection (expiry 0) ended with the one just
+            // taken over, even when its DISCONNECT is still on its way here.
+            if request.clean_start || existing.expiry_interval == 0 {
                 old_will = existing.will.take();
                 self.end_session(&client);
             } else {
@@ -1552,7 +1712,7 @@ impl Router {
             request.will.is_some(),
         );
         if stored
-            && (self.owners.get(&client).map(|o| o.node) != Some(self.node_id)
+            && (self.core.owners.get(&client).map(|o| o.node) != Some(self.node_id)
                 || !self.sessions.contains_key(&client))
         {
             self.claim(&client);
@@ -1597,7 +1757,7 @@ impl Router {
         session.protocol = live.protocol;
         session.expiry_interval = live.expiry_interval;
         session.will = live.will;
-        session.generation += 1;
+        session.generation = core.next_generation();
         session.disconnected_at_ms = None;
         session.inflight_window = live.inflight_window;
         session.connection = Some(conn.clone());
@@ -1684,13 +1844,14 @@ impl Router {
 
     /// Removes a session and everything it holds, in memory and in storage.
     fn end_session(&mut self, client: &Arc<str>) {
-        let Some((mut session, _)) = self.remove_session(client) else {
+        let Some((session, _)) = self.remove_session(client) else {
             return;
         };
         self.unroute(client, &session);
         if session.stored {
-            self.core.forget_stored_state(&mut session);
-            self.core.round.batch.delete(OWNERS, client.as_bytes());
+            let fence = self.core.fence(client);
+            self.core.owners.remove(client);
+            self.core.push(Command::EndSession { fence });
         }
     }
 
@@ -1715,6 +1876,7 @@ impl Router {
         };
         let qos = publish.qos;
         let packet_id = publish.packet_id.unwrap_or(0);
+        let mut qos2_in = None;
         if qos == QoS::ExactlyOnce {
             // A resent QoS 2 PUBLISH before PUBREL was already routed: ack it again only.
             if !session.incoming_qos2.insert(packet_id) {
@@ -1723,47 +1885,61 @@ impl Router {
                 return;
             }
             if session.is_persistent() {
-                self.core.round.batch.put(
-                    QOS2_IN,
-                    client_key(&client, &packet_id.to_be_bytes()),
-                    Vec::new(),
-                );
+                qos2_in = Some(packet_id);
             }
         }
+        // Everything this PUBLISH writes is fenced by the publisher's session, so a
+        // node that lost the client meanwhile writes none of it (see command.rs).
+        let on_behalf = (qos != QoS::AtMostOnce).then(|| self.core.fence(&client));
+        self.core.begin_publish(on_behalf, qos2_in);
         let message = Arc::new(Message::from_publish(publish, client, now_ms()));
-        self.publish_message(message);
+        self.retain_and_route(&message);
         let kind = match qos {
-            QoS::AtMostOnce => return,
-            QoS::AtLeastOnce => AckKind::PubAck,
-            QoS::ExactlyOnce => AckKind::PubRec,
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(AckKind::PubAck),
+            QoS::ExactlyOnce => Some(AckKind::PubRec),
         };
-        self.core.send(&handle, Outgoing::ack(kind, packet_id));
+        if let Some(kind) = kind {
+            self.core.send(&handle, Outgoing::ack(kind, packet_id));
+        }
+        self.core.end_publish();
     }
 
     fn publish_will(&mut self, client: &Arc<str>, will: &LastWill) {
         debug!(client_id = %client, topic = %will.topic, "publishing will");
         let message = Arc::new(Message::from_will(will, client.clone(), now_ms()));
-        self.publish_message(message);
+        let on_behalf = self.core.fence(client);
+        self.publish_message(message, Some(on_behalf));
     }
 
-    /// Stores or clears the retained message if asked, then routes to subscribers.
-    pub fn publish_message(&mut self, message: Arc<Message>) {
+    /// Stores or clears the retained message if asked, then routes to subscribers;
+    /// what it writes is on behalf of `on_behalf`'s session, if any.
+    pub fn publish_message(&mut self, message: Arc<Message>, on_behalf: Option<Fence>) {
+        let on_behalf = on_behalf.filter(|_| message.qos != QoS::AtMostOnce);
+        self.core.begin_publish(on_behalf, None);
+        self.retain_and_route(&message);
+        self.core.end_publish();
+    }
+
+    fn retain_and_route(&mut self, message: &Arc<Message>) {
         if message.retain && self.core.config.retain_available {
-            self.retain(&message);
+            self.retain(message);
         }
-        self.route(&message);
+        self.route(message);
     }
 
     fn retain(&mut self, message: &Arc<Message>) {
         let is_sys = message.topic.starts_with(SYS_PREFIX);
         let metrics = &self.core.metrics;
         if message.payload.is_empty() {
-            if self.retained.remove(&message.topic).is_some() && !is_sys {
+            let had = self.retained.remove(&message.topic).is_some();
+            if had && !is_sys {
                 Metrics::gauge_add(&metrics.retained_current, -1);
-                self.core
-                    .round
-                    .batch
-                    .delete(RETAINED, message.topic.as_bytes());
+            }
+            // Memory may lack what another node set and the log has not brought yet:
+            // a clear is written whenever the log decides what every node keeps.
+            if !is_sys && (had || self.core.replicated) {
+                self.core.write_retained(&message.topic, None);
             }
             return;
         }
@@ -1776,11 +1952,8 @@ impl Router {
             Metrics::gauge_add(&metrics.retained_current, 1);
         }
         if !is_sys {
-            self.core.round.batch.put(
-                RETAINED,
-                message.topic.as_bytes(),
-                persist::encode(&MessageRecord::from_message(message)),
-            );
+            let record = MessageRecord::from_message(message);
+            self.core.write_retained(&message.topic, Some(record));
         }
     }
 
@@ -1800,7 +1973,6 @@ impl Router {
         });
         // Overlapping subscriptions of one client give one copy: group by client.
         targets.sort_unstable_by_key(|(client, _)| Arc::as_ptr(client) as *const u8 as usize);
-        let mut stored_id = None;
         let mut forwards: Vec<(u64, Vec<ForwardTarget>)> = Vec::new();
         let mut start = 0;
         while start < targets.len() {
@@ -1830,17 +2002,12 @@ impl Router {
                 if !session.protocol.is_v5() {
                     subscription_ids.clear();
                 }
-                self.core.deliver(
-                    session,
-                    message,
-                    qos,
-                    retain,
-                    subscription_ids,
-                    &mut stored_id,
-                );
+                self.core
+                    .deliver(session, message, qos, retain, subscription_ids);
                 continue;
             }
-            let (Some(owner), Some(session)) = (self.owners.get(&client), self.remote.get(&client))
+            let (Some(owner), Some(session)) =
+                (self.core.owners.get(&client), self.remote.get(&client))
             else {
                 continue;
             };
@@ -1855,12 +2022,12 @@ impl Router {
                         qos,
                         retain,
                         subscription_ids.clone(),
-                        &mut stored_id,
                     )
                 });
                 pending.held.push(HeldDelivery {
                     seq,
-                    stored_id: if durable { stored_id } else { None },
+                    revocation: self.core.revocation(),
+                    stored_id: if durable { self.core.stored_id() } else { None },
                     message: message.clone(),
                     qos,
                     retain,
@@ -1877,7 +2044,6 @@ impl Router {
                     qos,
                     retain,
                     subscription_ids,
-                    &mut stored_id,
                 );
             } else {
                 let target = ForwardTarget {
@@ -1894,6 +2060,7 @@ impl Router {
         }
         for (node, targets) in forwards {
             Metrics::add(&self.core.metrics.forwarded_out, 1);
+            let revocation = self.core.revocation();
             self.core.round.outputs.push(Output::Forward(
                 node,
                 ForwardedPublish {
@@ -1901,6 +2068,7 @@ impl Router {
                     message: message.clone(),
                     targets,
                 },
+                revocation,
             ));
         }
         targets.clear();
@@ -1977,14 +2145,16 @@ impl Router {
                 .collect();
             matching.sort_by(|a, b| a.topic.cmp(&b.topic));
             for message in matching {
-                let mut stored_id = None;
                 let qos = entry.options.qos.min(message.qos);
                 let ids = match (session.protocol.is_v5(), entry.subscription_id) {
                     (true, Some(id)) => vec![id],
                     _ => Vec::new(),
                 };
-                self.core
-                    .deliver(session, &message, qos, true, ids, &mut stored_id);
+                // Stored, if at all, for this subscriber: on its behalf.
+                let on_behalf = (qos != QoS::AtMostOnce).then(|| self.core.fence(&client));
+                self.core.begin_publish(on_behalf, None);
+                self.core.deliver(session, &message, qos, true, ids);
+                self.core.end_publish();
             }
         }
     }
@@ -2052,7 +2222,7 @@ impl Router {
                 publisher: None,
                 expires_at_ms: None,
             });
-            self.publish_message(message);
+            self.publish_message(message, None);
         }
     }
 
@@ -2123,7 +2293,83 @@ fn session_record(session: &Session) -> SessionRecord {
 
 impl Core {
     fn send(&mut self, handle: &ConnectionHandle, item: Outgoing) {
-        self.round.outputs.push(Output::Send(handle.clone(), item));
+        let revocation = self.revocation();
+        self.round
+            .outputs
+            .push(Output::Send(handle.clone(), item, revocation));
+    }
+
+    fn push(&mut self, command: Command) {
+        self.round.commands.push(command);
+    }
+
+    fn next_generation(&mut self) -> u64 {
+        self.last_generation += 1;
+        self.last_generation
+    }
+
+    /// The registry record this node's next write for `client` is fenced by.
+    fn fence(&self, client: &str) -> Fence {
+        Fence {
+            client: client.to_string(),
+            owner: self.owners.get(client).copied(),
+        }
+    }
+
+    /// Starts gathering what one routed message writes into one command.
+    fn begin_publish(&mut self, on_behalf: Option<Fence>, qos2_in: Option<u16>) {
+        // Only a write on someone's behalf can be refused, and only when another node
+        // can take that someone over.
+        let revocation =
+            (self.replicated && !self.alone && on_behalf.is_some()).then(Revocation::default);
+        self.open = Some(OpenPublish {
+            command: PublishCommand {
+                id: 0,
+                on_behalf,
+                qos2_in,
+                message: None,
+                deliveries: Vec::new(),
+            },
+            revocation,
+        });
+    }
+
+    /// Proposes what the message routed since [`Core::begin_publish`] writes, if any.
+    fn end_publish(&mut self) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        if open.command.is_empty() {
+            return;
+        }
+        let mut command = open.command;
+        command.id = self.ids.next_id();
+        if let Some(revocation) = open.revocation {
+            self.revocations.insert(command.id, revocation);
+        }
+        self.push(Command::Publish(command));
+    }
+
+    /// What withdraws the outputs of the message being routed, if it can be refused.
+    fn revocation(&self) -> Option<Revocation> {
+        self.open.as_ref().and_then(|o| o.revocation.clone())
+    }
+
+    /// The id of the message being routed, once its body is stored.
+    fn stored_id(&self) -> Option<u64> {
+        self.open
+            .as_ref()
+            .and_then(|o| o.command.message.as_ref().map(|(id, _)| *id))
+    }
+
+    fn write_retained(&mut self, topic: &Arc<str>, record: Option<MessageRecord>) {
+        if self.replicated {
+            *self.retained_pending.entry(topic.clone()).or_default() += 1;
+        }
+        self.push(Command::SetRetained {
+            topic: topic.to_string(),
+            message: record,
+        });
     }
 
     fn persist_session(&mut self, session: &mut Session) {
@@ -2132,11 +2378,8 @@ impl Core {
         }
         session.stored = true;
         let record = session_record(session);
-        self.round.batch.put(
-            SESSIONS,
-            session.client_id.as_bytes(),
-            persist::encode(&record),
-        );
+        let fence = self.fence(&session.client_id);
+        self.push(Command::SaveSession { fence, record });
     }
 
     /// Whether the session's records belong in the store (see [`Session::stored`]).
@@ -2156,14 +2399,8 @@ impl Core {
 
     /// Deletes what storage holds for a session that no longer persists.
     fn forget_stored_state(&mut self, session: &mut Session) {
-        let client = session.client_id.clone();
-        self.round.batch.delete(SESSIONS, client.as_bytes());
-        self.round
-            .batch
-            .delete_prefix(DELIVERIES, client_prefix(&client));
-        self.round
-            .batch
-            .delete_prefix(QOS2_IN, client_prefix(&client));
+        let fence = self.fence(&session.client_id);
+        self.push(Command::ForgetSession { fence });
         // The message bodies go with the next sweep, once no node's session points at them.
         for delivery in session
             .inflight
@@ -2177,25 +2414,44 @@ impl Core {
 
     fn forget_delivery(&mut self, client: &str, delivery: &Delivery) {
         if delivery.stored_id.is_some() {
-            self.round
-                .batch
-                .delete(DELIVERIES, client_key(client, &delivery.seq.to_be_bytes()));
+            let fence = self.fence(client);
+            self.push(Command::RemoveDelivery {
+                fence,
+                seq: delivery.seq,
+            });
         }
     }
 
-    /// Stores the message (once per PUBLISH) and returns its id.
-    fn store_message(&mut self, message: &Arc<Message>, stored_id: &mut Option<u64>) -> u64 {
-        if let Some(id) = *stored_id {
+    /// Stores the body of the message being routed (once however many sessions it is
+    /// for) and returns its id.
+    fn store_message(&mut self, message: &Arc<Message>) -> u64 {
+        if let Some(id) = self.stored_id() {
             return id;
         }
         let id = self.ids.next_id();
-        self.round.batch.put(
-            MESSAGES,
-            id.to_be_bytes(),
-            persist::encode(&MessageRecord::from_message(message)),
-        );
-        *stored_id = Some(id);
+        if self.open.is_none() {
+            // Every caller routes inside begin/end_publish; a stray one still writes.
+            self.begin_publish(None, None);
+        }
+        if let Some(open) = self.open.as_mut() {
+            open.command.message = Some((id, MessageRecord::from_message(message)));
+        }
         id
+    }
+
+    /// Adds the first write of a delivery to the message being routed.
+    fn add_delivery(&mut self, client: &str, seq: u64, record: DeliveryRecord) {
+        if self.open.is_none() {
+            let fence = self.fence(client);
+            self.begin_publish(Some(fence), None);
+        }
+        if let Some(open) = self.open.as_mut() {
+            open.command.deliveries.push(NewDelivery {
+                client: client.to_string(),
+                seq,
+                record,
+            });
+        }
     }
 
     /// A delivery for a persistent session on another node, written for its owner.
@@ -2206,9 +2462,8 @@ impl Core {
         qos: QoS,
         retain: bool,
         subscription_ids: Vec<u32>,
-        stored_id: &mut Option<u64>,
     ) -> u64 {
-        let message_id = self.store_message(message, stored_id);
+        let message_id = self.store_message(message);
         let seq = self.ids.next_id();
         let record = DeliveryRecord {
             message_id,
@@ -2219,11 +2474,7 @@ impl Core {
             for_remote_owner: true,
             first_write: true,
         };
-        self.round.batch.put(
-            DELIVERIES,
-            client_key(client, &seq.to_be_bytes()),
-            persist::encode(&record),
-        );
+        self.add_delivery(client, seq, record);
         seq
     }
 
@@ -2233,22 +2484,28 @@ impl Core {
         delivery: &mut Delivery,
         inflight: Option<(u16, Phase)>,
     ) {
-        if let Some(id) = delivery.stored_id {
-            let record = DeliveryRecord {
-                message_id: id,
-                qos: delivery.qos.as_u8(),
-                retain: delivery.retain,
-                subscription_ids: delivery.subscription_ids.clone(),
-                inflight: inflight.map(|(pid, phase)| (pid, phase.as_u8())),
-                for_remote_owner: false,
-                first_write: !delivery.persisted,
-            };
+        let Some(id) = delivery.stored_id else {
+            return;
+        };
+        let record = DeliveryRecord {
+            message_id: id,
+            qos: delivery.qos.as_u8(),
+            retain: delivery.retain,
+            subscription_ids: delivery.subscription_ids.clone(),
+            inflight: inflight.map(|(pid, phase)| (pid, phase.as_u8())),
+            for_remote_owner: false,
+            first_write: !delivery.persisted,
+        };
+        if delivery.persisted {
+            let fence = self.fence(client);
+            self.push(Command::DeliveryPhase {
+                fence,
+                seq: delivery.seq,
+                record,
+            });
+        } else {
             delivery.persisted = true;
-            self.round.batch.put(
-                DELIVERIES,
-                client_key(client, &delivery.seq.to_be_bytes()),
-                persist::encode(&record),
-            );
+            self.add_delivery(client, delivery.seq, record);
         }
     }
 
@@ -2260,7 +2517,6 @@ impl Core {
         qos: QoS,
         retain: bool,
         subscription_ids: Vec<u32>,
-        stored_id: &mut Option<u64>,
     ) {
         if qos == QoS::AtMostOnce {
             // QoS 0 is never queued for an absent client, nor tracked: straight out.
@@ -2285,9 +2541,10 @@ impl Core {
             retain,
             subscription_ids,
             persisted: false,
+            revocation: self.revocation(),
         };
         if session.is_persistent() {
-            delivery.stored_id = Some(self.store_message(message, stored_id));
+            delivery.stored_id = Some(self.store_message(message));
         }
         self.enqueue(session, delivery, false);
     }
@@ -2355,17 +2612,19 @@ impl Core {
         packet_id: Option<u16>,
         dup: bool,
     ) {
-        self.send(
-            handle,
-            Outgoing::Publish(OutgoingPublish {
-                message: delivery.message.clone(),
-                qos: delivery.qos,
-                packet_id,
-                dup,
-                retain: delivery.retain,
-                subscription_ids: delivery.subscription_ids.clone(),
-            }),
-        );
+        let publish = Outgoing::Publish(OutgoingPublish {
+            message: delivery.message.clone(),
+            qos: delivery.qos,
+            packet_id,
+            dup,
+            retain: delivery.retain,
+            subscription_ids: delivery.subscription_ids.clone(),
+        });
+        self.round.outputs.push(Output::Send(
+            handle.clone(),
+            publish,
+            delivery.revocation.clone(),
+        ));
     }
 
     /// Fills the inflight window from the queue.
@@ -2472,10 +2731,8 @@ impl Core {
     fn pubrel(&mut self, session: &mut Session, packet_id: u16) {
         let known = session.incoming_qos2.remove(&packet_id);
         if known && session.is_persistent() {
-            self.round.batch.delete(
-                QOS2_IN,
-                client_key(&session.client_id, &packet_id.to_be_bytes()),
-            );
+            let fence = self.fence(&session.client_id);
+            self.push(Command::ReleaseQos2 { fence, packet_id });
         }
         if known {
             if let Some(handle) = session.connection.clone() {

@@ -7,16 +7,17 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use fleetmq_codec::{ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode};
-use fleetmq_storage::{KvEngine, MemoryEngine, WriteBatch, WriteOp};
+use fleetmq_storage::{KvEngine, MemoryEngine};
 use fleetmq_topic::TopicFilter;
 use tokio::sync::oneshot;
 
+use crate::command::{self, Command, Verdict};
 use crate::config::BrokerConfig;
 use crate::connection::{ConnectionEnd, ConnectionHandle, Outgoing, OutgoingPublish};
 use crate::metrics::Metrics;
 use crate::peer::{ForwardedPublish, Forwarder};
 use crate::persist::{self, OwnerRecord, OWNERS};
-use crate::router::{Applied, ConnectReply, ConnectRequest, Event, Round, Router};
+use crate::router::{Applied, AppliedCommand, ConnectReply, ConnectRequest, Event, Round, Router};
 use crate::service::deliver;
 
 #[derive(Default)]
@@ -41,13 +42,20 @@ struct Cluster {
     /// [`Cluster::replay_missed`].
     lagging: Option<usize>,
     /// The entries the lagging node's router missed, in commit order.
-    missed: Vec<(u64, Vec<WriteOp>)>,
+    missed: Vec<(u64, Vec<AppliedCommand>)>,
 }
 
 struct Client {
     conn: u64,
     end: ConnectionEnd,
     reply: oneshot::Receiver<ConnectReply>,
+}
+
+impl Client {
+    /// Whether its CONNECT was answered with a session present.
+    fn reply_present(&mut self) -> bool {
+        self.reply.try_recv().is_ok_and(|r| r.session_present)
+    }
 }
 
 impl Cluster {
@@ -60,7 +68,9 @@ impl Cluster {
                     sys_interval: None,
                     ..BrokerConfig::default()
                 };
-                Router::new(config, metrics.clone(), persist::Snapshot::default())
+                let mut router = Router::new(config, metrics.clone(), persist::Snapshot::default());
+                router.set_replicated();
+                router
             })
             .collect();
         Cluster {
@@ -98,79 +108,57 @@ impl Cluster {
         panic!("the cluster did not settle");
     }
 
-    /// Commits one round of node `origin`: its writes go to the store and, in order, to
+    /// Commits one round of node `origin`: its commands are admitted and applied to the
+    /// store as the state machine does ([`command::apply_all`]), and fed, in order, to
     /// every router that is not lagging; then its outputs go out.
     fn commit(&mut self, origin: u64, round: Round) {
         deliver(round.immediate, &self.metrics, &self.forwarded);
-        // One op at a time, so that each is admitted against the ones before it (a
-        // claim and the session it brings come in one batch).
-        let mut ops = Vec::new();
-        for op in round.batch.ops() {
-            if self.admits(origin, op) {
-                let mut one = WriteBatch::new();
-                one.push(op.clone());
-                self.engine.write(one).unwrap();
-                ops.push(op.clone());
-            }
-        }
-        self.apply(origin, &ops);
+        let verdicts = command::apply_all(&self.engine, &round.commands).unwrap();
+        let applied: Vec<AppliedCommand> = round
+            .commands
+            .into_iter()
+            .zip(verdicts)
+            .map(|(command, verdict)| AppliedCommand { command, verdict })
+            .collect();
+        self.apply(origin, &applied);
         deliver(round.outputs, &self.metrics, &self.forwarded);
     }
 
-    /// The state machine's registry check ([`persist::admit`]), one op at a time: a
-    /// node that no longer holds a session cannot overwrite it.
-    fn admits(&self, origin: u64, op: &WriteOp) -> bool {
-        let (tree, key, value) = match op {
-            WriteOp::Put { tree, key, value } => (*tree, key, Some(value.as_slice())),
-            WriteOp::Delete { tree, key } => (*tree, key, None),
-            WriteOp::DeletePrefix { .. } => return true,
-        };
-        let engine = &self.engine;
-        persist::admit(
-            tree,
-            key,
-            value,
-            origin,
-            &mut |client| {
-                engine
-                    .get(OWNERS, client.as_bytes())
-                    .unwrap()
-                    .map(|v| persist::decode::<OwnerRecord>(OWNERS, &v).unwrap().node)
-            },
-            &mut |key| engine.get(tree, key).unwrap().is_some(),
-        )
+    /// What node `node`'s router is fed of an entry of `origin`: another node's
+    /// admitted commands, all of its own with their verdicts.
+    fn fed(node: usize, origin: u64, commands: &[AppliedCommand]) -> Vec<AppliedCommand> {
+        commands
+            .iter()
+            .filter(|c| node as u64 == origin || c.verdict == Verdict::Applied)
+            .cloned()
+            .collect()
     }
 
-    /// Feeds committed `ops` to every router that is not lagging, with the loads a
+    /// Feeds committed commands to every router that is not lagging, with the loads a
     /// claim gives its new owner.
-    fn apply(&mut self, origin: u64, ops: &[WriteOp]) {
+    fn apply(&mut self, origin: u64, commands: &[AppliedCommand]) {
         for (i, router) in self.routers.iter_mut().enumerate() {
             if self.lagging == Some(i + 1) {
-                self.missed.push((origin, ops.to_vec()));
+                self.missed.push((origin, commands.to_vec()));
             } else {
                 router.handle_applied(Applied::Entry {
                     origin,
-                    ops: ops.to_vec(),
+                    commands: Self::fed(i + 1, origin, commands),
                 });
             }
         }
-        for op in ops {
-            let WriteOp::Put {
-                tree: OWNERS,
-                key,
-                value,
-            } = op
+        for applied in commands {
+            let (Command::Claim { client, owner, .. }, Verdict::Applied) =
+                (&applied.command, applied.verdict)
             else {
                 continue;
             };
-            let owner: OwnerRecord = persist::decode(OWNERS, value).unwrap();
             if self.lagging == Some(owner.node as usize) {
                 continue;
             }
-            let client = std::str::from_utf8(key).unwrap();
             let state = persist::load_client(&self.engine, client).unwrap();
             self.routers[owner.node as usize - 1].handle_applied(Applied::Loaded {
-                client: Arc::from(client),
+                client: Arc::from(client.as_str()),
                 state: Box::new(state),
             });
         }
@@ -189,8 +177,9 @@ impl Cluster {
     /// its state machine would while catching up through the log; its rounds stay
     /// with the caller.
     fn replay_missed(&mut self, node: usize, n: usize) {
-        for (origin, ops) in self.missed.drain(..n) {
-            self.routers[node - 1].handle_applied(Applied::Entry { origin, ops });
+        for (origin, commands) in self.missed.drain(..n) {
+            let commands = Self::fed(node, origin, &commands);
+            self.routers[node - 1].handle_applied(Applied::Entry { origin, commands });
         }
     }
 
@@ -267,6 +256,23 @@ impl Cluster {
         self.settle();
     }
 
+    /// A QoS 2 PUBLISH sent again (DUP) with the packet id of [`publish_uncommitted`].
+    fn send_publish_dup(&mut self, node: usize, c: &Client, payload: &str) {
+        self.routers[node - 1].handle(Event::Publish {
+            conn: c.conn,
+            publish: Publish {
+                dup: true,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: Arc::from("q/1"),
+                packet_id: Some(7),
+                properties: PublishProperties::default(),
+                payload: Bytes::from(payload.to_string()),
+            },
+        });
+        self.settle();
+    }
+
     fn disconnect(&mut self, node: usize, c: &Client) {
         self.routers[node - 1].handle(Event::Disconnect {
             conn: c.conn,
@@ -283,16 +289,24 @@ impl Cluster {
 
     /// Commits a move of `client` to `node`, as the leader's failover does.
     fn move_session(&mut self, client: &str, node: u64) {
-        let epoch = self.owner(client).epoch + 1;
-        let mut batch = WriteBatch::new();
-        batch.put(
-            OWNERS,
-            client.as_bytes(),
-            persist::encode(&OwnerRecord { node, epoch }),
-        );
+        let expected = self.owner(client);
+        self.move_session_from(client, expected, node);
+    }
+
+    /// Commits a move of `client` to `node` over the registry record `expected`, as a
+    /// failover decided from it does.
+    fn move_session_from(&mut self, client: &str, expected: OwnerRecord, node: u64) {
         let mut round = Round::default();
-        round.batch = batch;
-        self.commit(node, round);
+        round.commands.push(Command::Claim {
+            client: client.into(),
+            expected: Some(expected),
+            owner: OwnerRecord {
+                node,
+                epoch: expected.epoch + 1,
+            },
+        });
+        // Proposed by the leader, which is none of the routers here.
+        self.commit(0, round);
     }
 }
 
@@ -584,7 +598,7 @@ fn a_deposed_owner_sends_nothing_on_the_connection_it_let_go() {
     assert!(
         stale.outputs.iter().any(|o| matches!(
             o,
-            crate::router::Output::Send(h, Outgoing::Publish(_)) if h.id == first.conn
+            crate::router::Output::Send(h, Outgoing::Publish(_), _) if h.id == first.conn
         )),
         "node 3 still holds the session when it applies the delivery, and sends it"
     );
@@ -601,4 +615,132 @@ fn a_deposed_owner_sends_nothing_on_the_connection_it_let_go() {
     let got = publishes(&mut second);
     assert_eq!(got.len(), 1, "delivered once, by the owner: {got:?}");
     assert!(!got[0].dup);
+}
+
+fn is_open(c: &Client) -> bool {
+    is_closed(c).is_none()
+}
+
+/// A QoS 2 PUBLISH handed to node `node`'s router whose round is not committed yet (the
+/// node was paused, or cut off, right after): the round is returned to commit later.
+fn publish_uncommitted(
+    cluster: &mut Cluster,
+    node: usize,
+    c: &Client,
+    payload: &str,
+    dup: bool,
+) -> Round {
+    cluster.routers[node - 1].handle(Event::Publish {
+        conn: c.conn,
+        publish: Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: Arc::from("q/1"),
+            packet_id: Some(7),
+            properties: PublishProperties::default(),
+            payload: Bytes::from(payload.to_string()),
+        },
+    });
+    cluster.routers[node - 1].take_round()
+}
+
+#[test]
+fn a_qos2_publish_whose_publisher_moved_before_it_was_applied_is_delivered_once() {
+    let mut cluster = Cluster::new(3);
+    let mut near = cluster.connect(1, "near", false, 600);
+    cluster.subscribe(1, &near, "q/#", QoS::ExactlyOnce);
+    let mut far = cluster.connect(3, "far", false, 600);
+    cluster.subscribe(3, &far, "q/#", QoS::ExactlyOnce);
+    let publisher = cluster.connect(1, "pub", false, 600);
+
+    // Node 1 takes the PUBLISH in; before its round commits, the publisher resumes its
+    // session on node 2 (node 1 was paused: the client timed out and moved).
+    let late = publish_uncommitted(&mut cluster, 1, &publisher, "once", false);
+    let mut moved = cluster.connect(2, "pub", false, 600);
+    assert!(moved.reply_present());
+    assert_eq!(is_closed(&publisher), Some(ReasonCode::SessionTakenOver));
+    // Node 1 resumes: its round commits after the move, and is refused whole.
+    cluster.commit(1, late);
+    cluster.settle();
+    assert!(publishes(&mut near).is_empty(), "node 1's own subscriber");
+    assert!(publishes(&mut far).is_empty(), "node 3's subscriber");
+    assert_eq!(
+        cluster
+            .metrics
+            .commands_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // The client resends on node 2, as MQTT says it must: one copy each.
+    cluster.send_publish_dup(2, &moved, "once");
+    assert_eq!(payloads(&mut near), ["once"]);
+    assert_eq!(payloads(&mut far), ["once"]);
+    assert!(is_open(&near) && is_open(&far));
+}
+
+#[test]
+fn a_claim_racing_a_failover_adoption_stands() {
+    let mut cluster = Cluster::new(3);
+    let first = cluster.connect(1, "dev", false, 600);
+    cluster.subscribe(1, &first, "d/#", QoS::AtLeastOnce);
+    let before = cluster.owner("dev");
+    // Node 1 is taken for dead; the leader decides to give "dev" to node 3 from the
+    // registry as it reads it. Meanwhile the client reconnects on node 2, whose claim
+    // is committed first.
+    let mut second = cluster.connect(2, "dev", false, 600);
+    assert!(second.reply_present());
+    cluster.move_session_from("dev", before, 3);
+    assert_eq!(cluster.owner("dev").node, 2, "the reconnect's claim stands");
+    assert!(is_open(&second));
+    assert_eq!(cluster.routers[2].session_count(), 0);
+    let publisher = cluster.connect(3, "pub", true, 0);
+    cluster.publish(3, &publisher, "d/1", "still here", QoS::AtLeastOnce);
+    assert_eq!(payloads(&mut second), ["still here"]);
+}
+
+#[test]
+fn nodes_setting_one_retained_topic_at_once_agree_on_the_last_in_the_log() {
+    let mut cluster = Cluster::new(2);
+    let a = cluster.connect(1, "a", true, 0);
+    let b = cluster.connect(2, "b", true, 0);
+    for round in 0..3 {
+        // Both take a retained PUBLISH in before either is committed; the log orders
+        // node 2's first one round, node 1's first the next.
+        let from_a = retained_uncommitted(&mut cluster, 1, &a, &format!("a{round}"));
+        let from_b = retained_uncommitted(&mut cluster, 2, &b, &format!("b{round}"));
+        let expected = if round % 2 == 0 {
+            cluster.commit(2, from_b);
+            cluster.commit(1, from_a);
+            format!("a{round}")
+        } else {
+            cluster.commit(1, from_a);
+            cluster.commit(2, from_b);
+            format!("b{round}")
+        };
+        cluster.settle();
+        for node in 1..=2 {
+            let mut reader = cluster.connect(node, "reader", true, 0);
+            cluster.subscribe(node, &reader, "r/t", QoS::AtMostOnce);
+            assert_eq!(payloads(&mut reader), vec![expected.clone()], "node {node}");
+            cluster.disconnect(node, &reader);
+        }
+    }
+}
+
+fn retained_uncommitted(cluster: &mut Cluster, node: usize, c: &Client, payload: &str) -> Round {
+    cluster.routers[node - 1].handle(Event::Publish {
+        conn: c.conn,
+        publish: Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: Arc::from("r/t"),
+            packet_id: Some(1),
+            properties: PublishProperties::default(),
+            payload: Bytes::from(payload.to_string()),
+        },
+    });
+    cluster.routers[node - 1].take_round()
 }

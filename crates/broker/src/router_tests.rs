@@ -68,7 +68,7 @@ impl Harness {
     fn settle(&mut self) {
         let round = self.router.take_round();
         deliver(round.immediate, &self.metrics, &crate::peer::NoForwarder);
-        self.engine.write(round.batch).unwrap();
+        crate::command::apply_all(&self.engine, &round.commands).unwrap();
         deliver(round.outputs, &self.metrics, &crate::peer::NoForwarder);
     }
 
@@ -508,6 +508,22 @@ fn takeover_closes_the_old_connection_and_keeps_the_session() {
     assert_eq!(payloads(&publishes(&mut second)), ["still"]);
 }
 
+#[test]
+fn taking_over_a_session_that_ends_with_its_connection_starts_a_new_one() {
+    let mut h = Harness::new(BrokerConfig::default());
+    let first = h.connect("same", V4, true, 0);
+    h.subscribe(&first, "t", opts(QoS::AtLeastOnce), None);
+    // The persistent CONNECT arrives before the clean connection's DISCONNECT: that
+    // session ended with its connection all the same.
+    let second = h.connect("same", V4, false, 100);
+    assert!(!second.session_present);
+    h.disconnect(first, false);
+    let publisher = h.connect("pub", V5, true, 0);
+    h.publish(&publisher, "t", "unsubscribed", QoS::AtLeastOnce, 1);
+    let mut second = second;
+    assert!(publishes(&mut second).is_empty());
+}
+
 fn will(topic: &str, delay: Option<u32>) -> LastWill {
     LastWill {
         topic: Arc::from(topic),
@@ -578,6 +594,27 @@ fn session_expiry_ends_the_session() {
     let c = h.connect("c", V5, false, 2);
     assert!(!c.session_present);
     assert_eq!(h.router.session_count(), 1);
+}
+
+#[test]
+fn a_session_expiry_timer_does_not_outlive_its_session() {
+    let mut h = Harness::new(BrokerConfig::default());
+    let c = h.connect("c", V5, false, 5);
+    h.disconnect(c, true);
+    // Within those 5 s, a new session (clean start) that lives longer.
+    let c = h.connect("c", V5, true, 10);
+    assert!(!c.session_present);
+    h.subscribe(&c, "t", opts(QoS::AtLeastOnce), None);
+    h.disconnect(c, true);
+    // The first session's timer comes due: its session is gone, the second stays.
+    h.router
+        .fire_timers(Instant::now() + Duration::from_secs(6));
+    h.settle();
+    let c = h.connect("c", V5, false, 10);
+    assert!(
+        c.session_present,
+        "the first session's timer ended the second"
+    );
 }
 
 #[test]
@@ -797,10 +834,12 @@ fn settings_are_stored_follow_other_nodes_and_survive_a_restart() {
     // Another node's write, as the replicated store applies it here.
     h.router.handle_applied(crate::router::Applied::Entry {
         origin: 2,
-        ops: vec![fleetmq_storage::WriteOp::Put {
-            tree: persist::SETTINGS,
-            key: b"acl".to_vec(),
-            value: b"v2".to_vec(),
+        commands: vec![crate::router::AppliedCommand {
+            command: crate::command::Command::SetSetting {
+                name: "acl".into(),
+                value: Some(b"v2".to_vec()),
+            },
+            verdict: crate::command::Verdict::Applied,
         }],
     });
     assert_eq!(
@@ -855,7 +894,7 @@ fn outputs_of_an_event_that_wrote_nothing_need_not_wait_for_the_pass_s_writes() 
     );
     let round = h.router.take_round();
     assert!(
-        !round.batch.is_empty(),
+        !round.commands.is_empty(),
         "the QoS 1 message for a persistent session is stored"
     );
     let to = |outputs: &[crate::router::Output]| -> Vec<u64> {
@@ -894,7 +933,7 @@ fn outputs_of_an_event_that_wrote_nothing_need_not_wait_for_the_pass_s_writes() 
         .outputs
         .iter()
         .filter_map(|o| match o {
-            crate::router::Output::Send(handle, Outgoing::Ack { packet_id, .. })
+            crate::router::Output::Send(handle, Outgoing::Ack { packet_id, .. }, _)
                 if handle.id == durable_pub.conn =>
             {
                 Some(*packet_id)
@@ -946,7 +985,7 @@ fn a_node_alone_stores_no_clean_session_until_a_second_node_joins() {
         publish_will: false,
         session_expiry_interval: None,
     });
-    assert!(h.router.take_round().batch.is_empty());
+    assert!(h.router.take_round().commands.is_empty());
 
     // A second node joins: what it must route to is stored at once, subscription too.
     h.router.handle_applied(crate::router::Applied::Members(2));

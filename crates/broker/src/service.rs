@@ -10,16 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetmq_codec::Packet;
-use fleetmq_storage::{KvEngine, StorageError, WriteBatch};
+use fleetmq_storage::{KvEngine, StorageError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::command::{self, Command};
 use crate::config::BrokerConfig;
 use crate::connection::Outgoing;
 use crate::metrics::Metrics;
 use crate::peer::Forwarder;
-use crate::persist::{self, Snapshot};
+use crate::persist::{self, PersistError, Snapshot};
 use crate::router::{Applied, Event, Output, Round, Router, Settings};
 
 /// Events one router pass takes before it hands its output on.
@@ -39,8 +40,8 @@ const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(30);
 const SWEEP_PAUSE_PER_SCAN: u32 = 10;
 /// At most this many message bodies deleted per sweep event (one router round).
 const SWEEP_CHUNK: usize = 1024;
-/// Writes merged into one commit (one Raft entry in a cluster) at most; a round is
-/// never split, so one big round may go over.
+/// Storage writes (see [`Command::weight`]) merged into one commit (one Raft entry in a
+/// cluster) at most; a round is never split, so one big round may go over.
 const MAX_OPS_PER_COMMIT: usize = 4096;
 /// Committed rounds whose outputs wait for [`Visibility`]; beyond this the committer waits.
 const FENCE_QUEUE: usize = 64;
@@ -50,6 +51,8 @@ const FENCE_QUEUE: usize = 64;
 pub enum CommitError {
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    Persist(#[from] PersistError),
     #[error("replication: {0}")]
     Replication(String),
 }
@@ -58,12 +61,12 @@ pub enum CommitError {
 /// node, a committed Raft entry in a cluster. The broker defines it; whoever runs the
 /// broker chooses the implementation.
 pub trait Committer: Send + 'static {
-    /// Resolves once `batch` is durable, with the Raft log index of the entry that
-    /// carries it (0 where there is no log). Batches come in order, one at a time; on
-    /// an error the outputs of the rounds in the batch are withheld (clients resend).
+    /// Resolves once `commands` are durable, with the Raft log index of the entry that
+    /// carries them (0 where there is no log). Calls come in order, one at a time; on
+    /// an error the outputs of the rounds they came from are withheld (clients resend).
     fn commit(
         &mut self,
-        batch: WriteBatch,
+        commands: Vec<Command>,
     ) -> impl Future<Output = Result<u64, CommitError>> + Send;
 }
 
@@ -120,7 +123,9 @@ impl RoutingView {
     }
 }
 
-/// Writes to the local store and flushes it: the single-node committer.
+/// Applies commands to the local store and flushes it: the committer of a node without
+/// Raft (`--storage memory`). Admission decides as the state machine would; a lone node
+/// never sees a refusal.
 pub struct LocalCommitter {
     engine: Arc<dyn KvEngine>,
 }
@@ -134,14 +139,15 @@ impl LocalCommitter {
 impl Committer for LocalCommitter {
     fn commit(
         &mut self,
-        batch: WriteBatch,
+        commands: Vec<Command>,
     ) -> impl Future<Output = Result<u64, CommitError>> + Send {
         let engine = self.engine.clone();
         async move {
             // fsync blocks: keep it off the runtime's worker threads.
             tokio::task::spawn_blocking(move || {
-                engine.write(batch)?;
-                engine.flush()
+                command::apply_all(engine.as_ref(), &commands)?;
+                engine.flush()?;
+                Ok::<_, CommitError>(())
             })
             .await
             .map_err(|e| CommitError::Replication(format!("writer task failed: {e}")))??;
@@ -205,6 +211,9 @@ impl BrokerService {
             visibility,
         } = parts;
         let mut router = Router::new(config, metrics.clone(), snapshot);
+        if applied.is_some() {
+            router.set_replicated();
+        }
         let settings = router.settings();
         let (events_tx, events_rx) = mpsc::channel(event_capacity.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
@@ -412,7 +421,7 @@ impl RoundSink {
         if round.is_empty() {
             return;
         }
-        if round.batch.is_empty() && self.gates.clear(&round.outputs) {
+        if round.commands.is_empty() && self.gates.clear(&round.outputs) {
             deliver(round.outputs, &self.metrics, self.forwarder.as_ref());
             return;
         }
@@ -514,8 +523,13 @@ async fn sleep_until(deadline: Option<Instant>) {
 pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics, forwarder: &dyn Forwarder) {
     for output in outputs {
         match output {
-            Output::Forward(node, publish) => forwarder.forward(node, publish),
-            Output::Send(handle, item) => {
+            Output::Forward(_, _, Some(revocation)) | Output::Send(_, _, Some(revocation))
+                if revocation.is_revoked() =>
+            {
+                Metrics::add(&metrics.outputs_withdrawn, 1);
+            }
+            Output::Forward(node, publish, _) => forwarder.forward(node, publish),
+            Output::Send(handle, item, _) => {
                 handle.send(item, metrics);
             }
             Output::Reply(_, reply, value) => {
@@ -545,7 +559,7 @@ impl Outlet {
 }
 
 fn is_suback(output: &Output) -> bool {
-    matches!(output, Output::Send(_, Outgoing::Packet(packet)) if matches!(**packet, Packet::SubAck(_)))
+    matches!(output, Output::Send(_, Outgoing::Packet(packet), _) if matches!(**packet, Packet::SubAck(_)))
 }
 
 /// Holds SUBACKs until [`Visibility`] says their subscription is in every node's
@@ -704,24 +718,24 @@ async fn run_committer(
     let mut queued = Vec::new();
     let mut last_index = 0;
     while let Some(first) = rounds.recv().await {
-        let mut ops = first.batch.len();
+        let mut ops = first.weight();
         queued.push(first);
         // Group-commit what queued meanwhile, up to a bound: one Raft entry must stay
         // small enough to replicate within the heartbeat interval.
         while ops < MAX_OPS_PER_COMMIT {
             let Ok(more) = rounds.try_recv() else { break };
-            ops += more.batch.len();
+            ops += more.weight();
             queued.push(more);
         }
-        let mut batch = WriteBatch::new();
+        let mut commands = Vec::new();
         for round in &mut queued {
-            batch.extend(std::mem::take(&mut round.batch));
+            commands.append(&mut round.commands);
         }
-        let durable = if batch.is_empty() {
+        let durable = if commands.is_empty() {
             true
         } else {
             outlet.metrics.commits_total.fetch_add(1, Ordering::Relaxed);
-            match committer.commit(batch).await {
+            match committer.commit(commands).await {
                 Ok(index) => {
                     last_index = last_index.max(index);
                     if let Some(progress) = &router_view {

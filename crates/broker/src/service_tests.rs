@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetmq_codec::{ProtocolVersion, QoS};
-use fleetmq_storage::{KvEngine, MemoryEngine, WriteBatch};
+use fleetmq_storage::MemoryEngine;
 use fleetmq_topic::TopicFilter;
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,10 +29,10 @@ struct StallingCommitter {
 impl Committer for StallingCommitter {
     fn commit(
         &mut self,
-        batch: WriteBatch,
+        commands: Vec<crate::command::Command>,
     ) -> impl Future<Output = Result<u64, CommitError>> + Send {
         let stalled = self.stalled.load(Ordering::SeqCst);
-        let written = self.engine.write(batch);
+        let written = crate::command::apply_all(&self.engine, &commands);
         async move {
             if stalled {
                 std::future::pending::<()>().await;

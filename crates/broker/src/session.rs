@@ -30,6 +30,30 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// Its record is in storage (written once before, here or by another node).
     pub persisted: bool,
+    /// Set while the PUBLISH that made it is not applied by the replicated log yet:
+    /// revoked if the log refuses that PUBLISH.
+    pub revocation: Option<Revocation>,
+}
+
+/// Withdraws what a PUBLISH sent once the replicated log refuses it (its publisher's
+/// session had moved to another node, which routes the client's resend instead).
+/// Outputs carry it and are dropped when it is revoked; they are released only after
+/// the router has taken the entry, so a refused PUBLISH sends nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Revocation(Arc<std::sync::atomic::AtomicBool>);
+
+impl Revocation {
+    pub fn revoke(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn same(&self, other: &Revocation) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Where an outgoing QoS 1/2 message stands.
@@ -186,6 +210,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
             persisted: false,
+            revocation: None,
         }
     }
 

@@ -4,16 +4,16 @@
 
 use std::time::Duration;
 
+use fleetmq_broker::command::Command;
 use fleetmq_broker::{CommitError, Committer};
 use fleetmq_rpc::peer::peer_service_client::PeerServiceClient;
 use fleetmq_rpc::peer::ClientWriteRequest;
-use fleetmq_storage::{WriteBatch, WriteOp};
 use openraft::Raft;
 use tonic::transport::{Channel, Endpoint};
 use tracing::error;
 
 use crate::network::wire;
-use crate::types::{member_addr, ClusterOp, ClusterRequest, ClusterResponse, NodeId, TypeConfig};
+use crate::types::{member_addr, ClusterRequest, ClusterResponse, NodeId, TypeConfig};
 
 /// How long one attempt to commit may take before it is tried again.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,41 +43,13 @@ impl RaftCommitter {
     }
 }
 
-/// The replicated form of a broker write batch proposed by node `origin`.
-pub fn to_request(origin: NodeId, request_seq: u64, batch: WriteBatch) -> ClusterRequest {
-    let ops = batch
-        .into_ops()
-        .into_iter()
-        .map(|op| match op {
-            WriteOp::Put { tree, key, value } => ClusterOp::Put {
-                tree: tree.to_string(),
-                key,
-                value,
-            },
-            WriteOp::Delete { tree, key } => ClusterOp::Delete {
-                tree: tree.to_string(),
-                key,
-            },
-            WriteOp::DeletePrefix { tree, prefix } => ClusterOp::DeletePrefix {
-                tree: tree.to_string(),
-                prefix,
-            },
-        })
-        .collect();
-    ClusterRequest {
-        origin,
-        request_seq,
-        ops,
-    }
-}
-
 fn replication(what: impl std::fmt::Display) -> CommitError {
     CommitError::Replication(what.to_string())
 }
 
 fn check(response: &ClusterResponse) {
     if response.skipped_ops > 0 {
-        // Every node runs the same tree list; a skip means mixed versions.
+        // Only entries of an upgraded log carry tree names.
         error!(
             skipped = response.skipped_ops,
             "state machine skipped writes to unknown trees"
@@ -112,18 +84,38 @@ impl RaftCommitter {
         request: ClusterRequest,
     ) -> Result<u64, CommitError> {
         let data = wire::encode("cluster request", &request).map_err(replication)?;
+        let mut metrics = self.raft.metrics();
         let client = self.leader_client(leader).await?;
-        let reply = client
-            .client_write(ClientWriteRequest { data })
-            .await
-            .map_err(|status| {
-                // The leader may have changed: drop the channel, the next round asks again.
+        // A leader that was paused or cut off answers nothing until the timeout; once
+        // this node hears of a new leader the attempt is abandoned and sent there at
+        // once (the request keeps its seq: if both land, the second is skipped).
+        let leader_changed = async move {
+            loop {
+                if metrics.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if metrics.borrow().current_leader != Some(leader) {
+                    return;
+                }
+            }
+        };
+        let reply = tokio::select! {
+            reply = client.client_write(ClientWriteRequest { data }) => reply,
+            () = leader_changed => {
                 self.leader = None;
-                replication(format!(
-                    "forwarding to leader {leader}: {}",
-                    status.message()
-                ))
-            })?;
+                return Err(replication(format!(
+                    "leader {leader} was replaced while a write was forwarded to it"
+                )));
+            }
+        };
+        let reply = reply.map_err(|status| {
+            // The leader may have changed: drop the channel, the next round asks again.
+            self.leader = None;
+            replication(format!(
+                "forwarding to leader {leader}: {}",
+                status.message()
+            ))
+        })?;
         let reply = reply.into_inner();
         let response: ClusterResponse =
             wire::decode("cluster response", &reply.data).map_err(replication)?;
@@ -165,12 +157,14 @@ impl Committer for RaftCommitter {
     /// Applying a batch twice (an attempt that timed out but did commit) is harmless:
     /// its writes are puts and deletes of the same values, and the registry admits a
     /// replayed delivery only once.
-    async fn commit(&mut self, batch: WriteBatch) -> Result<u64, CommitError> {
+    async fn commit(&mut self, commands: Vec<Command>) -> Result<u64, CommitError> {
         let me = self.raft.metrics().borrow().id;
         self.next_request += 1;
-        let request = to_request(me, self.next_request, batch);
+        let request = ClusterRequest::commands(me, self.next_request, commands);
         let mut attempts = 0u64;
+        let mut last_leader = None;
         loop {
+            last_leader = last_leader.or(self.raft.metrics().borrow().current_leader);
             match self.try_commit(request.clone()).await {
                 Ok(index) => return Ok(index),
                 Err(e) => {
@@ -180,6 +174,11 @@ impl Committer for RaftCommitter {
                     }
                     if self.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
                         return Err(e);
+                    }
+                    // A new leader is known: go to it now rather than after the pause.
+                    if self.raft.metrics().borrow().current_leader != last_leader {
+                        last_leader = self.raft.metrics().borrow().current_leader;
+                        continue;
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }

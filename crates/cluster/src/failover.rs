@@ -16,13 +16,14 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleetmq_broker::command::Command;
 use fleetmq_broker::persist::{self, OwnerRecord, OWNERS};
 use fleetmq_storage::KvEngine;
 use openraft::Raft;
 use tracing::{info, warn};
 
 use crate::network::PeerClients;
-use crate::types::{ClusterOp, ClusterRequest, NodeId, TypeConfig};
+use crate::types::{ClusterRequest, NodeId, TypeConfig};
 
 /// How often the leader checks on the other members.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -35,6 +36,8 @@ pub const DEAD_AFTER: Duration = Duration::from_millis(1500);
 /// taking a single entry. Longer than [`DEAD_AFTER`]: a follower installing a snapshot
 /// is behind and still for a while, and is not dead.
 pub const STALLED_AFTER: Duration = Duration::from_secs(3);
+/// The origin of the moves failover proposes: no node's router made them.
+pub const FAILOVER_ORIGIN: NodeId = 0;
 /// Registry moves per proposal.
 const MOVES_PER_ENTRY: usize = 1000;
 
@@ -103,7 +106,7 @@ pub async fn run_failover(raft: Raft<TypeConfig>, engine: Arc<dyn KvEngine>) {
             .copied()
             .filter(|id| *id == me || !health.is_dead(*id, now))
             .collect();
-        match adopt(&raft, &engine, me, &due, &live).await {
+        match adopt(&raft, &engine, &due, &live).await {
             Ok(moved) => {
                 for id in &due {
                     adopted_at.insert(*id, now);
@@ -194,7 +197,6 @@ async fn probe(peers: &mut PeerClients, id: NodeId, addr: &str) -> bool {
 async fn adopt(
     raft: &Raft<TypeConfig>,
     engine: &Arc<dyn KvEngine>,
-    me: NodeId,
     dead: &BTreeSet<NodeId>,
     live: &[NodeId],
 ) -> Result<usize, String> {
@@ -214,27 +216,29 @@ async fn adopt(
         if !dead.contains(&owner.node) {
             continue;
         }
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut hasher);
-        let adopter = live[(hasher.finish() % live.len() as u64) as usize];
-        let record = OwnerRecord {
-            node: adopter,
-            epoch: owner.epoch + 1,
+        let Ok(client) = String::from_utf8(key) else {
+            continue;
         };
-        ops.push(ClusterOp::Put {
-            tree: OWNERS.to_string(),
-            key,
-            value: persist::encode(&record),
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        client.as_bytes().hash(&mut hasher);
+        let adopter = live[(hasher.finish() % live.len() as u64) as usize];
+        // Over the record read here only: a client that reconnected meanwhile has
+        // claimed its session over the same record, and that claim stands.
+        ops.push(Command::Claim {
+            client,
+            expected: Some(owner),
+            owner: OwnerRecord {
+                node: adopter,
+                epoch: owner.epoch + 1,
+            },
         });
     }
     let moved = ops.len();
     while !ops.is_empty() {
         let rest = ops.split_off(ops.len().min(MOVES_PER_ENTRY));
-        let request = ClusterRequest {
-            origin: me,
-            request_seq: 0,
-            ops,
-        };
+        // Origin 0, no node: these moves are the cluster's, not a router's own writes,
+        // so every router (the leader's too) takes them as news.
+        let request = ClusterRequest::commands(FAILOVER_ORIGIN, 0, ops);
         raft.client_write(request)
             .await
             .map_err(|e| e.to_string())?;

@@ -44,13 +44,16 @@ fn put(tree: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Cluste
     }
 }
 
+/// An entry of raw writes on named trees (an upgraded format-2 log's): the state
+/// machine's mechanics (atomic apply, snapshots, unknown trees) on any tree. Typed
+/// commands are tested in t07_registry.
 fn normal(index: u64, ops: Vec<ClusterOp>) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(1, 1, index),
         payload: EntryPayload::Normal(ClusterRequest {
             origin: 1,
             request_seq: 0,
-            ops,
+            body: fleetmq_cluster::types::RequestBody::Legacy(ops),
         }),
     }
 }

@@ -33,7 +33,7 @@ fn assert_has_batches(cluster: &TestCluster, id: NodeId, prefix: &str, count: us
     for i in 0..count {
         let key = format!("{prefix}-{i}");
         assert_eq!(
-            node.get("sessions", key.as_bytes()),
+            node.get("settings", key.as_bytes()),
             Some(format!("value-{i}").into_bytes()),
             "node {id} misses {key}"
         );
@@ -255,7 +255,7 @@ async fn client_write_on_a_follower_names_the_leader() {
         .into_inner();
     cluster.must_applied(follower, reply.log_index).await;
     assert_eq!(
-        cluster.node(follower).get("sessions", b"via-grpc"),
+        cluster.node(follower).get("settings", b"via-grpc"),
         Some(b"v".to_vec())
     );
 

@@ -5,11 +5,27 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
+use fleetmq_broker::command::Command;
+use fleetmq_broker::persist::{MessageRecord, TREES};
 use fleetmq_broker::Committer;
 use fleetmq_cluster::{NodeOptions, RaftCommitter, RaftNode};
-use fleetmq_storage::{KvEngine, MemoryEngine, WriteBatch};
+use fleetmq_storage::{KvEngine, MemoryEngine};
 
-const TREES: &[&str] = &["sessions", "retained"];
+fn retained(topic: &str) -> MessageRecord {
+    MessageRecord {
+        topic: topic.into(),
+        payload: bytes::Bytes::from_static(b"r"),
+        qos: 1,
+        retain: true,
+        payload_format_indicator: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![],
+        publisher: None,
+        expires_at_ms: None,
+    }
+}
 
 fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -42,18 +58,29 @@ async fn committed_batches_are_applied_and_replayed_after_restart() {
     let node = must_start(dir.path(), engine.clone(), addr).await;
     let mut committer = RaftCommitter::new(node.raft.clone());
     for i in 0..20u8 {
-        let mut batch = WriteBatch::new();
-        batch.put("sessions", vec![i], vec![i, i]);
+        let mut commands = vec![Command::SetSetting {
+            name: format!("s{i}"),
+            value: Some(vec![i, i]),
+        }];
         if i % 5 == 0 {
-            batch.put("retained", format!("t/{i}"), "r");
+            let topic = format!("t/{i}");
+            commands.push(Command::SetRetained {
+                message: Some(retained(&topic)),
+                topic,
+            });
         }
-        committer.commit(batch).await.expect("commit");
+        committer.commit(commands).await.expect("commit");
     }
-    let mut batch = WriteBatch::new();
-    batch.delete_prefix("retained", "t/1");
-    committer.commit(batch).await.expect("commit");
-    assert_eq!(engine.scan_prefix("sessions", b"").unwrap().len(), 20);
-    assert_eq!(engine.get("sessions", &[7]).unwrap(), Some(vec![7, 7]));
+    let clear = |topic: &str| Command::SetRetained {
+        topic: topic.into(),
+        message: None,
+    };
+    committer
+        .commit(vec![clear("t/10"), clear("t/15")])
+        .await
+        .expect("commit");
+    assert_eq!(engine.scan_prefix("settings", b"").unwrap().len(), 20);
+    assert_eq!(engine.get("settings", b"s7").unwrap(), Some(vec![7, 7]));
     let retained: Vec<_> = engine
         .scan_prefix("retained", b"")
         .unwrap()
@@ -67,8 +94,8 @@ async fn committed_batches_are_applied_and_replayed_after_restart() {
     // the node replays its durable log into it before it reports ready.
     let fresh = Arc::new(MemoryEngine::new());
     let node = must_start(dir.path(), fresh.clone(), addr).await;
-    assert_eq!(fresh.scan_prefix("sessions", b"").unwrap().len(), 20);
-    assert_eq!(fresh.get("retained", b"t/5").unwrap(), Some(b"r".to_vec()));
+    assert_eq!(fresh.scan_prefix("settings", b"").unwrap().len(), 20);
+    assert!(fresh.get("retained", b"t/5").unwrap().is_some());
     assert_eq!(fresh.get("retained", b"t/10").unwrap(), None);
     node.shutdown().await;
 }

@@ -3,9 +3,16 @@
 
 mod net_common;
 
+use fleetmq_broker::command::Command;
 use fleetmq_broker::Committer;
 use fleetmq_cluster::RaftCommitter;
-use fleetmq_storage::WriteBatch;
+
+fn set(name: &str, value: &str) -> Vec<Command> {
+    vec![Command::SetSetting {
+        name: name.into(),
+        value: Some(value.as_bytes().to_vec()),
+    }]
+}
 use net_common::{test_config, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,21 +23,21 @@ async fn a_follower_commits_through_the_leader() {
 
     let mut committer = RaftCommitter::new(cluster.node(follower).raft.clone());
     for i in 0..5 {
-        let mut batch = WriteBatch::new();
-        batch.put("sessions", format!("from-follower-{i}"), format!("v{i}"));
-        committer.commit(batch).await.expect("forwarded commit");
+        let commands = set(&format!("from-follower-{i}"), &format!("v{i}"));
+        committer.commit(commands).await.expect("forwarded commit");
     }
     let mut on_leader = RaftCommitter::new(cluster.node(leader).raft.clone());
-    let mut batch = WriteBatch::new();
-    batch.put("retained", "from-leader", "r");
-    on_leader.commit(batch).await.expect("leader commit");
+    on_leader
+        .commit(set("from-leader", "r"))
+        .await
+        .expect("leader commit");
 
     // The metrics watch may lag the commit it reports, so wait for the leader to show
     // its own last write before using its applied index as the mark for the others.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while cluster
         .node(leader)
-        .get("retained", b"from-leader")
+        .get("settings", b"from-leader")
         .is_none()
     {
         assert!(
@@ -54,13 +61,13 @@ async fn a_follower_commits_through_the_leader() {
             assert_eq!(
                 cluster
                     .node(id)
-                    .get("sessions", format!("from-follower-{i}").as_bytes()),
+                    .get("settings", format!("from-follower-{i}").as_bytes()),
                 Some(format!("v{i}").into_bytes()),
                 "node {id}"
             );
         }
         assert_eq!(
-            cluster.node(id).get("retained", b"from-leader"),
+            cluster.node(id).get("settings", b"from-leader"),
             Some(b"r".to_vec()),
             "node {id} (leader {leader}, applied {last})"
         );

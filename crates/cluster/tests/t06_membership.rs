@@ -98,7 +98,7 @@ async fn a_fourth_node_joins_as_voter_and_is_removed_again() {
     // The new voter has the log from before it joined, and what follows.
     cluster.must_applied(4, before).await;
     assert_eq!(
-        cluster.node(4).get("sessions", b"before"),
+        cluster.node(4).get("settings", b"before"),
         Some(b"joined".to_vec())
     );
     let after = cluster.must_write(put("after", "four voters")).await;

@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetmq_broker::command::Command;
 use fleetmq_broker::{Committer, Metrics};
 use fleetmq_cluster::{NodeId, NodeOptions, RaftCommitter, RaftNode};
-use fleetmq_storage::{KvEngine, MemoryEngine, WriteBatch};
+use fleetmq_storage::{KvEngine, MemoryEngine};
 
-const TREES: &[&str] = &["sessions"];
+const TREES: &[&str] = fleetmq_broker::persist::TREES;
 
 fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -76,8 +77,10 @@ async fn survivors_call_the_election_when_the_leaders_port_refuses() {
     let mut cluster = start_three().await;
     let old_leader = leader_seen_by(&cluster[&1]).expect("a leader once joined");
     let mut committer = RaftCommitter::new(cluster[&old_leader].node.raft.clone());
-    let mut batch = WriteBatch::new();
-    batch.put("sessions", b"before".to_vec(), b"1".to_vec());
+    let batch = vec![Command::SetSetting {
+        name: "before".into(),
+        value: Some(b"1".to_vec()),
+    }];
     committer
         .commit(batch)
         .await
@@ -111,8 +114,10 @@ async fn survivors_call_the_election_when_the_leaders_port_refuses() {
     );
 
     let mut committer = RaftCommitter::new(cluster[&new_leader].node.raft.clone());
-    let mut batch = WriteBatch::new();
-    batch.put("sessions", b"after".to_vec(), b"2".to_vec());
+    let batch = vec![Command::SetSetting {
+        name: "after".into(),
+        value: Some(b"2".to_vec()),
+    }];
     committer
         .commit(batch)
         .await
@@ -122,7 +127,7 @@ async fn survivors_call_the_election_when_the_leaders_port_refuses() {
         for _ in 0..100 {
             seen = member
                 .engine
-                .get("sessions", b"after")
+                .get("settings", b"after")
                 .expect("engine read");
             if seen.is_some() {
                 break;
@@ -137,7 +142,7 @@ async fn survivors_call_the_election_when_the_leaders_port_refuses() {
         assert_eq!(
             member
                 .engine
-                .get("sessions", b"before")
+                .get("settings", b"before")
                 .expect("engine read"),
             Some(b"1".to_vec()),
             "node {id} kept what the old leader committed"

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetmq_broker::persist::{self, OwnerRecord, SessionRecord, OWNERS, SESSIONS};
+use fleetmq_broker::command::{Command, Fence};
+use fleetmq_broker::persist::{self, OwnerRecord, SessionRecord};
 use fleetmq_broker::Applied;
 use fleetmq_cluster::{
-    open_raft_storage, ApplyFeed, ClusterOp, ClusterRequest, Faults, FaultyNetworkFactory,
-    GrpcNetworkConfig, GrpcNetworkFactory, NodeId, RaftGrpcServer, StateMachineStore, TypeConfig,
+    open_raft_storage, ApplyFeed, ClusterRequest, Faults, FaultyNetworkFactory, GrpcNetworkConfig,
+    GrpcNetworkFactory, NodeId, RaftGrpcServer, StateMachineStore, TypeConfig,
 };
 use fleetmq_storage::{KvEngine, MemoryEngine};
 use net_common::{test_config, WAIT};
@@ -25,38 +26,40 @@ use openraft::{BasicNode, Entry, EntryPayload, Raft, RaftSnapshotBuilder, Snapsh
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::TcpListenerStream;
 
-fn put(tree: &str, key: &str, value: Vec<u8>) -> ClusterOp {
-    ClusterOp::Put {
-        tree: tree.into(),
-        key: key.as_bytes().to_vec(),
-        value,
-    }
-}
-
-fn owner(node: NodeId, epoch: u64) -> Vec<u8> {
-    persist::encode(&OwnerRecord { node, epoch })
-}
-
-fn session() -> Vec<u8> {
-    persist::encode(&SessionRecord {
+fn session() -> SessionRecord {
+    SessionRecord {
         protocol_level: 5,
         expiry_interval: 600,
         subscriptions: vec![],
         will: None,
         disconnected_at_ms: None,
-    })
+    }
 }
 
 /// Node `origin` creates the session of `client`.
 fn new_session(origin: NodeId, client: &str) -> ClusterRequest {
-    ClusterRequest {
+    let owner = OwnerRecord {
+        node: origin,
+        epoch: 1,
+    };
+    ClusterRequest::commands(
         origin,
-        request_seq: 0,
-        ops: vec![
-            put(OWNERS, client, owner(origin, 1)),
-            put(SESSIONS, client, session()),
+        0,
+        vec![
+            Command::Claim {
+                client: client.into(),
+                expected: None,
+                owner,
+            },
+            Command::SaveSession {
+                fence: Fence {
+                    client: client.into(),
+                    owner: Some(owner),
+                },
+                record: session(),
+            },
         ],
-    }
+    )
 }
 
 fn entry(index: u64, request: ClusterRequest) -> Entry<TypeConfig> {

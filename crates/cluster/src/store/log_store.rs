@@ -22,12 +22,14 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, StorageError, Vote};
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, StorageError, Vote,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::{RaftResultExt, StoreError};
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{ClusterRequest, NodeId, RequestBody, TypeConfig};
 
 type RaftResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -39,8 +41,11 @@ const COMMITTED_KEY: &[u8] = b"m:committed";
 const PURGED_KEY: &[u8] = b"m:purged";
 const FORMAT_KEY: &[u8] = b"m:format";
 /// Bump when the layout or the entry encoding changes, so an old binary refuses a newer log
-/// instead of misreading it. 2: entries carry `ClusterRequest { origin, request_seq }`.
-const FORMAT_VERSION: &[u8] = b"2";
+/// instead of misreading it. 2: entries carry `ClusterRequest { origin, request_seq }`
+/// with raw writes. 3: the writes are typed commands (`RequestBody`); a format-2 log is
+/// upgraded when opened (see [`upgrade_from_2`]).
+const FORMAT_VERSION: &[u8] = b"3";
+const FORMAT_2: &[u8] = b"2";
 
 /// Recent entries are read back soon after they are written (replication to followers and
 /// apply), older ones only by a lagging follower, so a modest cache is enough.
@@ -116,6 +121,70 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, StoreErro
     Ok(entry)
 }
 
+/// The entry payload of a format-2 log, as that release wrote it.
+mod format2 {
+    use serde::{Deserialize, Serialize};
+
+    use crate::types::{ClusterOp, NodeId};
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Request {
+        pub origin: NodeId,
+        pub request_seq: u64,
+        pub ops: Vec<ClusterOp>,
+    }
+
+    impl std::fmt::Display for Request {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "format-2 request from node {}", self.origin)
+        }
+    }
+
+    openraft::declare_raft_types!(
+        pub Config:
+            D = Request,
+            R = crate::types::ClusterResponse,
+            NodeId = NodeId,
+            Node = openraft::BasicNode,
+            Entry = openraft::Entry<Config>,
+            SnapshotData = std::io::Cursor<Vec<u8>>,
+            AsyncRuntime = openraft::TokioRuntime,
+    );
+}
+
+/// Rewrites every entry of a format-2 log in today's encoding, its raw writes kept as
+/// [`RequestBody::Legacy`] (applied as that release applied them), and marks the log
+/// format 3, in one atomic batch made durable before anything else happens. Entries are
+/// kept, not dropped: some may be committed and not yet applied anywhere. Blocking.
+fn upgrade_from_2(tree: &sled::Tree, db: &sled::Db) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut entries = 0usize;
+    for item in tree.scan_prefix([ENTRY_PREFIX]) {
+        let (key, value) = item?;
+        let old: Entry<format2::Config> = decode(&value)?;
+        let payload = match old.payload {
+            EntryPayload::Blank => EntryPayload::Blank,
+            EntryPayload::Normal(request) => EntryPayload::Normal(ClusterRequest {
+                origin: request.origin,
+                request_seq: request.request_seq,
+                body: RequestBody::Legacy(request.ops),
+            }),
+            EntryPayload::Membership(membership) => EntryPayload::Membership(membership),
+        };
+        let entry: Entry<TypeConfig> = Entry {
+            log_id: old.log_id,
+            payload,
+        };
+        batch.insert(key, encode(&entry)?);
+        entries += 1;
+    }
+    batch.insert(FORMAT_KEY, FORMAT_VERSION);
+    tree.apply_batch(batch)?;
+    db.flush()?;
+    tracing::info!(entries, "raft log upgraded from format 2 to 3");
+    Ok(())
+}
+
 /// The Raft log store: a sled database of its own, entries keyed by index.
 ///
 /// Opening takes sled's exclusive lock on the directory; dropping the store stops its flush
@@ -150,6 +219,7 @@ impl SledLogStore {
         let tree = db.open_tree(LOG_TREE)?;
         match tree.get(FORMAT_KEY)? {
             Some(v) if v.as_ref() == FORMAT_VERSION => {}
+            Some(v) if v.as_ref() == FORMAT_2 => upgrade_from_2(&tree, &db)?,
             Some(v) => {
                 return Err(StoreError::Incompatible {
                     what: "raft log",

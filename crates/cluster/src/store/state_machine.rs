@@ -13,19 +13,21 @@
 //!
 //! Applying does no IO besides the engine, and has no transport code.
 //!
-//! Each write is first checked against the client registry ([`persist::admit`]): a node
-//! that no longer holds a session cannot overwrite it. Once the broker runs, an
-//! [`ApplyFeed`] receives every applied entry's admitted writes, then the stored state of
-//! each client whose session became this node's, in apply order (see
-//! docs/cluster-design.md).
+//! Each command is admitted against the client registry and turned into storage writes
+//! by the broker's [`command::apply`]: a node that no longer holds a session cannot
+//! write for it. Once the broker runs, an [`ApplyFeed`] receives every applied entry's
+//! admitted commands (and this node's own refused ones, with the registry that refused
+//! them), then the stored state of each client whose session became this node's, in
+//! apply order (see docs/cluster-design.md).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use fleetmq_broker::command::{self, Command, Staged, Verdict};
 use fleetmq_broker::persist::{self, OwnerRecord, OWNERS};
-use fleetmq_broker::Applied;
+use fleetmq_broker::{Applied, AppliedCommand};
 use fleetmq_storage::{KvEngine, KvPair, WriteBatch, WriteOp};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -36,7 +38,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::error::{RaftResultExt, StoreError};
-use crate::types::{ClusterOp, ClusterResponse, NodeId, TypeConfig};
+use crate::types::{ClusterOp, ClusterResponse, NodeId, RequestBody, TypeConfig};
 
 type RaftResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -110,50 +112,6 @@ struct AppliedBatch {
     responses: Vec<ClusterResponse>,
     applied: AppliedState,
     feed: Vec<Applied>,
-}
-
-/// The writes of this apply call not yet in the engine, so admission sees them.
-#[derive(Default)]
-struct Overlay {
-    values: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
-    deleted_prefixes: Vec<(&'static str, Vec<u8>)>,
-}
-
-impl Overlay {
-    fn get(
-        &self,
-        engine: &dyn KvEngine,
-        tree: &'static str,
-        key: &[u8],
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(value) = self.values.get(&(tree, key.to_vec())) {
-            return Ok(value.clone());
-        }
-        if self
-            .deleted_prefixes
-            .iter()
-            .any(|(t, prefix)| *t == tree && key.starts_with(prefix))
-        {
-            return Ok(None);
-        }
-        Ok(engine.get(tree, key)?)
-    }
-
-    fn record(&mut self, op: &WriteOp) {
-        match op {
-            WriteOp::Put { tree, key, value } => {
-                self.values.insert((tree, key.clone()), Some(value.clone()));
-            }
-            WriteOp::Delete { tree, key } => {
-                self.values.insert((tree, key.clone()), None);
-            }
-            WriteOp::DeletePrefix { tree, prefix } => {
-                self.values
-                    .retain(|(t, k), _| !(t == tree && k.starts_with(prefix)));
-                self.deleted_prefixes.push((tree, prefix.clone()));
-            }
-        }
-    }
 }
 
 /// The last built or installed snapshot, shared by the state machine and its builders, which
@@ -312,8 +270,9 @@ impl StateMachineStore {
         self.trees.iter().copied().find(|t| *t == name)
     }
 
-    /// Applies `entries` to the engine in one atomic write, admitting each op against
-    /// the client registry; with `feed_node`, also returns what the feed gets. Blocking.
+    /// Applies `entries` to the engine in one atomic write, admitting each command
+    /// against the client registry; with `feed_node`, also returns what the feed gets.
+    /// Blocking.
     fn apply_blocking(
         engine: &dyn KvEngine,
         trees: &'static [&'static str],
@@ -321,12 +280,12 @@ impl StateMachineStore {
         entries: Vec<Entry<TypeConfig>>,
         feed_node: Option<NodeId>,
     ) -> Result<AppliedBatch, StoreError> {
-        let resolve = |name: &str| trees.iter().copied().find(|t| *t == name);
-        let mut batch = WriteBatch::new();
-        let mut overlay = Overlay::default();
+        let mut staged = Staged::new(engine);
         let mut responses = Vec::new();
         let mut feed = Vec::new();
-        let mut claimed: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut claimed: BTreeSet<String> = BTreeSet::new();
+        // A format-2 entry applied under a running broker: its router reloads.
+        let mut legacy_applied = false;
         let start = applied.clone();
         for entry in entries {
             // Re-running an old entry after newer ones could put back a value they replaced.
@@ -355,82 +314,50 @@ impl StateMachineStore {
                         }
                         *last = request.request_seq;
                     }
-                    let mut admitted = Vec::new();
-                    for op in request.ops {
-                        let op = match op {
-                            ClusterOp::Put { tree, key, value } => {
-                                resolve(&tree).map(|tree| WriteOp::Put { tree, key, value })
-                            }
-                            ClusterOp::Delete { tree, key } => {
-                                resolve(&tree).map(|tree| WriteOp::Delete { tree, key })
-                            }
-                            ClusterOp::DeletePrefix { tree, prefix } => {
-                                resolve(&tree).map(|tree| WriteOp::DeletePrefix { tree, prefix })
-                            }
-                        };
-                        let Some(op) = op else {
-                            tracing::warn!("replicated op names an unknown tree; skipped");
-                            response.skipped_ops += 1;
-                            continue;
-                        };
-                        let (tree, key, value) = match &op {
-                            WriteOp::Put { tree, key, value } => {
-                                (*tree, key.as_slice(), Some(value.as_slice()))
-                            }
-                            WriteOp::Delete { tree, key } => (*tree, key.as_slice(), None),
-                            WriteOp::DeletePrefix { tree, prefix } => {
-                                (*tree, prefix.as_slice(), None)
-                            }
-                        };
-                        let mut failure = None;
-                        let mut owner_of =
-                            |client: &str| match overlay.get(engine, OWNERS, client.as_bytes()) {
-                                Ok(Some(bytes)) => persist::decode::<OwnerRecord>(OWNERS, &bytes)
-                                    .ok()
-                                    .map(|o| o.node),
-                                Ok(None) => None,
-                                Err(e) => {
-                                    failure = Some(e);
-                                    None
+                    match request.body {
+                        RequestBody::Commands(commands) => {
+                            let own = feed_node == Some(request.origin);
+                            let mut fed = Vec::new();
+                            for command in commands {
+                                let verdict = command::apply(&mut staged, &command)
+                                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                                match verdict {
+                                    Verdict::Applied => {
+                                        if let Command::Claim { client, owner, .. } = &command {
+                                            if Some(owner.node) == feed_node {
+                                                claimed.insert(client.clone());
+                                            }
+                                        }
+                                    }
+                                    Verdict::Refused { .. } => {
+                                        response.fenced_ops += 1;
+                                        // Another node's refusals change nothing here.
+                                        if !own {
+                                            continue;
+                                        }
+                                    }
                                 }
-                            };
-                        let mut exists_failure = None;
-                        let mut exists = |key: &[u8]| match overlay.get(engine, tree, key) {
-                            Ok(value) => value.is_some(),
-                            Err(e) => {
-                                exists_failure = Some(e);
-                                true
+                                if feed_node.is_some() {
+                                    fed.push(AppliedCommand { command, verdict });
+                                }
                             }
-                        };
-                        let admit = persist::admit(
-                            tree,
-                            key,
-                            value,
-                            request.origin,
-                            &mut owner_of,
-                            &mut exists,
-                        );
-                        if let Some(e) = failure.or(exists_failure) {
-                            return Err(e);
+                            if feed_node.is_some() {
+                                feed.push(Applied::Entry {
+                                    origin: request.origin,
+                                    commands: fed,
+                                });
+                            }
                         }
-                        if !admit {
-                            response.fenced_ops += 1;
-                            continue;
+                        RequestBody::Legacy(ops) => {
+                            Self::apply_legacy(
+                                &mut staged,
+                                trees,
+                                request.origin,
+                                ops,
+                                &mut response,
+                            )?;
+                            legacy_applied = true;
                         }
-                        if tree == OWNERS && value.is_some() {
-                            claimed.insert(key.to_vec());
-                        }
-                        overlay.record(&op);
-                        batch.push(op.clone());
-                        if feed_node.is_some() {
-                            admitted.push(op);
-                        }
-                    }
-                    if feed_node.is_some() {
-                        feed.push(Applied::Entry {
-                            origin: request.origin,
-                            ops: admitted,
-                        });
                     }
                     responses.push(response);
                 }
@@ -450,22 +377,33 @@ impl StateMachineStore {
                 feed,
             });
         }
+        let mut batch = staged.into_batch();
         batch.put(META_TREE, APPLIED_KEY, encode(&applied)?);
         engine.write(batch)?;
+        if feed_node.is_some() && legacy_applied {
+            // Raw writes say nothing the router can follow: it rebuilds from the store.
+            let stored = persist::load(engine).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tracing::info!(
+                "entries of an upgraded log applied under a running broker; its router reloads"
+            );
+            feed.push(Applied::Reset(Box::new(stored)));
+            return Ok(AppliedBatch {
+                responses,
+                applied,
+                feed,
+            });
+        }
         if let Some(node) = feed_node {
             // Sessions that became this node's: read after the write, so each load holds
             // everything the entries sent before it did.
-            for key in claimed {
-                let Some(bytes) = engine.get(OWNERS, &key)? else {
+            for client in claimed {
+                let Some(bytes) = engine.get(OWNERS, client.as_bytes())? else {
                     continue;
                 };
                 let owner: Option<OwnerRecord> = persist::decode(OWNERS, &bytes).ok();
                 if owner.map(|o| o.node) != Some(node) {
                     continue;
                 }
-                let Ok(client) = String::from_utf8(key) else {
-                    continue;
-                };
                 let state = persist::load_client(engine, &client)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 feed.push(Applied::Loaded {
@@ -479,6 +417,44 @@ impl StateMachineStore {
             applied,
             feed,
         })
+    }
+
+    /// Applies one format-2 entry's raw writes as the previous release did: writes to a
+    /// client's session state only from the node the registry names.
+    fn apply_legacy(
+        staged: &mut Staged<'_>,
+        trees: &'static [&'static str],
+        origin: NodeId,
+        ops: Vec<ClusterOp>,
+        response: &mut ClusterResponse,
+    ) -> Result<(), StoreError> {
+        let resolve = |name: &str| trees.iter().copied().find(|t| *t == name);
+        for op in ops {
+            let op = match op {
+                ClusterOp::Put { tree, key, value } => {
+                    resolve(&tree).map(|tree| WriteOp::Put { tree, key, value })
+                }
+                ClusterOp::Delete { tree, key } => {
+                    resolve(&tree).map(|tree| WriteOp::Delete { tree, key })
+                }
+                ClusterOp::DeletePrefix { tree, prefix } => {
+                    resolve(&tree).map(|tree| WriteOp::DeletePrefix { tree, prefix })
+                }
+            };
+            let Some(op) = op else {
+                tracing::warn!("format-2 write names an unknown tree; skipped");
+                response.skipped_ops += 1;
+                continue;
+            };
+            let admitted = command::legacy::admit(staged, origin, &op)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if admitted {
+                staged.push(op);
+            } else {
+                response.fenced_ops += 1;
+            }
+        }
+        Ok(())
     }
 }
 

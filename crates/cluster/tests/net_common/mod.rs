@@ -10,9 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetmq_broker::command::Command;
 use fleetmq_broker::Metrics;
 use fleetmq_cluster::{
-    open_raft_storage, ClusterOp, ClusterRequest, Faults, FaultyNetworkFactory, ForwardSink,
+    open_raft_storage, ClusterRequest, Faults, FaultyNetworkFactory, ForwardSink,
     GrpcNetworkConfig, GrpcNetworkFactory, NodeId, PeerGrpcServer, RaftGrpcServer, TypeConfig,
 };
 use fleetmq_storage::{KvEngine, MemoryEngine};
@@ -24,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 /// The trees replicated commands may write.
-pub const TREES: &[&str] = &["sessions", "retained"];
+pub const TREES: &[&str] = fleetmq_broker::persist::TREES;
 
 /// How long any `must_*` helper waits: generous, because CI machines are slow and nothing
 /// here measures time.
@@ -201,18 +202,16 @@ impl TestCluster {
     }
 }
 
-/// A one-op write of `value` under `key` in the `sessions` tree.
+/// One command that writes `value` under `key` in the `settings` tree.
 pub fn put(key: &str, value: &str) -> ClusterRequest {
-    ClusterRequest {
-        // No client registry entry exists for these keys, so any origin is admitted.
-        origin: 0,
-        request_seq: 0,
-        ops: vec![ClusterOp::Put {
-            tree: "sessions".to_owned(),
-            key: key.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
+    ClusterRequest::commands(
+        0,
+        0,
+        vec![Command::SetSetting {
+            name: key.to_owned(),
+            value: Some(value.as_bytes().to_vec()),
         }],
-    }
+    )
 }
 
 /// Starts one node: binds its port first (so its address is known before anyone needs
