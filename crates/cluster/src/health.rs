@@ -74,6 +74,10 @@ impl RaftHealth {
                 "no leader known: an election is on, or this node is cut off from the majority"
                     .into(),
             )
+        } else if m.current_leader == Some(m.id) && !is_leader {
+            // A restarted former leader reads its own old vote back: it leads nothing
+            // until it wins an election or hears from the leader there is now.
+            Some("names itself leader from before a restart: not leading yet".into())
         } else if is_leader
             && m.millis_since_quorum_ack
                 .is_none_or(|ms| ms > LEADER_QUORUM_STALE_MS)

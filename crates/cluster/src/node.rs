@@ -126,6 +126,15 @@ fn raft_config() -> Result<Arc<Config>, NodeError> {
         .map_err(|e| NodeError::Config(e.to_string()))
 }
 
+/// Whether the node leads now, acknowledged by a quorum (alone, it is its own quorum).
+fn leads_now(m: &openraft::RaftMetrics<NodeId, BasicNode>) -> bool {
+    let voters = m.membership_config.membership().voter_ids().count();
+    m.state == openraft::ServerState::Leader
+        && (voters <= 1
+            || m.millis_since_quorum_ack
+                .is_some_and(|ms| ms <= crate::health::LEADER_QUORUM_STALE_MS))
+}
+
 impl RaftNode {
     /// Opens storage, starts Raft and its gRPC server, initializes a new group from
     /// `members` (only when this node is the lowest id, so members do not race), and
@@ -254,16 +263,20 @@ impl RaftNode {
         let mut waited = Duration::ZERO;
         let step = Duration::from_millis(100);
         loop {
-            let (leader, applied, last_log) = {
+            let (leader, applied, last_log, leading) = {
                 let m = self.raft.metrics().borrow().clone();
                 (
                     m.current_leader,
                     m.last_applied.map_or(0, |l| l.index),
                     m.last_log_index.unwrap_or(0),
+                    leads_now(&m),
                 )
             };
             let target = match leader {
-                Some(leader) if leader == self.node_id => Some(last_log),
+                // A former leader restarted reads its own old vote back and names itself
+                // leader before it has heard from anyone: it would serve sessions that
+                // moved while it was away. Only leadership a quorum acknowledges counts.
+                Some(leader) if leader == self.node_id => leading.then_some(last_log),
                 Some(leader) => self.leader_applied(leader).await,
                 None => None,
             };
