@@ -27,7 +27,8 @@ pub use metrics::{CloseReason, DropReason, Metrics};
 pub use peer::{ForwardTarget, ForwardedPublish, Forwarder, NoForwarder};
 pub use router::{Applied, AppliedCommand, ConnectReply, ConnectRequest, Event, Settings};
 pub use service::{
-    BrokerParts, BrokerService, CommitError, Committer, LocalCommitter, RoutingView, Visibility,
+    BrokerParts, BrokerService, CommitError, Committer, LocalCommitter, RoutingView,
+    StorageFailure, Visibility,
 };
 pub use session::Revocation;
 

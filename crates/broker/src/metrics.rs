@@ -84,6 +84,10 @@ pub struct Metrics {
     pub queued_messages_current: AtomicI64,
     pub commits_total: AtomicU64,
     pub committed_batches_total: AtomicU64,
+    /// 1 once a commit failed for good (a full disk, a failed fsync, Raft stopped).
+    pub storage_failed: AtomicI64,
+    /// PUBACK/PUBREC sent with an error code because the message could not be stored.
+    pub acks_refused_storage: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
     /// QoS 1/2 deliveries to a connected client that waited in its queue because its
     /// inflight window (`max_inflight`, or the client's Receive Maximum) was full.
@@ -124,6 +128,8 @@ impl Default for Metrics {
             queued_messages_current: AtomicI64::new(0),
             commits_total: AtomicU64::new(0),
             committed_batches_total: AtomicU64::new(0),
+            storage_failed: AtomicI64::new(0),
+            acks_refused_storage: AtomicU64::new(0),
             slow_consumer_disconnects: AtomicU64::new(0),
             inflight_waits: AtomicU64::new(0),
             forwarded_out: AtomicU64::new(0),
@@ -269,6 +275,18 @@ impl Metrics {
             "counter",
             "Router batches made durable; divided by commits it gives the group commit factor.",
             load(&self.committed_batches_total).to_string(),
+        );
+        one(
+            "fleetmq_storage_failed",
+            "gauge",
+            "1 once a commit failed for good (full disk, failed fsync, Raft stopped): the node refuses what it cannot store and drains.",
+            self.storage_failed.load(Ordering::Relaxed).to_string(),
+        );
+        one(
+            "fleetmq_storage_refused_acks_total",
+            "counter",
+            "PUBACK/PUBREC sent with an error reason (or connections closed, MQTT 3.1.1) because the message could not be stored.",
+            load(&self.acks_refused_storage).to_string(),
         );
         one(
             "fleetmq_slow_consumer_disconnects_total",

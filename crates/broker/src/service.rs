@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetmq_codec::Packet;
+use fleetmq_codec::{Packet, ReasonCode};
 use fleetmq_storage::{KvEngine, StorageError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::command::{self, Command};
 use crate::config::BrokerConfig;
-use crate::connection::Outgoing;
+use crate::connection::{AckKind, Outgoing};
 use crate::metrics::Metrics;
 use crate::peer::Forwarder;
 use crate::persist::{self, PersistError, Snapshot};
@@ -55,7 +55,13 @@ pub enum CommitError {
     Persist(#[from] PersistError),
     #[error("replication: {0}")]
     Replication(String),
+    /// The node cannot store any more (Raft stopped on a storage error).
+    #[error("stopped: {0}")]
+    Stopped(String),
 }
+
+/// Why this node's storage failed for good, once it has; `None` while it works.
+pub type StorageFailure = watch::Receiver<Option<Arc<str>>>;
 
 /// Makes the writes of router rounds durable: the local store's fsync on a single
 /// node, a committed Raft entry in a cluster. The broker defines it; whoever runs the
@@ -159,6 +165,7 @@ impl Committer for LocalCommitter {
 /// The running broker core.
 pub struct BrokerService {
     events: mpsc::Sender<Event>,
+    storage_failure: StorageFailure,
     settings: tokio::sync::watch::Receiver<Settings>,
     /// Ends the router loop: other holders of `events` (the peer service that hands
     /// over forwarded PUBLISHes, the sweeper) outlive a shutdown, so the channel
@@ -219,6 +226,7 @@ impl BrokerService {
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let gates = Arc::new(Gates::default());
+        let (failure_tx, storage_failure) = watch::channel(None);
         let outlet = Outlet {
             gates: gates.clone(),
             metrics: metrics.clone(),
@@ -237,6 +245,7 @@ impl BrokerService {
             outlet,
             fence,
             router_view,
+            failure_tx,
         ));
         // State restored from storage may need cleanup writes (orphans); commit them first.
         let initial = router.take_round();
@@ -257,6 +266,7 @@ impl BrokerService {
         info!("broker core started");
         BrokerService {
             events: events_tx,
+            storage_failure,
             settings,
             stop: stop_tx,
             metrics,
@@ -269,6 +279,12 @@ impl BrokerService {
     /// Where connection tasks send their events.
     pub fn events(&self) -> mpsc::Sender<Event> {
         self.events.clone()
+    }
+
+    /// Set once a commit failed for good: what this node has not stored it cannot
+    /// acknowledge, now or later (see [`run_committer`]); whoever runs the node drains it.
+    pub fn storage_failure(&self) -> StorageFailure {
+        self.storage_failure.clone()
     }
 
     /// The cluster-wide settings, following every change.
@@ -672,6 +688,47 @@ async fn run_fence(
     }
 }
 
+/// The reason code a PUBACK/PUBREC gets when its message could not be stored.
+fn storage_refusal(error: &CommitError) -> ReasonCode {
+    let text = error.to_string();
+    if text.contains("No space left") || text.contains("os error 28") {
+        ReasonCode::QuotaExceeded
+    } else {
+        ReasonCode::UnspecifiedError
+    }
+}
+
+/// The acknowledgements of PUBLISHes among `outputs`, turned into refusals with
+/// `reason`; the rest is dropped.
+fn refused_acks(outputs: Vec<Output>, reason: ReasonCode, metrics: &Metrics) -> Vec<Output> {
+    outputs
+        .into_iter()
+        .filter_map(|output| match output {
+            Output::Send(
+                handle,
+                Outgoing::Ack {
+                    kind: kind @ (AckKind::PubAck | AckKind::PubRec),
+                    packet_id,
+                    reason: ReasonCode::Success,
+                },
+                revocation,
+            ) => {
+                Metrics::add(&metrics.acks_refused_storage, 1);
+                Some(Output::Send(
+                    handle,
+                    Outgoing::Ack {
+                        kind,
+                        packet_id,
+                        reason,
+                    },
+                    revocation,
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// How far the router has taken the replicated store's entries, for the committer.
 struct RouterProgress {
     view: RoutingView,
@@ -714,6 +771,7 @@ async fn run_committer(
     outlet: Outlet,
     fence: Option<VisibilityFence>,
     router_view: Option<RouterProgress>,
+    failure: watch::Sender<Option<Arc<str>>>,
 ) {
     let mut queued = Vec::new();
     let mut last_index = 0;
@@ -731,6 +789,7 @@ async fn run_committer(
         for round in &mut queued {
             commands.append(&mut round.commands);
         }
+        let mut refusal = None;
         let durable = if commands.is_empty() {
             true
         } else {
@@ -744,7 +803,17 @@ async fn run_committer(
                     true
                 }
                 Err(e) => {
-                    error!(error = %e, "commit failed; acknowledgements withheld");
+                    // Committers retry what can still commit: an error is for good.
+                    let reason = storage_refusal(&e);
+                    if failure.borrow().is_none() {
+                        error!(
+                            error = %e,
+                            "storage failed: what cannot be stored is refused, and the node drains"
+                        );
+                        Metrics::gauge_add(&outlet.metrics.storage_failed, 1);
+                        failure.send_replace(Some(Arc::from(e.to_string())));
+                    }
+                    refusal = Some(reason);
                     false
                 }
             }
@@ -755,11 +824,16 @@ async fn run_committer(
             .fetch_add(queued.len() as u64, Ordering::Relaxed);
         for round in queued.drain(..) {
             if !durable {
-                // Without a durable write nothing may be acknowledged: the clients
-                // time out and resend, which is safe for QoS 1 and 2.
-                outlet
-                    .gates
-                    .release(round.outputs.iter().map(Output::destination).collect());
+                // Without a durable write nothing may be acknowledged. Each PUBLISH is
+                // answered with the error instead (MQTT 3.1.1 has none: its connection
+                // closes), so a device can tell this node from a slow one; everything
+                // else goes nowhere. A CONNECT's reply is dropped: 0x88.
+                let destinations = round.outputs.iter().map(Output::destination).collect();
+                if let Some(reason) = refusal {
+                    let refused = refused_acks(round.outputs, reason, &outlet.metrics);
+                    deliver(refused, &outlet.metrics, outlet.forwarder.as_ref());
+                }
+                outlet.gates.release(destinations);
                 continue;
             }
             match &fence {

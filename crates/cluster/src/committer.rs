@@ -164,6 +164,12 @@ impl Committer for RaftCommitter {
         let mut attempts = 0u64;
         let mut last_leader = None;
         loop {
+            // Raft stopped on a storage error (a full disk, a failed fsync): nothing
+            // commits here any more, and a follower forwarding to the leader could not
+            // apply what it forwarded either.
+            if let Err(fatal) = &self.raft.metrics().borrow().running_state {
+                return Err(CommitError::Stopped(format!("raft stopped: {fatal}")));
+            }
             last_leader = last_leader.or(self.raft.metrics().borrow().current_leader);
             match self.try_commit(request.clone()).await {
                 Ok(index) => return Ok(index),

@@ -1158,6 +1158,16 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                     return Ok(());
                 };
                 match &packet {
+                    // MQTT 3.1.1 cannot refuse a PUBLISH (this node could not store it):
+                    // the connection closes instead, and the client resends elsewhere.
+                    Packet::PubAck(ack) | Packet::PubRec(ack)
+                        if ack.reason_code.is_error() && !self.version.is_v5() =>
+                    {
+                        return Err(Ending::Server(
+                            ack.reason_code,
+                            Some("the message could not be stored".into()),
+                        ));
+                    }
                     Packet::PubAck(ack) | Packet::PubComp(ack) => {
                         self.unacked_incoming.remove(&ack.packet_id);
                     }

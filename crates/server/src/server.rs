@@ -16,7 +16,7 @@ use fleetmq_kafka::{BridgeMetrics, Egress, Ingress, KafkaConfig};
 use fleetmq_storage::{KvEngine, MemoryEngine, SledEngine};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::access::AccessMetrics;
 use crate::admin::{serve_admin, AdminRaft, AdminState};
@@ -211,6 +211,7 @@ pub async fn run(
                 committed_index: node.committed_index.clone(),
             }),
             drain: drain.clone(),
+            storage_failure: broker.storage_failure(),
             clients: clients.clone(),
             events: broker.events(),
             api_token: config.api_token.clone(),
@@ -257,11 +258,27 @@ pub async fn run(
         )));
     }
     let reloads = tokio::spawn(reload_on_sighup(config.auth.clone()));
+    let mut storage_failure = broker.storage_failure();
+    let failed = async {
+        match storage_failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    // A node that cannot store drains like one told to leave: clients move to nodes
+    // that can and its listeners close; then it waits to be restarted, and exits with
+    // an error when it is.
+    let mut storage_error = None;
+    tokio::pin!(stop);
     tokio::select! {
-        () = stop => {
+        () = &mut stop => {
             drain.start("signal");
         }
         _ = drain.started() => {}
+        reason = failed => {
+            drain.start("storage failed");
+            storage_error = reason;
+        }
     }
     let order = drain.started().await;
     reloads.abort();
@@ -283,7 +300,19 @@ pub async fn run(
             "connections still open at the end of the drain's time; closing anyway"
         );
     }
+    if let Some(reason) = &storage_error {
+        // Its clients have moved on and its listeners are closed; it stays up, failing
+        // /healthz and /readyz with the reason and showing fleetmq_storage_failed, until
+        // it is stopped (Kubernetes' liveness probe restarts it): a process that exited
+        // would leave nothing to ask why.
+        error!(
+            %reason,
+            "storage failed: no client is served until this node is restarted with room in its data directory"
+        );
+        stop.await;
+    }
     drop(ctx);
+    let broker_failure = broker.storage_failure();
     // A node without quorum cannot commit its last rounds; do not hang on them.
     if tokio::time::timeout(LAST_WRITES, broker.shutdown())
         .await
@@ -306,6 +335,12 @@ pub async fn run(
         took_ms = order.started.elapsed().as_millis() as u64,
         "drained and stopped"
     );
+    if let Some(reason) = storage_error.or_else(|| broker_failure.borrow().clone()) {
+        anyhow::bail!(
+            "storage failed ({reason}): the node drained and stopped; make room in the data \
+             directory and start it again (docs/operations.md)"
+        );
+    }
     Ok(())
 }
 

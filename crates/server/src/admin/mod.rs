@@ -1,5 +1,5 @@
 //! The admin HTTP listener (axum). Open to anyone who reaches the port: `/healthz`
-//! (the process answers), `/readyz` (joined and caught up, and not draining: 503 with
+//! (the process answers and its storage has not failed), `/readyz` (joined and caught up, and not draining: 503 with
 //! the reason otherwise) and `/metrics` (Prometheus). Behind a bearer token: the JSON
 //! API under `/api/v1` ([`api`], described by docs/openapi.yaml).
 
@@ -43,6 +43,8 @@ pub struct AdminState {
     /// The node's Raft group; none with the memory engine (always ready).
     pub raft: Option<AdminRaft>,
     pub drain: Arc<Drain>,
+    /// Set once the node's storage failed for good: `/healthz` fails from then on.
+    pub storage_failure: fleetmq_broker::StorageFailure,
     pub clients: Arc<ConnectedClients>,
     /// The router's event channel, for what only the router knows.
     pub events: mpsc::Sender<Event>,
@@ -94,8 +96,17 @@ pub async fn serve_admin(
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// The process answers and can store: a node whose storage failed is not healthy (its
+/// supervisor restarts it; it serves again once the disk has room).
+async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
+    match state.storage_failure.borrow().as_deref() {
+        None => "ok\n".into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage failed: {reason}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Why the node is not ready, or `None`.
@@ -107,6 +118,9 @@ pub struct AdminRaft {
 }
 
 fn not_ready(state: &AdminState) -> Option<String> {
+    if let Some(reason) = state.storage_failure.borrow().as_deref() {
+        return Some(format!("storage failed: {reason}"));
+    }
     if state.drain.order().is_some() {
         return Some("draining".into());
     }
