@@ -30,6 +30,9 @@ use fleetmq_tests::{text, unique_id, Cluster, RawClient, Recv, V4Client, WAIT};
 use rumqttc::QoS;
 
 /// The cut-off node must stay silent at least this long after receiving the PUBLISH.
+/// How soon a cut-off node tells a client waiting for a durable acknowledgement to move:
+/// it gives up on the commit after 3 s (crates/broker/src/service.rs).
+const MOVED_WITHIN: Duration = Duration::from_secs(6);
 const MINORITY_SILENCE: Duration = Duration::from_secs(6);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +266,21 @@ async fn durability_across_a_partition(cut: Cut) {
         .iter()
         .filter(|w| w.starts_with("PUBACK 1 ") || w.starts_with("PUBREC 2 "))
         .collect();
+    // Nor does it keep the client waiting in silence: once it has known for a few
+    // seconds that it cannot commit, it tells the client to move (3.1.1: closes it), so
+    // that it reconnects through the load balancer to the majority.
+    let told_to_move = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(_, w)| w == "closed")
+        .map(|(t, _)| t.duration_since(sent_minority_at));
+    assert!(
+        told_to_move.is_some_and(|after| after < MOVED_WITHIN),
+        "node {m}, cut off, kept its publisher waiting for acknowledgements that cannot come: \
+         told to move after {told_to_move:?} (everything it sent: {during:?})\n{}",
+        cluster.log_tails(40)
+    );
     assert!(
         acked_while_cut.is_empty(),
         "node {m}, cut off from the majority for {:?}, acknowledged a PUBLISH for persistent \

@@ -88,6 +88,8 @@ pub struct Metrics {
     pub storage_failed: AtomicI64,
     /// PUBACK/PUBREC sent with an error code because the message could not be stored.
     pub acks_refused_storage: AtomicU64,
+    /// Clients told to move because a write they waited for could not commit.
+    pub clients_moved_commit_stuck: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
     /// QoS 1/2 deliveries to a connected client that waited in its queue because its
     /// inflight window (`max_inflight`, or the client's Receive Maximum) was full.
@@ -130,6 +132,7 @@ impl Default for Metrics {
             committed_batches_total: AtomicU64::new(0),
             storage_failed: AtomicI64::new(0),
             acks_refused_storage: AtomicU64::new(0),
+            clients_moved_commit_stuck: AtomicU64::new(0),
             slow_consumer_disconnects: AtomicU64::new(0),
             inflight_waits: AtomicU64::new(0),
             forwarded_out: AtomicU64::new(0),
@@ -287,6 +290,12 @@ impl Metrics {
             "counter",
             "PUBACK/PUBREC sent with an error reason (or connections closed, MQTT 3.1.1) because the message could not be stored.",
             load(&self.acks_refused_storage).to_string(),
+        );
+        one(
+            "fleetmq_clients_moved_commit_stuck_total",
+            "counter",
+            "Clients told to move (DISCONNECT 0x9C) because a write they waited for could not commit for seconds: this node could not reach a majority.",
+            load(&self.clients_moved_commit_stuck).to_string(),
         );
         one(
             "fleetmq_slow_consumer_disconnects_total",

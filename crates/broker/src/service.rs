@@ -2,7 +2,7 @@
 //! committer group-commits every round that queued while it was busy, so one fsync
 //! (or one Raft entry, in a cluster) acknowledges many messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -45,6 +45,16 @@ const SWEEP_CHUNK: usize = 1024;
 const MAX_OPS_PER_COMMIT: usize = 4096;
 /// Committed rounds whose outputs wait for [`Visibility`]; beyond this the committer waits.
 const FENCE_QUEUE: usize = 64;
+/// A commit pending this long means this node cannot reach a majority (it is cut off,
+/// or the leader it forwards to is paused): the clients whose answers wait for it are
+/// told to move (DISCONNECT 0x9C), to reconnect through the load balancer to a node that
+/// can commit. Resending there is safe: what waits here is fenced by their sessions and
+/// refused once they have moved (command.rs). Longer than an election after a leader's
+/// SIGKILL (about 1 s) with room to spare.
+const MOVE_WAITING_AFTER: Duration = Duration::from_secs(3);
+/// While the commit stays stuck, clients whose answers queue behind it are told this
+/// often.
+const MOVE_WAITING_EVERY: Duration = Duration::from_millis(500);
 
 /// Why a batch could not be made durable.
 #[derive(Debug, thiserror::Error)]
@@ -688,6 +698,55 @@ async fn run_fence(
     }
 }
 
+/// Commits `commands`; while that takes longer than [`MOVE_WAITING_AFTER`], tells the
+/// clients whose outputs wait for it (in `queued`, and in rounds that queue behind it,
+/// taken into `backlog`) to move elsewhere.
+async fn commit_moving_waiters(
+    committer: &mut impl Committer,
+    commands: Vec<Command>,
+    queued: &[Round],
+    rounds: &mut mpsc::Receiver<Round>,
+    backlog: &mut VecDeque<Round>,
+    metrics: &Metrics,
+) -> Result<u64, CommitError> {
+    let started = Instant::now();
+    let commit = committer.commit(commands);
+    tokio::pin!(commit);
+    let mut wait = MOVE_WAITING_AFTER;
+    let mut told = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            result = &mut commit => return result,
+            () = tokio::time::sleep(wait) => {
+                wait = MOVE_WAITING_EVERY;
+                while backlog.len() < COMMIT_QUEUE {
+                    let Ok(round) = rounds.try_recv() else { break };
+                    backlog.push_back(round);
+                }
+                let before = told.len();
+                for round in queued.iter().chain(backlog.iter()) {
+                    for output in &round.outputs {
+                        if let Output::Send(handle, ..) = output {
+                            if told.insert(handle.id) {
+                                handle.close(ReasonCode::UseAnotherServer);
+                            }
+                        }
+                    }
+                }
+                let now_told = told.len() - before;
+                if now_told > 0 {
+                    Metrics::add(&metrics.clients_moved_commit_stuck, now_told as u64);
+                    warn!(
+                        clients = now_told,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "a write has not committed (no majority reachable): its clients are told to move"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The reason code a PUBACK/PUBREC gets when its message could not be stored.
 fn storage_refusal(error: &CommitError) -> ReasonCode {
     let text = error.to_string();
@@ -774,14 +833,30 @@ async fn run_committer(
     failure: watch::Sender<Option<Arc<str>>>,
 ) {
     let mut queued = Vec::new();
+    // Rounds taken off the channel while a commit was stuck, to tell their clients to
+    // move; committed next, in order. At most COMMIT_QUEUE, as the channel.
+    let mut backlog: VecDeque<Round> = VecDeque::new();
     let mut last_index = 0;
-    while let Some(first) = rounds.recv().await {
+    loop {
+        let first = match backlog.pop_front() {
+            Some(round) => round,
+            None => match rounds.recv().await {
+                Some(round) => round,
+                None => break,
+            },
+        };
         let mut ops = first.weight();
         queued.push(first);
         // Group-commit what queued meanwhile, up to a bound: one Raft entry must stay
         // small enough to replicate within the heartbeat interval.
         while ops < MAX_OPS_PER_COMMIT {
-            let Ok(more) = rounds.try_recv() else { break };
+            let more = match backlog.pop_front() {
+                Some(round) => round,
+                None => match rounds.try_recv() {
+                    Ok(round) => round,
+                    Err(_) => break,
+                },
+            };
             ops += more.weight();
             queued.push(more);
         }
@@ -794,7 +869,15 @@ async fn run_committer(
             true
         } else {
             outlet.metrics.commits_total.fetch_add(1, Ordering::Relaxed);
-            match committer.commit(commands).await {
+            let committed = commit_moving_waiters(
+                &mut committer,
+                commands,
+                &queued,
+                &mut rounds,
+                &mut backlog,
+                &outlet.metrics,
+            );
+            match committed.await {
                 Ok(index) => {
                     last_index = last_index.max(index);
                     if let Some(progress) = &router_view {

@@ -99,6 +99,9 @@ enum Ending {
     Server(ReasonCode, Option<String>),
     /// The node drains: the client is told to move (MQTT 5: where, when configured).
     Drained(Arc<DrainOrder>),
+    /// The node cannot commit what this client waits for (no majority reachable): it
+    /// is told to move, like in a drain, while the node stays.
+    Moved,
 }
 
 /// The task of one client connection, from its CONNECT to its close. Built here, not
@@ -270,6 +273,13 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                 let code = order.reason_code();
                 let reference = order.plan.server_reference.as_deref().map(str::to_string);
                 Box::pin(self.send_disconnect(code, None, reference)).await;
+                (true, None, CloseReason::Server(code))
+            }
+            Ending::Moved => {
+                let code = ReasonCode::UseAnotherServer;
+                let reference = self.ctx.drain.server_reference().map(|r| r.to_string());
+                let why = Some("this node cannot reach a majority of the cluster".to_string());
+                Box::pin(self.send_disconnect(code, why, reference)).await;
                 (true, None, CloseReason::Server(code))
             }
         };
@@ -741,6 +751,8 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                             Some("closed by an administrator".into()),
                         );
                     }
+                    // The committer: what this client waits for cannot commit here.
+                    Next::Close(ReasonCode::UseAnotherServer) => return Ending::Moved,
                     // The router asked this connection to close, or dropped it.
                     Next::Close(reason) => return Ending::Server(reason, None),
                 },

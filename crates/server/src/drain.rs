@@ -117,6 +117,11 @@ impl Drain {
         started
     }
 
+    /// Where clients told to move are sent (`drain.server_reference`), if configured.
+    pub fn server_reference(&self) -> Option<Arc<str>> {
+        self.plan.server_reference.clone()
+    }
+
     pub fn order(&self) -> Option<Arc<DrainOrder>> {
         self.order.borrow().clone()
     }
