@@ -102,9 +102,12 @@ def test_a_full_disk_is_told_to_clients_and_loses_nothing_acknowledged(
     # message reaches the subscriber.
     subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
     broker.start()
-    back = Client(broker, V5, client_id="away", clean=False)
-    back.connect(SessionExpiryInterval=3600)
-    assert back.connack.session_present
-    got = back.recv_n(acked, timeout=60)
-    assert all(m.payload == PAYLOAD for m in got)
-    back.close()
+    try:
+        back = Client(broker, V5, client_id="away", clean=False)
+        back.connect(SessionExpiryInterval=3600)
+        assert back.connack.session_present
+        got = back.recv_n(acked, timeout=60)
+        assert all(m.payload == PAYLOAD for m in got)
+        back.close()
+    finally:
+        broker.kill()
