@@ -353,3 +353,68 @@ async fn session_expiry_is_capped_by_max_session_expiry_interval() {
         "the 3.1.1 session should have expired after 2 s"
     );
 }
+
+/// A session's expiry timer ends that session, not a later one of the same client:
+/// a session (expiry 2 s) is replaced at once by a clean-start one (expiry 5 s) with a
+/// subscription; reconnecting after the first timer's 2 s but within the second's 5 s
+/// finds the second session and its subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_expiry_timer_does_not_outlive_its_session() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use std::time::Instant;
+    let broker = BrokerProcess::start_default();
+    let id = unique_id("t03-timer");
+    let topic = format!("t03/timer/{id}");
+
+    let first = V5Client::must_connect_with(persistent_v5(&broker, &id, 2)).await;
+    first.disconnect().await;
+    let first_gone = Instant::now();
+
+    let mut o = persistent_v5(&broker, &id, 5);
+    o.set_clean_start(true);
+    let mut second = V5Client::must_connect_with(o).await;
+    assert!(
+        !second.connack.session_present,
+        "clean start must begin a new session"
+    );
+    second.must_subscribe(&topic, Q5::AtLeastOnce).await;
+    // Control: a client with only a session like the second, ended at the same time.
+    let control_id = unique_id("t03-timer-control");
+    let mut control = V5Client::must_connect_with(persistent_v5(&broker, &control_id, 5)).await;
+    control.must_subscribe(&topic, Q5::AtLeastOnce).await;
+    control.disconnect().await;
+    second.disconnect().await;
+    let second_gone = Instant::now();
+    assert!(
+        second_gone.duration_since(first_gone) < Duration::from_secs(1),
+        "the schedule needs the second session within 1 s of the first; it took {:?}",
+        second_gone.duration_since(first_gone)
+    );
+
+    // Past the first session's 2 s (with 1.5 s to spare), well within the second's 5 s.
+    tokio::time::sleep_until((first_gone + Duration::from_millis(3500)).into()).await;
+    let control = V5Client::must_connect_with(persistent_v5(&broker, &control_id, 5)).await;
+    assert!(
+        control.connack.session_present,
+        "control: a session with a 5 s expiry, away {:?}, should still be there",
+        second_gone.elapsed()
+    );
+    control.disconnect().await;
+    let mut third = V5Client::must_connect_with(persistent_v5(&broker, &id, 5)).await;
+    let away = second_gone.elapsed();
+    assert!(
+        third.connack.session_present,
+        "reconnected {away:?} after a session with a 5 s expiry ended, CONNACK says no \
+         session: the expiry timer of the session before it (2 s, ended {:?} ago) ended it",
+        first_gone.elapsed()
+    );
+    let mut publisher = V5Client::must_connect(&broker, &unique_id("t03-timer-pub")).await;
+    publisher
+        .must_publish(&topic, Q5::AtLeastOnce, false, "still subscribed")
+        .await;
+    assert_eq!(
+        text(&third.must_recv_publish(WAIT).await.payload),
+        "still subscribed",
+        "the second session's subscription should deliver"
+    );
+}

@@ -419,6 +419,37 @@ impl BrokerProcess {
         false
     }
 
+    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, ...) to the process; true
+    /// if it runs and `kill` succeeded.
+    pub fn signal(&self, signal: &str) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// SIGSTOP: the process stops where it is, its sockets stay open and unanswered
+    /// (a stalled VM, a long GC pause, a swapped-out host) until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        assert!(self.signal("STOP"), "could not SIGSTOP {}", self.describe());
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        assert!(self.signal("CONT"), "could not SIGCONT {}", self.describe());
+    }
+
+    fn describe(&self) -> String {
+        format!("node {} (pid {:?})", self.node_id(), self.pid())
+    }
+
     /// SIGKILL, then reap the process. No graceful shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -529,6 +529,20 @@ impl Cluster {
         self.down.insert(id);
     }
 
+    /// SIGSTOP node `id`: its process freezes with every socket open, answering
+    /// nothing (neither MQTT nor Raft) until [`resume`](Self::resume). Counted as down
+    /// meanwhile ([`live_ids`](Self::live_ids)).
+    pub fn pause(&mut self, id: u64) {
+        self.node(id).pause();
+        self.down.insert(id);
+    }
+
+    /// SIGCONT node `id` after [`pause`](Self::pause).
+    pub fn resume(&mut self, id: u64) {
+        self.node(id).resume();
+        self.down.remove(&id);
+    }
+
     /// SIGTERM node `id` and wait for its graceful exit (SIGKILL after 10 s). Returns
     /// whether it exited on its own.
     pub fn stop(&mut self, id: u64) -> bool {
@@ -933,6 +947,63 @@ pub struct Conn {
     pub ended: Option<String>,
 }
 
+/// How a traffic client notices that its node stopped answering.
+///
+/// A node that died refuses or resets the connection; one that hangs (SIGSTOP, a
+/// stalled VM) or is cut off keeps it open and silent, and only a client with timeouts
+/// of its own moves on, as real devices do with their keep alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Keep Alive of the CONNECT, seconds.
+    pub keep_alive: u16,
+    /// A PINGREQ goes after this long without sending anything.
+    pub ping_after: Duration,
+    /// A connection whose PINGREQ got no answer (nor anything else) for this long is
+    /// given up, and the next node is tried. `None`: never.
+    pub dead_after: Option<Duration>,
+    /// How long to wait for a CONNACK before trying the next node.
+    pub connack_timeout: Duration,
+    /// A subscriber that expects a steady stream gives a connection up after this
+    /// long without a PUBLISH and tries the next node (a node cut off from the others
+    /// answers PINGREQ but routes nothing to it). `None`: never.
+    pub quiet_after: Option<Duration>,
+}
+
+impl Default for Liveness {
+    /// Patient: a PINGREQ after 10 s of silence, never giving up on a connection, 10 s
+    /// for a CONNACK.
+    fn default() -> Self {
+        Liveness {
+            keep_alive: 30,
+            ping_after: Duration::from_secs(10),
+            dead_after: None,
+            connack_timeout: Duration::from_secs(10),
+            quiet_after: None,
+        }
+    }
+}
+
+impl Liveness {
+    /// Gives a silent node up within seconds: Keep Alive 5 s, a PINGREQ after 1 s of
+    /// silence, dead 3 s later; 5 s for a CONNACK (a CONNECT on a survivor may wait
+    /// for an election and the session's move).
+    pub fn quick() -> Self {
+        Liveness {
+            keep_alive: 5,
+            ping_after: Duration::from_secs(1),
+            dead_after: Some(Duration::from_secs(3)),
+            connack_timeout: Duration::from_secs(5),
+            quiet_after: None,
+        }
+    }
+
+    /// With [`quiet_after`](Self::quiet_after).
+    pub fn quiet_after(mut self, quiet: Duration) -> Self {
+        self.quiet_after = Some(quiet);
+        self
+    }
+}
+
 /// Connects to the first endpoint, starting at `start` (an index into
 /// `endpoints`) and going round, that accepts; `None` once `stop` is set.
 async fn connect_round(
@@ -940,6 +1011,7 @@ async fn connect_round(
     start: usize,
     client_id: &str,
     clean: bool,
+    liveness: Liveness,
     stop: &AtomicBool,
     notes: &mut Vec<String>,
 ) -> Option<(usize, RawClient, bool)> {
@@ -951,8 +1023,22 @@ async fn connect_round(
             }
             let i = (start + k) % endpoints.len();
             let (node, addr) = endpoints[i];
-            let connect = connect_packet(ProtocolVersion::V3_1_1, client_id, clean, 30);
-            match RawClient::connect(addr, connect).await {
+            let connect = connect_packet(
+                ProtocolVersion::V3_1_1,
+                client_id,
+                clean,
+                liveness.keep_alive,
+            );
+            let got =
+                tokio::time::timeout(liveness.connack_timeout, RawClient::connect(addr, connect))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!(
+                            "no CONNACK within {:?}",
+                            liveness.connack_timeout
+                        ))
+                    });
+            match got {
                 Ok((c, ack)) if !ack.reason_code.is_error() => {
                     return Some((i, c, ack.session_present));
                 }
@@ -1015,12 +1101,28 @@ impl DurableSubscriber {
         client_id: &str,
         filter: &str,
     ) -> DurableSubscriber {
+        Self::start_with(cluster, node, client_id, filter, Liveness::default()).await
+    }
+
+    /// [`start`](Self::start) with its own way of noticing a silent node.
+    pub async fn start_with(
+        cluster: &Cluster,
+        node: u64,
+        client_id: &str,
+        filter: &str,
+        liveness: Liveness,
+    ) -> DurableSubscriber {
         let endpoints = cluster.endpoints();
         let start = endpoints
             .iter()
             .position(|(id, _)| *id == node)
             .expect("the node is in the cluster");
-        let connect = connect_packet(ProtocolVersion::V3_1_1, client_id, false, 30);
+        let connect = connect_packet(
+            ProtocolVersion::V3_1_1,
+            client_id,
+            false,
+            liveness.keep_alive,
+        );
         let (mut c, ack) = RawClient::must_connect_with(endpoints[start].1, connect).await;
         let suback = c.must_subscribe(1, filter, CQoS::ExactlyOnce).await;
         assert!(
@@ -1043,6 +1145,7 @@ impl DurableSubscriber {
             start,
             endpoints,
             client_id.to_string(),
+            liveness,
             log.clone(),
             stop.clone(),
         ));
@@ -1087,6 +1190,7 @@ async fn subscriber_loop(
     mut current: usize,
     endpoints: Vec<(u64, SocketAddr)>,
     client_id: String,
+    liveness: Liveness,
     log: Arc<Mutex<SubLog>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -1095,11 +1199,17 @@ async fn subscriber_loop(
     // state a compliant client keeps for its session, across connections.
     let mut awaiting_rel: HashMap<u16, String> = HashMap::new();
     let mut last_sent = Instant::now();
+    // When the PINGREQ still unanswered (by anything) went.
+    let mut ping_unanswered: Option<Instant> = None;
+    // When the last PUBLISH (or the connection) came.
+    let mut last_publish = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let Some(c) = conn.as_mut() else {
             let mut notes = Vec::new();
-            let got =
-                connect_round(&endpoints, current, &client_id, false, &stop, &mut notes).await;
+            let got = connect_round(
+                &endpoints, current, &client_id, false, liveness, &stop, &mut notes,
+            )
+            .await;
             let mut l = lock(&log);
             l.notes.append(&mut notes);
             if let Some((i, c, session_present)) = got {
@@ -1119,13 +1229,28 @@ async fn subscriber_loop(
                 });
                 conn = Some(c);
                 last_sent = Instant::now();
+                ping_unanswered = None;
+                last_publish = Instant::now();
             }
             continue;
         };
         let ended = match c.recv(Duration::from_millis(200)).await {
             Ok(Recv::Timeout) => {
-                if last_sent.elapsed() > Duration::from_secs(10) {
+                let dead = liveness
+                    .dead_after
+                    .zip(ping_unanswered)
+                    .filter(|(after, at)| at.elapsed() > *after);
+                let quiet = liveness.quiet_after.filter(|q| last_publish.elapsed() > *q);
+                if let Some((after, _)) = dead {
+                    // Try the next node first: this one is not answering.
+                    current = (current + 1) % endpoints.len();
+                    Some(format!("no answer to PINGREQ within {after:?}"))
+                } else if let Some(q) = quiet {
+                    current = (current + 1) % endpoints.len();
+                    Some(format!("no PUBLISH within {q:?}"))
+                } else if last_sent.elapsed() > liveness.ping_after {
                     last_sent = Instant::now();
+                    ping_unanswered.get_or_insert_with(Instant::now);
                     c.send(Packet::PingReq)
                         .await
                         .err()
@@ -1137,8 +1262,10 @@ async fn subscriber_loop(
             Ok(Recv::Closed) => Some("closed by the server".to_string()),
             Err(e) => Some(format!("{e:#}")),
             Ok(Recv::Packet(p)) => {
+                ping_unanswered = None;
                 let reply = match p {
                     Packet::Publish(p) => {
+                        last_publish = Instant::now();
                         let payload = text(&p.payload);
                         let topic = p.topic.to_string();
                         let mut l = lock(&log);
@@ -1240,6 +1367,16 @@ pub struct PublisherSpec {
     /// An acknowledgement slower than this ends the connection (the publisher moves
     /// to the next node).
     pub ack_timeout: Duration,
+    /// Once told to stop, how long to wait for the outstanding acknowledgements.
+    pub drain_timeout: Duration,
+    /// A persistent session (`clean_session = 0`, one client id throughout) that,
+    /// on reconnecting with the session present, resends what was not acknowledged
+    /// as a compliant client must (MQTT 3.1.1 4.4): each unacknowledged PUBLISH again
+    /// with DUP and its packet id, a PUBREL for each QoS 2 message whose PUBREC came.
+    /// Otherwise a clean session that never resends (what was outstanding stays in
+    /// doubt).
+    pub persistent: bool,
+    pub liveness: Liveness,
 }
 
 impl PublisherSpec {
@@ -1252,7 +1389,21 @@ impl PublisherSpec {
             interval: Duration::from_millis(20),
             max: 100_000,
             ack_timeout: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(20),
+            persistent: false,
+            liveness: Liveness::default(),
         }
+    }
+
+    /// A [`persistent`](Self::persistent) publisher that gives a silent node up
+    /// within seconds ([`Liveness::quick`]; an acknowledgement may take 4 s, the time
+    /// for an election and a session's move).
+    pub fn persistent(mut self) -> PublisherSpec {
+        self.persistent = true;
+        self.liveness = Liveness::quick();
+        self.ack_timeout = Duration::from_secs(4);
+        self.drain_timeout = Duration::from_secs(30);
+        self
     }
 
     /// Topic, payload and QoS of message `i`.
@@ -1283,7 +1434,13 @@ pub struct PubLog {
     /// QoS 2 payloads whose PUBCOMP arrived.
     pub completed: HashSet<String>,
     pub connections: Vec<Conn>,
+    /// PUBLISHes resent with DUP after a reconnection (persistent publishers).
+    pub resent: usize,
+    /// PUBRELs resent after a reconnection (persistent publishers).
+    pub rel_resent: usize,
     pub notes: Vec<String>,
+    /// Broken promises seen on the wire (a persistent session lost).
+    pub problems: Vec<String>,
     /// Set when the task ended, with why.
     pub ended: Option<String>,
 }
@@ -1386,6 +1543,17 @@ impl Drop for Publisher {
     }
 }
 
+/// A message sent and not yet acknowledged (QoS 1: PUBACK; QoS 2: PUBCOMP).
+struct Outstanding {
+    topic: String,
+    payload: String,
+    qos: CQoS,
+    /// When it (or its PUBREL) was last sent.
+    at: Instant,
+    /// QoS 2: the PUBREC came, the PUBREL is what is left to (re)send.
+    released: bool,
+}
+
 async fn publisher_loop(
     spec: PublisherSpec,
     endpoints: Vec<(u64, SocketAddr)>,
@@ -1396,7 +1564,10 @@ async fn publisher_loop(
     let client_id = unique_id(&format!("pub-{}", spec.name));
     let never = AtomicBool::new(false);
     let mut conn: Option<RawClient> = None;
-    let mut outstanding: BTreeMap<u16, (String, Instant)> = BTreeMap::new();
+    // By packet id; packet ids grow (wrapping), so a BTreeMap in id order is the send
+    // order except across the wrap, which `order` restores.
+    let mut outstanding: BTreeMap<u16, Outstanding> = BTreeMap::new();
+    let mut order: Vec<u16> = Vec::new();
     let mut next = 0usize;
     let mut pid: u16 = 0;
     let mut last_send = Instant::now() - spec.interval;
@@ -1408,47 +1579,122 @@ async fn publisher_loop(
             if outstanding.is_empty() {
                 break "done".to_string();
             }
-            if at.elapsed() > spec.ack_timeout {
+            if at.elapsed() > spec.drain_timeout {
                 break format!("gave up on {} unacknowledged messages", outstanding.len());
             }
         }
         let Some(c) = conn.as_mut() else {
-            if stopping {
+            if stopping && !spec.persistent {
                 break "stopped while disconnected".to_string();
             }
             let mut notes = Vec::new();
             // Connect even if told to stop meanwhile: the loop above decides.
-            let got =
-                connect_round(&endpoints, current, &client_id, true, &never, &mut notes).await;
-            let mut l = lock(&log);
-            l.notes.append(&mut notes);
-            if let Some((i, c, session_present)) = got {
-                current = i;
+            let got = connect_round(
+                &endpoints,
+                current,
+                &client_id,
+                !spec.persistent,
+                spec.liveness,
+                &never,
+                &mut notes,
+            )
+            .await;
+            let Some((i, mut c, session_present)) = got else {
+                lock(&log).notes.append(&mut notes);
+                continue;
+            };
+            current = i;
+            let node = endpoints[i].0;
+            let reconnected = {
+                let mut l = lock(&log);
+                l.notes.append(&mut notes);
                 l.connections.push(Conn {
-                    node: endpoints[i].0,
+                    node,
                     session_present,
                     at: Instant::now(),
                     ended: None,
                 });
-                conn = Some(c);
+                l.connections.len() > 1
+            };
+            if !spec.persistent {
                 pid = 0;
+                conn = Some(c);
+                continue;
+            }
+            if reconnected && !session_present {
+                lock(&log).problems.push(format!(
+                    "reconnected to node {node} with clean_session=0 and got session_present=0: \
+                     the session was lost ({} messages outstanding left in doubt)",
+                    outstanding.len()
+                ));
+                // MQTT 3.1.1 3.2.2.2: the client discards its session state.
+                outstanding.clear();
+                order.clear();
+            }
+            // Resend in the order first sent.
+            order.retain(|p| outstanding.contains_key(p));
+            let mut failed = None;
+            for p in order.clone() {
+                let Some(o) = outstanding.get_mut(&p) else {
+                    continue;
+                };
+                o.at = Instant::now();
+                let packet = if o.released {
+                    lock(&log).rel_resent += 1;
+                    Packet::PubRel(PubResponse::new(p))
+                } else {
+                    lock(&log).resent += 1;
+                    let mut publish =
+                        publish_packet(&o.topic, o.qos, Some(p), o.payload.as_bytes());
+                    publish.dup = true;
+                    Packet::Publish(publish)
+                };
+                if let Err(e) = c.send(packet).await {
+                    failed = Some(format!("resending: {e:#}"));
+                    break;
+                }
+            }
+            match failed {
+                None => conn = Some(c),
+                Some(why) => {
+                    if let Some(last) = lock(&log).connections.last_mut() {
+                        last.ended = Some(why);
+                    }
+                }
             }
             continue;
         };
         let mut ended: Option<String> = None;
         if !stopping && outstanding.len() < spec.window && last_send.elapsed() >= spec.interval {
             let (topic, payload, qos) = spec.message(next);
-            pid = pid % 60_000 + 1;
+            loop {
+                pid = pid % 60_000 + 1;
+                if !outstanding.contains_key(&pid) {
+                    break;
+                }
+            }
             let p = publish_packet(&topic, qos, Some(pid), payload.as_bytes());
             // Recorded before the write: a PUBLISH that may have reached the node.
-            lock(&log).sent.push((topic, payload.clone(), qos));
+            lock(&log).sent.push((topic.clone(), payload.clone(), qos));
             next += 1;
             last_send = Instant::now();
-            match c.send(Packet::Publish(p)).await {
-                Ok(()) => {
-                    outstanding.insert(pid, (payload, Instant::now()));
-                }
-                Err(e) => ended = Some(format!("sending PUBLISH: {e:#}")),
+            let sent = c.send(Packet::Publish(p)).await;
+            // A persistent session resends it even if the write failed.
+            if sent.is_ok() || spec.persistent {
+                outstanding.insert(
+                    pid,
+                    Outstanding {
+                        topic,
+                        payload,
+                        qos,
+                        at: Instant::now(),
+                        released: false,
+                    },
+                );
+                order.push(pid);
+            }
+            if let Err(e) = sent {
+                ended = Some(format!("sending PUBLISH: {e:#}"));
             }
         }
         if ended.is_none() {
@@ -1462,26 +1708,28 @@ async fn publisher_loop(
             ended = match c.recv(wait).await {
                 Ok(Recv::Timeout) => None,
                 Ok(Recv::Packet(Packet::PubAck(a))) => {
-                    if let Some((p, _)) = outstanding.remove(&a.packet_id) {
+                    if let Some(o) = outstanding.remove(&a.packet_id) {
                         if a.reason_code.is_error() {
                             lock(&log)
                                 .notes
-                                .push(format!("PUBACK {p} with {:?}", a.reason_code));
+                                .push(format!("PUBACK {} with {:?}", o.payload, a.reason_code));
                         } else {
-                            lock(&log).acked.insert(p);
+                            lock(&log).acked.insert(o.payload);
                         }
                     }
                     None
                 }
                 Ok(Recv::Packet(Packet::PubRec(r))) => {
-                    if let Some((p, _)) = outstanding.get(&r.packet_id) {
+                    if let Some(o) = outstanding.get_mut(&r.packet_id) {
                         if r.reason_code.is_error() {
                             lock(&log)
                                 .notes
-                                .push(format!("PUBREC {p} with {:?}", r.reason_code));
+                                .push(format!("PUBREC {} with {:?}", o.payload, r.reason_code));
                         } else {
-                            lock(&log).acked.insert(p.clone());
+                            lock(&log).acked.insert(o.payload.clone());
                         }
+                        o.released = true;
+                        o.at = Instant::now();
                     }
                     c.send(Packet::PubRel(PubResponse::new(r.packet_id)))
                         .await
@@ -1489,8 +1737,8 @@ async fn publisher_loop(
                         .map(|e| format!("sending PUBREL: {e:#}"))
                 }
                 Ok(Recv::Packet(Packet::PubComp(r))) => {
-                    if let Some((p, _)) = outstanding.remove(&r.packet_id) {
-                        lock(&log).completed.insert(p);
+                    if let Some(o) = outstanding.remove(&r.packet_id) {
+                        lock(&log).completed.insert(o.payload);
                     }
                     None
                 }
@@ -1503,11 +1751,11 @@ async fn publisher_loop(
             };
         }
         if ended.is_none() {
-            if let Some((p, at)) = outstanding.values().min_by_key(|(_, at)| *at) {
-                if at.elapsed() > spec.ack_timeout {
+            if let Some(o) = outstanding.values().min_by_key(|o| o.at) {
+                if o.at.elapsed() > spec.ack_timeout {
                     ended = Some(format!(
-                        "no acknowledgement of {p} within {:?}",
-                        spec.ack_timeout
+                        "no acknowledgement of {} within {:?}",
+                        o.payload, spec.ack_timeout
                     ));
                     // Try another node next.
                     current = (current + 1) % endpoints.len();
@@ -1515,8 +1763,11 @@ async fn publisher_loop(
             }
         }
         if let Some(why) = ended {
-            // What is outstanding stays in doubt: never resent.
-            outstanding.clear();
+            if !spec.persistent {
+                // What is outstanding stays in doubt: never resent.
+                outstanding.clear();
+                order.clear();
+            }
             conn = None;
             let mut l = lock(&log);
             if let Some(last) = l.connections.last_mut() {
@@ -1647,14 +1898,19 @@ pub fn check_delivery(
     let mut failures = Vec::new();
     let mut summary = Vec::new();
     for p in pubs {
+        if !p.problems.is_empty() {
+            failures.push(format!("publisher {}: {:?}", p.name, p.problems));
+        }
         summary.push(format!(
             "publisher {}: sent {}, acknowledged {}, in doubt {}, QoS 2 completed {}, \
-             connections {:?}, ended {:?}, notes {:?}",
+             resent {} PUBLISH + {} PUBREL, connections {:?}, ended {:?}, notes {:?}",
             p.name,
             p.sent.len(),
             p.acked.len(),
             p.in_doubt(),
             p.completed.len(),
+            p.resent,
+            p.rel_resent,
             p.connections
                 .iter()
                 .map(|c| (c.node, c.ended.clone()))
