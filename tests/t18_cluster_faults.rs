@@ -74,6 +74,21 @@ async fn wait_more_acked(cluster: &Cluster, pubs: &[Publisher], more: usize, tim
     }
 }
 
+/// How long the other nodes may go without acknowledging a publish while the leader
+/// is out: an election takes 1.2-1.8 s here (docs/cluster-design.md, "Node failure").
+const SURVIVORS_ACK_WITHIN: Duration = Duration::from_secs(2);
+
+/// The longest stretch within `from..to` without an acknowledgement in `acked_at`.
+fn longest_silence(acked_at: &[Instant], from: Instant, to: Instant) -> Duration {
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for at in acked_at.iter().filter(|at| **at > from && **at < to) {
+        longest = longest.max(at.duration_since(last));
+        last = *at;
+    }
+    longest.max(to.duration_since(last))
+}
+
 /// QoS 1 payloads each subscriber got more than once (allowed, reported).
 fn qos1_duplicates(subs: &[SubLog], pubs: &[PubLog]) -> Vec<(String, usize)> {
     let qos1: HashSet<&str> = pubs
@@ -204,6 +219,26 @@ async fn leader_fault_under_a_qos1_qos2_stream(fault: Fault) {
         moved_pub.name,
         moved_pub.connections,
         moved_pub.notes
+    );
+    // The other nodes' publishers are acknowledged again soon: their node's writes,
+    // forwarded to the leader that froze or was cut off, go to the new leader as soon as
+    // one is known (an election: lease plus timeout, 1.2-1.8 s).
+    let survivors_silent = pub_logs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != leader)
+        .map(|(_, l)| longest_silence(&l.acked_at, faulted_at, faulted_at + hold))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "{fault:?}: the other nodes' publishers went at most {survivors_silent:?} without an \
+         acknowledgement while the leader was out"
+    );
+    assert!(
+        survivors_silent < SURVIVORS_ACK_WITHIN,
+        "{fault:?} of the leader {leader}: the other nodes acknowledged nothing for \
+         {survivors_silent:?} (at most {SURVIVORS_ACK_WITHIN:?})\n{}",
+        cluster.log_tails(30)
     );
     let summary = match check_delivery(&logs, &pub_logs, &HashSet::new(), &known) {
         Ok(s) => s,

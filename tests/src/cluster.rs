@@ -1431,6 +1431,8 @@ pub struct PubLog {
     pub sent: Vec<(String, String, CQoS)>,
     /// Payloads whose PUBACK (QoS 1) or PUBREC (QoS 2) arrived: they must not be lost.
     pub acked: HashSet<String>,
+    /// When each of those acknowledgements arrived, in order.
+    pub acked_at: Vec<Instant>,
     /// QoS 2 payloads whose PUBCOMP arrived.
     pub completed: HashSet<String>,
     pub connections: Vec<Conn>,
@@ -1714,7 +1716,9 @@ async fn publisher_loop(
                                 .notes
                                 .push(format!("PUBACK {} with {:?}", o.payload, a.reason_code));
                         } else {
-                            lock(&log).acked.insert(o.payload);
+                            let mut log = lock(&log);
+                            log.acked.insert(o.payload);
+                            log.acked_at.push(Instant::now());
                         }
                     }
                     None
@@ -1726,7 +1730,9 @@ async fn publisher_loop(
                                 .notes
                                 .push(format!("PUBREC {} with {:?}", o.payload, r.reason_code));
                         } else {
-                            lock(&log).acked.insert(o.payload.clone());
+                            let mut log = lock(&log);
+                            log.acked.insert(o.payload.clone());
+                            log.acked_at.push(Instant::now());
                         }
                         o.released = true;
                         o.at = Instant::now();
