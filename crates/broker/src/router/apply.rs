@@ -568,6 +568,13 @@ impl Router {
     /// Other nodes' sessions and the retained messages are read as at start.
     fn reset(&mut self, snap: Snapshot) {
         let (mut before, mut stored) = self.take_snapshot(snap);
+        // This node's own commands applied inside the snapshot never come back as
+        // entries: what waits for them would wait for ever. Those not applied yet come
+        // back unmatched, which leaves memory to the log's order (a PUBLISH of theirs
+        // refused is not withdrawn: the price of not knowing which they are).
+        self.core.revocations.clear();
+        self.core.retained_pending.clear();
+        self.core.settings_pending.clear();
         // This node's own claims not applied yet are ahead of the snapshot: its next
         // writes for those clients are fenced by them.
         for (client, mine) in &before {
