@@ -70,6 +70,18 @@ pub enum CommitError {
     Stopped(String),
 }
 
+impl CommitError {
+    /// The node cannot store, now or later: a storage error, or Raft stopped on one.
+    /// Replication errors are the node stopping (or, from a committer that gives up,
+    /// a commit that may still land).
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            CommitError::Storage(_) | CommitError::Persist(_) | CommitError::Stopped(_)
+        )
+    }
+}
+
 /// Why this node's storage failed for good, once it has; `None` while it works.
 pub type StorageFailure = watch::Receiver<Option<Arc<str>>>;
 
@@ -885,8 +897,14 @@ async fn run_committer(
                     }
                     true
                 }
+                Err(e) if !e.is_storage_failure() => {
+                    // Replication stopped with the node (shutdown): clients time out
+                    // and resend elsewhere, which is safe for QoS 1 and 2.
+                    warn!(error = %e, "commit abandoned; acknowledgements withheld");
+                    false
+                }
                 Err(e) => {
-                    // Committers retry what can still commit: an error is for good.
+                    // Committers retry what can still commit: this error is for good.
                     let reason = storage_refusal(&e);
                     if failure.borrow().is_none() {
                         error!(

@@ -149,6 +149,23 @@ impl RaftCommitter {
     }
 }
 
+impl RaftCommitter {
+    /// Why nothing can commit through this node any more, if so: Raft stopped on a
+    /// storage error (a storage failure), or with the node (a shutdown).
+    fn stopped(&self) -> Option<CommitError> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        match &m.running_state {
+            Err(openraft::error::Fatal::Stopped) => Some(replication("raft stopped with the node")),
+            Err(fatal) => Some(CommitError::Stopped(format!("raft stopped: {fatal}"))),
+            Ok(()) if m.state == openraft::ServerState::Shutdown => {
+                Some(replication("raft stopped with the node"))
+            }
+            Ok(()) => None,
+        }
+    }
+}
+
 impl Committer for RaftCommitter {
     /// Tries until the batch is committed: the router's memory already holds what the
     /// batch writes, so giving up would let memory and the replicated store disagree.
@@ -167,8 +184,8 @@ impl Committer for RaftCommitter {
             // Raft stopped on a storage error (a full disk, a failed fsync): nothing
             // commits here any more, and a follower forwarding to the leader could not
             // apply what it forwarded either.
-            if let Err(fatal) = &self.raft.metrics().borrow().running_state {
-                return Err(CommitError::Stopped(format!("raft stopped: {fatal}")));
+            if let Some(stopped) = self.stopped() {
+                return Err(stopped);
             }
             last_leader = last_leader.or(self.raft.metrics().borrow().current_leader);
             match self.try_commit(request.clone()).await {
@@ -178,8 +195,8 @@ impl Committer for RaftCommitter {
                     if attempts == 1 || attempts % 25 == 0 {
                         tracing::warn!(error = %e, attempts, "commit failed; retrying");
                     }
-                    if self.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
-                        return Err(e);
+                    if let Some(stopped) = self.stopped() {
+                        return Err(stopped);
                     }
                     // A new leader is known: go to it now rather than after the pause.
                     if self.raft.metrics().borrow().current_leader != last_leader {
