@@ -198,12 +198,22 @@ impl Committer for RaftCommitter {
                     if let Some(stopped) = self.stopped() {
                         return Err(stopped);
                     }
-                    // A new leader is known: go to it now rather than after the pause.
-                    if self.raft.metrics().borrow().current_leader != last_leader {
-                        last_leader = self.raft.metrics().borrow().current_leader;
-                        continue;
-                    }
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    // Try again as soon as a (new) leader is known, or after the pause:
+                    // during an election the attempt fails until one is.
+                    let mut metrics = self.raft.metrics();
+                    let leader_known = async {
+                        loop {
+                            let leader = metrics.borrow_and_update().current_leader;
+                            if leader.is_some() && leader != last_leader {
+                                return;
+                            }
+                            if metrics.changed().await.is_err() {
+                                return std::future::pending().await;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(RETRY_PAUSE, leader_known).await;
+                    last_leader = self.raft.metrics().borrow().current_leader;
                 }
             }
         }
