@@ -744,3 +744,78 @@ fn retained_uncommitted(cluster: &mut Cluster, node: usize, c: &Client, payload:
     });
     cluster.routers[node - 1].take_round()
 }
+
+#[test]
+fn a_claim_left_behind_by_a_connect_given_up_on_is_never_served_stale() {
+    let mut cluster = Cluster::new(2);
+    let first = cluster.connect(1, "dev", false, 600);
+    cluster.subscribe(1, &first, "d/#", QoS::AtLeastOnce);
+    cluster.disconnect(1, &first);
+
+    // The client tries node 2, whose claim cannot commit yet; it gives up on node 2 and
+    // comes back to node 1, which holds the session.
+    let conn = cluster.next_conn;
+    cluster.next_conn += 1;
+    let (handle, _end) = ConnectionHandle::new(conn, 1024);
+    let (tx, _given_up) = oneshot::channel();
+    cluster.routers[1].handle(Event::Connect {
+        conn: handle,
+        request: ConnectRequest {
+            client_id: Arc::from("dev"),
+            protocol: ProtocolVersion::V5,
+            clean_start: false,
+            session_expiry_interval: 600,
+            receive_maximum: u16::MAX,
+            will: None,
+        },
+        reply: tx,
+    });
+    let left_behind = cluster.routers[1].take_round();
+    cluster.routers[1].handle(Event::Disconnect {
+        conn,
+        publish_will: true,
+        session_expiry_interval: None,
+    });
+    let node2_rest = cluster.routers[1].take_round();
+    let (handle, back_end) = ConnectionHandle::new(cluster.next_conn, 1024);
+    let back_conn = cluster.next_conn;
+    cluster.next_conn += 1;
+    let (tx, mut back_reply) = oneshot::channel();
+    cluster.routers[0].handle(Event::Connect {
+        conn: handle,
+        request: ConnectRequest {
+            client_id: Arc::from("dev"),
+            protocol: ProtocolVersion::V5,
+            clean_start: false,
+            session_expiry_interval: 600,
+            receive_maximum: u16::MAX,
+            will: None,
+        },
+        reply: tx,
+    });
+    let node1_round = cluster.routers[0].take_round();
+    // Node 2's older claim is committed first: node 1's is refused, and its CONNACK is
+    // withdrawn rather than sent with session present and followed by 0x8E.
+    cluster.commit(2, left_behind);
+    cluster.commit(2, node2_rest);
+    cluster.commit(1, node1_round);
+    cluster.settle();
+    let answered = back_reply.try_recv();
+    assert!(
+        !matches!(
+            answered,
+            Ok(ConnectReply {
+                session_present: true
+            })
+        ),
+        "a CONNACK with session present for a session another node took: {answered:?}"
+    );
+    let _ = (back_conn, back_end);
+
+    // The client tries again: its session comes back to node 1.
+    let mut again = cluster.connect(1, "dev", false, 600);
+    assert!(again.reply_present());
+    let publisher = cluster.connect(2, "pub", true, 0);
+    cluster.publish(2, &publisher, "d/1", "kept", QoS::AtLeastOnce);
+    assert_eq!(payloads(&mut again), ["kept"]);
+}

@@ -561,7 +561,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics, forwarder: &dyn Forwarder) {
     for output in outputs {
         match output {
-            Output::Forward(_, _, Some(revocation)) | Output::Send(_, _, Some(revocation))
+            Output::Forward(_, _, Some(revocation))
+            | Output::Send(_, _, Some(revocation))
+            | Output::Reply(_, _, _, Some(revocation))
                 if revocation.is_revoked() =>
             {
                 Metrics::add(&metrics.outputs_withdrawn, 1);
@@ -570,7 +572,7 @@ pub(crate) fn deliver(outputs: Vec<Output>, metrics: &Metrics, forwarder: &dyn F
             Output::Send(handle, item, _) => {
                 handle.send(item, metrics);
             }
-            Output::Reply(_, reply, value) => {
+            Output::Reply(_, reply, value, _) => {
                 let _ = reply.send(value);
             }
             Output::Done(done) => {

@@ -256,8 +256,10 @@ impl Router {
             }
             match command {
                 // This node's own: its memory made them when it proposed them.
-                Command::Claim { .. }
-                | Command::SaveSession { .. }
+                Command::Claim { client, .. } if own => {
+                    self.core.connect_revocations.remove(client.as_str());
+                }
+                Command::SaveSession { .. }
                 | Command::ForgetSession { .. }
                 | Command::EndSession { .. }
                     if own => {}
@@ -321,6 +323,9 @@ impl Router {
         match command {
             Command::Claim { client, .. } => {
                 let client: Arc<str> = Arc::from(client);
+                if let Some(withdraw) = self.core.connect_revocations.remove(&client) {
+                    withdraw.revoke();
+                }
                 match registry {
                     Some(owner) if owner.node != self.node_id => {
                         self.claimed_elsewhere(client.to_string(), owner)
@@ -501,7 +506,7 @@ impl Router {
             info!(client_id = %client, "session taken over from another node");
         }
         if let Some(pending) = self.pending.remove(&client) {
-            self.connect(pending.conn, pending.request, pending.reply);
+            self.connect_claimed(pending.conn, pending.request, pending.reply, true);
             let Some(session) = self.sessions.get_mut(&client) else {
                 return;
             };
@@ -573,6 +578,7 @@ impl Router {
         // back unmatched, which leaves memory to the log's order (a PUBLISH of theirs
         // refused is not withdrawn: the price of not knowing which they are).
         self.core.revocations.clear();
+        self.core.connect_revocations.clear();
         self.core.retained_pending.clear();
         self.core.settings_pending.clear();
         // This node's own claims not applied yet are ahead of the snapshot: its next

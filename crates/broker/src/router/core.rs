@@ -34,6 +34,9 @@ pub(super) struct Core {
     /// This node's PUBLISH commands not applied yet that sent something out: revoked
     /// if the log refuses them.
     pub(super) revocations: HashMap<u64, Revocation>,
+    /// CONNACKs of sessions resumed here whose claim is not applied yet: withdrawn if
+    /// that claim is refused (`Router::connect`).
+    pub(super) connect_revocations: HashMap<Arc<str>, Revocation>,
     /// Writes come back from a replicated log (every node but one on `--storage
     /// memory`): what this node applied in memory is confirmed or corrected from it.
     pub(super) replicated: bool,

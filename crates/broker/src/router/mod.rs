@@ -229,6 +229,7 @@ impl Router {
                 owners: HashMap::new(),
                 open: None,
                 revocations: HashMap::new(),
+                connect_revocations: HashMap::new(),
                 replicated: false,
                 retained_pending: HashMap::new(),
                 settings_pending: HashMap::new(),

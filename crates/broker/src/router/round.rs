@@ -18,8 +18,14 @@ pub enum Output {
     /// A packet for a connection; not sent if its [`Revocation`] was revoked meanwhile
     /// (it came from a PUBLISH the replicated log refused).
     Send(ConnectionHandle, Outgoing, Option<Revocation>),
-    /// The CONNACK decision for connection `ConnId`.
-    Reply(ConnId, oneshot::Sender<ConnectReply>, ConnectReply),
+    /// The CONNACK decision for connection `ConnId`; withdrawn if the claim made for it
+    /// is refused (another node's older claim got there first).
+    Reply(
+        ConnId,
+        oneshot::Sender<ConnectReply>,
+        ConnectReply,
+        Option<Revocation>,
+    ),
     /// A message for sessions of another node.
     Forward(u64, ForwardedPublish, Option<Revocation>),
     /// Tells an [`Event::Ingest`](super::Event::Ingest) caller that its message is

@@ -268,6 +268,18 @@ impl Router {
         request: ConnectRequest,
         reply: oneshot::Sender<ConnectReply>,
     ) {
+        self.connect_claimed(conn, request, reply, false);
+    }
+
+    /// A CONNECT; `just_claimed`: its session arrived here by a claim made for it and
+    /// applied just now (a CONNECT that waited), so it needs no claim again.
+    pub(super) fn connect_claimed(
+        &mut self,
+        conn: ConnectionHandle,
+        request: ConnectRequest,
+        reply: oneshot::Sender<ConnectReply>,
+        just_claimed: bool,
+    ) {
         let client = request.client_id.clone();
         let waiting = self.pending.contains_key(&client);
         if waiting || (!self.sessions.contains_key(&client) && !self.is_mine(&client)) {
@@ -319,11 +331,31 @@ impl Router {
             request.session_expiry_interval,
             request.will.is_some(),
         );
+        let resumed_here = self.sessions.contains_key(&client);
+        let mut revocation = None;
         if stored
             && (self.core.owners.get(&client).map(|o| o.node) != Some(self.node_id)
-                || !self.sessions.contains_key(&client))
+                || !resumed_here)
         {
             self.claim(&client);
+        } else if stored
+            && resumed_here
+            && !just_claimed
+            && self.core.replicated
+            && !self.core.alone
+        {
+            // Held here, but another node may have claimed it already for an earlier
+            // CONNECT of this client that is not applied yet (the client gave up on
+            // that node and came here). Claiming again orders the two: if the other
+            // claim is first, this one is refused and the CONNACK withdrawn (0x88: the
+            // client tries again), rather than sent with session present and followed
+            // by 0x8E when the other claim lands.
+            self.claim(&client);
+            let withdraw = Revocation::default();
+            self.core
+                .connect_revocations
+                .insert(client.clone(), withdraw.clone());
+            revocation = Some(withdraw);
         }
         let live = Attach {
             protocol: request.protocol,
@@ -338,7 +370,7 @@ impl Router {
             client,
             conn,
             live,
-            Some((reply, ConnectReply { session_present })),
+            Some((reply, ConnectReply { session_present }, revocation)),
         );
     }
 
@@ -350,7 +382,11 @@ impl Router {
         client: Arc<str>,
         conn: ConnectionHandle,
         live: Attach,
-        reply: Option<(oneshot::Sender<ConnectReply>, ConnectReply)>,
+        reply: Option<(
+            oneshot::Sender<ConnectReply>,
+            ConnectReply,
+            Option<Revocation>,
+        )>,
     ) {
         let core = &mut self.core;
         let session = self.sessions.entry(client.clone()).or_insert_with(|| {
@@ -377,10 +413,10 @@ impl Router {
         // Clean sessions are stored too (until they end): other nodes route to them
         // from the record, and a dead node's wills are published from it.
         core.persist_session(session);
-        if let Some((reply, value)) = reply {
+        if let Some((reply, value, revocation)) = reply {
             core.round
                 .outputs
-                .push(Output::Reply(conn.id, reply, value));
+                .push(Output::Reply(conn.id, reply, value, revocation));
         }
         core.resume(session);
     }
