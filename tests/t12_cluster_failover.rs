@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use fleetmq_codec::{Packet, ProtocolVersion, QoS as CQoS};
 use fleetmq_tests::cluster::{
-    check_delivery, wait_delivered, warm_up, DurableSubscriber, Publisher, PublisherSpec,
+    check_delivery, wait_delivered, wait_more_acked, warm_up, DurableSubscriber, Publisher,
+    PublisherSpec,
 };
 use fleetmq_tests::raw::{connect_packet, publish_packet};
 use fleetmq_tests::{
@@ -72,30 +73,6 @@ async fn wait_acked(cluster: &Cluster, pubs: &[Publisher], n: usize, timeout: Du
             panic!(
                 "publishers should have {n} messages acknowledged each within {timeout:?}; they have \
                  {counts:?}\nconnections: {logs:?}\n{}",
-                cluster.log_tails(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until every publisher has `more` messages more acknowledged than now.
-async fn wait_more_acked(cluster: &Cluster, pubs: &[Publisher], more: usize, timeout: Duration) {
-    let base: Vec<usize> = pubs.iter().map(Publisher::acked).collect();
-    let deadline = Instant::now() + timeout;
-    loop {
-        let counts: Vec<usize> = pubs.iter().map(Publisher::acked).collect();
-        if counts.iter().zip(&base).all(|(c, b)| *c >= b + more) {
-            return;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = pubs
-                .iter()
-                .map(|p| format!("{:?}", p.snapshot().connections))
-                .collect();
-            panic!(
-                "publishers should have {more} more messages acknowledged each within {timeout:?}: \
-                 {base:?} -> {counts:?}\nconnections: {logs:?}\n{}",
                 cluster.log_tails(30)
             );
         }

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use fleetmq_codec::{ConnectProperties, Packet, ProtocolVersion, PubResponse, QoS as CQoS};
 use fleetmq_tests::cluster::{
-    check_delivery, wait_delivered, warm_up, DurableSubscriber, Liveness, PubLog, Publisher,
-    PublisherSpec, SubLog,
+    check_delivery, wait_delivered, wait_more_acked, warm_up, DurableSubscriber, Liveness, PubLog,
+    Publisher, PublisherSpec, SubLog,
 };
 use fleetmq_tests::raw::{connect_packet, publish_packet};
 use fleetmq_tests::{text, unique_id, Cluster, RawClient, Recv};
@@ -50,33 +50,29 @@ enum Fault {
     Isolate,
 }
 
-/// Waits until every publisher has `more` messages more acknowledged than now.
-async fn wait_more_acked(cluster: &Cluster, pubs: &[Publisher], more: usize, timeout: Duration) {
-    let base: Vec<usize> = pubs.iter().map(Publisher::acked).collect();
-    let deadline = Instant::now() + timeout;
-    loop {
-        let counts: Vec<usize> = pubs.iter().map(Publisher::acked).collect();
-        if counts.iter().zip(&base).all(|(c, b)| *c >= b + more) {
-            return;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = pubs
-                .iter()
-                .map(|p| format!("{:?}", p.snapshot().connections))
-                .collect();
-            panic!(
-                "publishers should have {more} more messages acknowledged each within \
-                 {timeout:?}: {base:?} -> {counts:?}\nconnections: {logs:?}\n{}",
-                cluster.log_tails(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// How long the other nodes may go without acknowledging a publish while the leader
 /// is out: an election takes 1.2-1.8 s here (docs/cluster-design.md, "Node failure").
 const SURVIVORS_ACK_WITHIN: Duration = Duration::from_secs(2);
+
+/// The stretches over 300 ms within `from..to` without an acknowledgement: when each
+/// began after `from`, and how long it was.
+fn silences(acked_at: &[Instant], from: Instant, to: Instant) -> Vec<(Duration, Duration)> {
+    let mut last = from;
+    let mut out = Vec::new();
+    for at in acked_at
+        .iter()
+        .copied()
+        .filter(|at| *at > from && *at < to)
+        .chain([to])
+    {
+        let gap = at.duration_since(last);
+        if gap > Duration::from_millis(300) {
+            out.push((last.duration_since(from), gap));
+        }
+        last = at;
+    }
+    out
+}
 
 /// The longest stretch within `from..to` without an acknowledgement in `acked_at`.
 fn longest_silence(acked_at: &[Instant], from: Instant, to: Instant) -> Duration {
@@ -230,9 +226,21 @@ async fn leader_fault_under_a_qos1_qos2_stream(fault: Fault) {
         .map(|(_, l)| longest_silence(&l.acked_at, faulted_at, faulted_at + hold))
         .max()
         .unwrap_or_default();
+    let gaps: Vec<(String, Vec<(Duration, Duration)>)> = pub_logs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != leader)
+        .map(|(_, l)| {
+            (
+                l.name.clone(),
+                silences(&l.acked_at, faulted_at, faulted_at + hold),
+            )
+        })
+        .collect();
     eprintln!(
         "{fault:?}: the other nodes' publishers went at most {survivors_silent:?} without an \
-         acknowledgement while the leader was out"
+         acknowledgement while the leader was out; gaps over 300 ms (start after the fault, \
+         length): {gaps:?}"
     );
     assert!(
         survivors_silent < SURVIVORS_ACK_WITHIN,

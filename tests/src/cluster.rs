@@ -1857,6 +1857,36 @@ pub async fn warm_up(
     sent
 }
 
+/// Waits until every publisher has `more` messages more acknowledged than now; panics
+/// with their connections and the nodes' logs if that takes longer than `timeout`.
+pub async fn wait_more_acked(
+    cluster: &Cluster,
+    pubs: &[Publisher],
+    more: usize,
+    timeout: Duration,
+) {
+    let base: Vec<usize> = pubs.iter().map(Publisher::acked).collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let counts: Vec<usize> = pubs.iter().map(Publisher::acked).collect();
+        if counts.iter().zip(&base).all(|(c, b)| *c >= b + more) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = pubs
+                .iter()
+                .map(|p| format!("{:?}", p.snapshot().connections))
+                .collect();
+            panic!(
+                "publishers should have {more} more messages acknowledged each within \
+                 {timeout:?}: {base:?} -> {counts:?}\nconnections: {logs:?}\n{}",
+                cluster.log_tails(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until every subscriber has every payload of `expected` (up to
 /// `timeout`), then `settle` longer for duplicates to show.
 pub async fn wait_delivered(

@@ -190,14 +190,7 @@ impl Cluster {
         let (tx, rx) = oneshot::channel();
         self.routers[node - 1].handle(Event::Connect {
             conn: handle,
-            request: ConnectRequest {
-                client_id: Arc::from(id),
-                protocol: ProtocolVersion::V5,
-                clean_start: clean,
-                session_expiry_interval: expiry,
-                receive_maximum: u16::MAX,
-                will: None,
-            },
+            request: connect_request(id, clean, expiry),
             reply: tx,
         });
         self.settle();
@@ -241,17 +234,10 @@ impl Cluster {
         qos: QoS,
         retain: bool,
     ) {
+        let packet_id = (qos != QoS::AtMostOnce).then_some(1);
         self.routers[node - 1].handle(Event::Publish {
             conn: c.conn,
-            publish: Publish {
-                dup: false,
-                qos,
-                retain,
-                topic: Arc::from(topic),
-                packet_id: (qos != QoS::AtMostOnce).then_some(1),
-                properties: PublishProperties::default(),
-                payload: Bytes::from(payload.to_string()),
-            },
+            publish: publish_of(topic, payload, qos, retain, packet_id, false),
         });
         self.settle();
     }
@@ -260,15 +246,7 @@ impl Cluster {
     fn send_publish_dup(&mut self, node: usize, c: &Client, payload: &str) {
         self.routers[node - 1].handle(Event::Publish {
             conn: c.conn,
-            publish: Publish {
-                dup: true,
-                qos: QoS::ExactlyOnce,
-                retain: false,
-                topic: Arc::from("q/1"),
-                packet_id: Some(7),
-                properties: PublishProperties::default(),
-                payload: Bytes::from(payload.to_string()),
-            },
+            publish: publish_of("q/1", payload, QoS::ExactlyOnce, false, Some(7), true),
         });
         self.settle();
     }
@@ -307,6 +285,36 @@ impl Cluster {
         });
         // Proposed by the leader, which is none of the routers here.
         self.commit(0, round);
+    }
+}
+
+fn connect_request(id: &str, clean_start: bool, session_expiry_interval: u32) -> ConnectRequest {
+    ConnectRequest {
+        client_id: Arc::from(id),
+        protocol: ProtocolVersion::V5,
+        clean_start,
+        session_expiry_interval,
+        receive_maximum: u16::MAX,
+        will: None,
+    }
+}
+
+fn publish_of(
+    topic: &str,
+    payload: &str,
+    qos: QoS,
+    retain: bool,
+    packet_id: Option<u16>,
+    dup: bool,
+) -> Publish {
+    Publish {
+        dup,
+        qos,
+        retain,
+        topic: Arc::from(topic),
+        packet_id,
+        properties: PublishProperties::default(),
+        payload: Bytes::from(payload.to_string()),
     }
 }
 
@@ -632,15 +640,7 @@ fn publish_uncommitted(
 ) -> Round {
     cluster.routers[node - 1].handle(Event::Publish {
         conn: c.conn,
-        publish: Publish {
-            dup,
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            topic: Arc::from("q/1"),
-            packet_id: Some(7),
-            properties: PublishProperties::default(),
-            payload: Bytes::from(payload.to_string()),
-        },
+        publish: publish_of("q/1", payload, QoS::ExactlyOnce, false, Some(7), dup),
     });
     cluster.routers[node - 1].take_round()
 }
@@ -732,15 +732,7 @@ fn nodes_setting_one_retained_topic_at_once_agree_on_the_last_in_the_log() {
 fn retained_uncommitted(cluster: &mut Cluster, node: usize, c: &Client, payload: &str) -> Round {
     cluster.routers[node - 1].handle(Event::Publish {
         conn: c.conn,
-        publish: Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            topic: Arc::from("r/t"),
-            packet_id: Some(1),
-            properties: PublishProperties::default(),
-            payload: Bytes::from(payload.to_string()),
-        },
+        publish: publish_of("r/t", payload, QoS::AtLeastOnce, true, Some(1), false),
     });
     cluster.routers[node - 1].take_round()
 }
@@ -760,14 +752,7 @@ fn a_claim_left_behind_by_a_connect_given_up_on_is_never_served_stale() {
     let (tx, _given_up) = oneshot::channel();
     cluster.routers[1].handle(Event::Connect {
         conn: handle,
-        request: ConnectRequest {
-            client_id: Arc::from("dev"),
-            protocol: ProtocolVersion::V5,
-            clean_start: false,
-            session_expiry_interval: 600,
-            receive_maximum: u16::MAX,
-            will: None,
-        },
+        request: connect_request("dev", false, 600),
         reply: tx,
     });
     let left_behind = cluster.routers[1].take_round();
@@ -783,14 +768,7 @@ fn a_claim_left_behind_by_a_connect_given_up_on_is_never_served_stale() {
     let (tx, mut back_reply) = oneshot::channel();
     cluster.routers[0].handle(Event::Connect {
         conn: handle,
-        request: ConnectRequest {
-            client_id: Arc::from("dev"),
-            protocol: ProtocolVersion::V5,
-            clean_start: false,
-            session_expiry_interval: 600,
-            receive_maximum: u16::MAX,
-            will: None,
-        },
+        request: connect_request("dev", false, 600),
         reply: tx,
     });
     let node1_round = cluster.routers[0].take_round();

@@ -91,18 +91,27 @@ pub async fn run_leader_watch(
 ) {
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last leader this node knew: a candidate's vote request makes a follower forget
+    // its leader, and if that candidate cannot win (its log is behind this node's), this
+    // node must still be able to stand early instead of waiting out openraft's timers.
+    let mut known = None;
     loop {
         tick.tick().await;
-        let Some(watched) = silent_leader(&raft, &contact, timing) else {
+        let Some(watched) = silent_leader(&raft, &contact, timing, &mut known) else {
             continue;
         };
         let Some(why) = unresponsive(&watched.addr).await else {
             continue;
         };
-        let due = contact.last() + timing.lease + LEASE_MARGIN + TURN * watched.rank;
+        // The turn counts from when this node found the leader unresponsive, not from
+        // the lease alone: the probe takes longer than the lease has left, and two
+        // followers both past their due times stood at once and split the vote (an extra
+        // openraft round, 0.8 s more, in about one frozen-leader run in eight).
+        let due = (contact.last() + timing.lease + LEASE_MARGIN).max(Instant::now())
+            + TURN * watched.rank;
         tokio::time::sleep_until(due.into()).await;
         // Stand only if nothing changed meanwhile: no new leader, no new term.
-        let still = silent_leader(&raft, &contact, timing);
+        let still = silent_leader(&raft, &contact, timing, &mut known);
         if still.as_ref().map(|w| (w.leader, w.term)) != Some((watched.leader, watched.term)) {
             continue;
         }
@@ -130,19 +139,23 @@ struct WatchedLeader {
     rank: u32,
 }
 
-/// The leader, if this node is a voting follower that has not heard from it for two
-/// heartbeats.
+/// The leader (the last one known, if none is now), if this node is a voting follower
+/// that has not heard from it for two heartbeats.
 fn silent_leader(
     raft: &Raft<TypeConfig>,
     contact: &LeaderContact,
     timing: WatchTiming,
+    known: &mut Option<NodeId>,
 ) -> Option<WatchedLeader> {
     let (me, state, leader, term, voters) = {
         let m = raft.metrics().borrow().clone();
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         (m.id, m.state, m.current_leader, m.current_term, voters)
     };
-    let leader = leader.filter(|l| *l != me)?;
+    if leader.is_some() {
+        *known = leader.filter(|l| *l != me);
+    }
+    let leader = leader.or(*known).filter(|l| *l != me)?;
     if state != ServerState::Follower || contact.last().elapsed() < timing.heartbeat * 2 {
         return None;
     }
