@@ -1170,10 +1170,16 @@ impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send> Connection<S> {
                     return Ok(());
                 };
                 match &packet {
-                    // MQTT 3.1.1 cannot refuse a PUBLISH (this node could not store it):
-                    // the connection closes instead, and the client resends elsewhere.
+                    // MQTT 3.1.1 cannot refuse a PUBLISH: one this node could not store
+                    // (the committer's refusals, 0x97 or 0x80) closes the connection
+                    // instead, and the client resends elsewhere. (A PUBLISH the access
+                    // rules refuse, 0x87, is acknowledged and dropped, as 3.1.1 allows.)
                     Packet::PubAck(ack) | Packet::PubRec(ack)
-                        if ack.reason_code.is_error() && !self.version.is_v5() =>
+                        if !self.version.is_v5()
+                            && matches!(
+                                ack.reason_code,
+                                ReasonCode::QuotaExceeded | ReasonCode::UnspecifiedError
+                            ) =>
                     {
                         return Err(Ending::Server(
                             ack.reason_code,
