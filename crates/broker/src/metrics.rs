@@ -108,6 +108,8 @@ pub struct Metrics {
     pub outputs_withdrawn: AtomicU64,
     /// Elections this node called because its leader's address refused connections.
     pub elections_called: AtomicU64,
+    /// Replicated log entries this node could not decode.
+    pub entries_undecodable: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -142,6 +144,7 @@ impl Default for Metrics {
             commands_refused: AtomicU64::new(0),
             outputs_withdrawn: AtomicU64::new(0),
             elections_called: AtomicU64::new(0),
+            entries_undecodable: AtomicU64::new(0),
         }
     }
 }
@@ -342,8 +345,14 @@ impl Metrics {
         one(
             "fleetmq_raft_elections_called_total",
             "counter",
-            "Elections this node called early because its leader's address refused connections (the leader's process is gone).",
+            "Elections this node called early because its leader stopped answering (its address refused connections, or it did not answer a status probe).",
             load(&self.elections_called).to_string(),
+        );
+        one(
+            "fleetmq_replicated_entries_undecodable_total",
+            "counter",
+            "Replicated log entries this node could not decode (written by a newer release, or damaged): refused when the leader sent them, or read from its own log, which stops applying on this node.",
+            load(&self.entries_undecodable).to_string(),
         );
 
         let _ = writeln!(

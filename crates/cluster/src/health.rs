@@ -174,3 +174,30 @@ impl RaftHealth {
         }
     }
 }
+
+/// Waits until Raft stops on this node with an error, then says why once: a log line
+/// naming the cause, and for an entry this build cannot decode, a count in
+/// `fleetmq_replicated_entries_undecodable_total` (operators alert on it: the node has
+/// stopped applying, and will until it runs a release that reads its log).
+pub(crate) async fn report_raft_stop(
+    raft: openraft::Raft<TypeConfig>,
+    metrics: std::sync::Arc<fleetmq_broker::Metrics>,
+) {
+    let mut watch = raft.metrics();
+    let fatal = loop {
+        if let Err(fatal) = &watch.borrow_and_update().running_state {
+            break fatal.clone();
+        }
+        if watch.changed().await.is_err() {
+            return;
+        }
+    };
+    if matches!(fatal, openraft::error::Fatal::Stopped) {
+        return;
+    }
+    let cause = fatal.to_string();
+    if cause.contains(crate::store::UNDECODABLE_ENTRY) {
+        fleetmq_broker::Metrics::add(&metrics.entries_undecodable, 1);
+    }
+    tracing::error!(error = %cause, "raft stopped on this node: it applies and commits nothing more until restarted");
+}

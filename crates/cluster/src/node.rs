@@ -90,6 +90,7 @@ pub struct RaftNode {
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     failover: Option<JoinHandle<()>>,
     leader_watch: JoinHandle<()>,
+    stop_report: JoinHandle<()>,
 }
 
 /// openraft's heartbeat interval, and also its AppendEntries timeout: a follower slowed
@@ -181,8 +182,9 @@ impl RaftNode {
         })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let contact = LeaderContact::default();
-        let service = RaftGrpcServer::with_leader_contact(raft.clone(), contact.clone())
-            .into_service(MAX_MESSAGE);
+        let service =
+            RaftGrpcServer::with_leader_contact(raft.clone(), contact.clone(), metrics.clone())
+                .into_service(MAX_MESSAGE);
         let leader_watch = tokio::spawn(run_leader_watch(
             raft.clone(),
             contact,
@@ -190,6 +192,10 @@ impl RaftNode {
                 heartbeat: Duration::from_millis(HEARTBEAT_MS * 3 / 2),
                 lease: Duration::from_millis(ELECTION_MAX_MS),
             },
+            metrics.clone(),
+        ));
+        let stop_report = tokio::spawn(crate::health::report_raft_stop(
+            raft.clone(),
             metrics.clone(),
         ));
         let forward_sink = ForwardSink::default();
@@ -229,6 +235,7 @@ impl RaftNode {
             server: Some((stop_tx, server)),
             failover: None,
             leader_watch,
+            stop_report,
         };
 
         let initialized = node
@@ -513,6 +520,7 @@ impl RaftNode {
             failover.abort();
         }
         self.leader_watch.abort();
+        self.stop_report.abort();
         let successor = match hand_over {
             true => self.successor().await,
             false => None,

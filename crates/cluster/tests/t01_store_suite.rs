@@ -113,6 +113,43 @@ fn openraft_suite_with_memory_engine() {
 // --- the log store ----------------------------------------------------------------------
 
 #[test]
+fn an_entry_that_does_not_decode_stops_the_log_and_names_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let mut log = SledLogStore::open(dir.path()).unwrap();
+        log.blocking_append((1..=3).map(|i| normal(i, vec![put("sessions", [i as u8], "v")])))
+            .await
+            .unwrap();
+    });
+    // What a newer release (or a damaged disk) leaves in the log: entry 2 is not an
+    // entry this build can read.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("raft_log").unwrap();
+        let mut key = vec![b'e'];
+        key.extend_from_slice(&2u64.to_be_bytes());
+        tree.insert(key, vec![0xff; 24]).unwrap();
+        db.flush().unwrap();
+    }
+    rt.block_on(async {
+        let mut log = SledLogStore::open(dir.path()).unwrap();
+        let error = log
+            .try_get_log_entries(1..=3)
+            .await
+            .expect_err("an undecodable entry is an error, never skipped");
+        let text = error.to_string();
+        assert!(
+            text.contains(fleetmq_cluster::store::UNDECODABLE_ENTRY) && text.contains(" 2 "),
+            "the error names the entry: {text}"
+        );
+        // The entries before it still read.
+        let first = log.try_get_log_entries(1..2).await.unwrap();
+        assert_eq!(first, vec![normal(1, vec![put("sessions", [1], "v")])]);
+    });
+}
+
+#[test]
 fn log_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();

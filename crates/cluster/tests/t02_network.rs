@@ -269,3 +269,42 @@ async fn client_write_on_a_follower_names_the_leader() {
     assert_eq!(status.members.len(), 3);
     assert!(status.last_applied >= Some(reply.log_index));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_from_the_leader_that_do_not_decode_are_refused_and_counted() {
+    let cluster = TestCluster::must_start(1, test_config()).await;
+    let node = cluster.node(1);
+    let applied_before = node.metrics().last_applied.map_or(0, |id| id.index);
+    let mut client = fleetmq_rpc::raft::raft_service_client::RaftServiceClient::connect(format!(
+        "http://{}",
+        node.addr
+    ))
+    .await
+    .expect("connect to the node's raft service");
+
+    // What a newer release's leader could send: bytes this build's entries are not.
+    let status = client
+        .append_entries(fleetmq_rpc::raft::RaftRequest {
+            data: vec![0xff; 40],
+        })
+        .await
+        .expect_err("undecodable entries must be refused, not applied");
+
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("cannot decode"),
+        "the refusal says why: {status:?}"
+    );
+    assert_eq!(
+        node.metrics
+            .entries_undecodable
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(node
+        .metrics
+        .render()
+        .contains("fleetmq_replicated_entries_undecodable_total 1"));
+    let applied_after = node.metrics().last_applied.map_or(0, |id| id.index);
+    assert_eq!(applied_before, applied_after, "nothing was applied");
+}

@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 use super::wire;
 use crate::leader_watch::LeaderContact;
 use crate::{NodeId, TypeConfig};
+use fleetmq_broker::Metrics;
+use std::sync::Arc;
 
 /// Serves `RaftService` for one node by calling its [`Raft`].
 ///
@@ -22,6 +24,7 @@ use crate::{NodeId, TypeConfig};
 pub struct RaftGrpcServer {
     raft: Raft<TypeConfig>,
     contact: LeaderContact,
+    metrics: Arc<Metrics>,
 }
 
 impl RaftGrpcServer {
@@ -30,12 +33,22 @@ impl RaftGrpcServer {
         Self {
             raft,
             contact: LeaderContact::default(),
+            metrics: Arc::default(),
         }
     }
 
-    /// A server for `raft` that records in `contact` when each AppendEntries arrives.
-    pub fn with_leader_contact(raft: Raft<TypeConfig>, contact: LeaderContact) -> Self {
-        Self { raft, contact }
+    /// A server for `raft` that records in `contact` when each AppendEntries arrives,
+    /// and counts in `metrics` the entries it cannot decode.
+    pub fn with_leader_contact(
+        raft: Raft<TypeConfig>,
+        contact: LeaderContact,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            raft,
+            contact,
+            metrics,
+        }
     }
 
     /// The tonic service to add to a `tonic::transport::Server`, accepting and sending
@@ -89,7 +102,20 @@ impl RaftService for RaftGrpcServer {
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
         self.contact.touch();
-        let rpc = decode_request(request)?;
+        let rpc = match decode_request(request) {
+            Ok(rpc) => rpc,
+            Err(status) => {
+                // Entries this build cannot read (a newer leader's, or damaged): refused,
+                // never skipped. The leader sends them again; this node falls behind
+                // until it runs a release that reads them, and says so each time.
+                Metrics::add(&self.metrics.entries_undecodable, 1);
+                tracing::error!(
+                    error = %status.message(),
+                    "entries from the leader cannot be decoded; refused (this node falls behind until it runs the leader's release)"
+                );
+                return Err(status);
+            }
+        };
         reply(self.raft.append_entries(rpc).await)
     }
 

@@ -4,6 +4,10 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 
 use crate::types::NodeId;
 
+/// The words that start an [`StoreError::Undecodable`]'s message, by which whoever reads
+/// openraft's fatal error (the node's watch on it) tells this cause from other failures.
+pub const UNDECODABLE_ENTRY: &str = "cannot decode replicated log entry";
+
 /// Everything that can go wrong opening or using the Raft log store or the state machine store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -16,6 +20,11 @@ pub enum StoreError {
     /// A record could not be encoded, or a stored one could not be decoded.
     #[error("encoding: {0}")]
     Codec(#[from] postcard::Error),
+    /// A replicated log entry this build cannot decode (written by a newer release, or
+    /// damaged). Never skipped: a state machine that skips an entry diverges from the
+    /// others, so the node stops applying and says which entry stopped it.
+    #[error("{UNDECODABLE_ENTRY} {index} ({source}): the node stops applying rather than skip it; run the release that wrote it, or move the node's data_dir away so that it copies the state back from the other members")]
+    Undecodable { index: u64, source: postcard::Error },
     /// Stored data does not have the shape this crate writes; the store cannot be trusted.
     #[error("corrupt raft store: {0}")]
     Corrupt(String),

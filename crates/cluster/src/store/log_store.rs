@@ -111,7 +111,13 @@ fn read_entries<RB: RangeBounds<u64>>(
 /// Decodes an entry and checks it sits under its own index: a mismatch means the store was
 /// damaged, and serving it would corrupt the Raft log.
 fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
-    let entry: Entry<TypeConfig> = decode(value)?;
+    let entry: Entry<TypeConfig> = postcard::from_bytes(value).map_err(|source| {
+        let index = key
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        StoreError::Undecodable { index, source }
+    })?;
     if key != entry_key(entry.log_id.index) {
         return Err(StoreError::Corrupt(format!(
             "entry {} stored under key {key:?}",

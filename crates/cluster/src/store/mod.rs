@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use fleetmq_storage::KvEngine;
 
-pub use error::StoreError;
+pub use error::{StoreError, UNDECODABLE_ENTRY};
 pub use log_store::{SledLogReader, SledLogStore};
 pub use state_machine::{
     stored_applied_index, ApplyFeed, FeedSlot, StateMachineSnapshotBuilder, StateMachineStore,

@@ -254,7 +254,14 @@ pub async fn must_start_node(id: NodeId, config: Arc<Config>, faults: Faults) ->
     );
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
-        .add_service(RaftGrpcServer::new(raft.clone()).into_service(MAX_MESSAGE))
+        .add_service(
+            RaftGrpcServer::with_leader_contact(
+                raft.clone(),
+                fleetmq_cluster::leader_watch::LeaderContact::default(),
+                Arc::clone(&metrics),
+            )
+            .into_service(MAX_MESSAGE),
+        )
         .add_service(peer_service.into_service(MAX_MESSAGE));
     let handle = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),

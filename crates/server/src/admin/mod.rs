@@ -96,14 +96,28 @@ pub async fn serve_admin(
     }
 }
 
-/// The process answers and can store: a node whose storage failed is not healthy (its
-/// supervisor restarts it; it serves again once the disk has room).
+/// The process answers and can store: a node whose storage failed, or whose Raft
+/// stopped on an error (an entry it cannot decode, a failed log write), is not healthy
+/// (its supervisor restarts it; it serves again once the cause is gone).
 async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
-    match state.storage_failure.borrow().as_deref() {
+    if let Some(reason) = state.storage_failure.borrow().as_deref() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage failed: {reason}\n"),
+        )
+            .into_response();
+    }
+    let raft_stopped = state.raft.as_ref().and_then(|raft| {
+        match &raft.group.metrics().borrow().running_state {
+            Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+            Err(fatal) => Some(fatal.to_string()),
+        }
+    });
+    match raft_stopped {
         None => "ok\n".into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("storage failed: {reason}\n"),
+            format!("raft stopped: {reason}\n"),
         )
             .into_response(),
     }
