@@ -761,6 +761,22 @@ async fn commit_moving_waiters(
     }
 }
 
+/// Withdraws the outputs of `rounds` that a refusal of their entry would withdraw:
+/// whether it was refused is known only once the router takes the entry, and an output
+/// sent before that could deliver a PUBLISH the log refused (a QoS 2 message twice).
+/// Withheld, a PUBACK is resent for by its client, a delivery is stored and goes out
+/// when its subscriber comes back.
+fn withhold_revocable(rounds: &mut [Round]) {
+    for output in rounds.iter().flat_map(|round| round.outputs.iter()) {
+        if let Output::Send(_, _, Some(revocation))
+        | Output::Forward(_, _, Some(revocation))
+        | Output::Reply(_, _, _, Some(revocation)) = output
+        {
+            revocation.revoke();
+        }
+    }
+}
+
 /// The reason code a PUBACK/PUBREC gets when its message could not be stored.
 fn storage_refusal(error: &CommitError) -> ReasonCode {
     let text = error.to_string();
@@ -810,8 +826,9 @@ struct RouterProgress {
 }
 
 impl RouterProgress {
-    /// Returns once the router has taken the entries through `index`, or is stopping.
-    async fn wait_for(&self, index: u64) {
+    /// Returns once the router has taken the entries through `index` (true), or is
+    /// stopping, or has not within [`ROUTER_CATCH_UP`] (false).
+    async fn wait_for(&self, index: u64) -> bool {
         let mut stopping = self.stopping.clone();
         tokio::select! {
             taken = self.view.wait_for(index, ROUTER_CATCH_UP) => {
@@ -819,11 +836,12 @@ impl RouterProgress {
                     warn!(
                         index,
                         through = self.view.through(),
-                        "the router has not taken a committed entry; its outputs go out anyway"
+                        "the router has not taken a committed entry; outputs that a refusal could withdraw are withheld, the rest go out"
                     );
                 }
+                taken
             }
-            _ = stopping.wait_for(|stop| *stop) => {}
+            _ = stopping.wait_for(|stop| *stop) => true,
         }
     }
 }
@@ -895,7 +913,9 @@ async fn run_committer(
                 Ok(index) => {
                     last_index = last_index.max(index);
                     if let Some(progress) = &router_view {
-                        progress.wait_for(index).await;
+                        if !progress.wait_for(index).await {
+                            withhold_revocable(&mut queued);
+                        }
                     }
                     true
                 }

@@ -158,3 +158,96 @@ async fn a_write_that_cannot_commit_holds_back_only_what_depends_on_it() {
         "nor delivered"
     );
 }
+
+/// Commits at once, at index 0 (which every router has taken) until `later` is set,
+/// then at an index the test's router is never told about.
+struct IndexedCommitter {
+    engine: Arc<MemoryEngine>,
+    later: Arc<AtomicBool>,
+}
+
+impl Committer for IndexedCommitter {
+    fn commit(
+        &mut self,
+        commands: Vec<crate::command::Command>,
+    ) -> impl Future<Output = Result<u64, CommitError>> + Send {
+        let written = crate::command::apply_all(&self.engine, &commands);
+        let index = if self.later.load(Ordering::SeqCst) {
+            100
+        } else {
+            0
+        };
+        async move {
+            written?;
+            Ok(index)
+        }
+    }
+}
+
+/// Whether the log refused a PUBLISH is known only once this node's router takes the
+/// entry; a router that has not within its time must not let the PUBLISH's outputs go
+/// (they would deliver a message the log refused: a QoS 2 message twice).
+// Real time (12 s): the router's timers read the system clock, which a paused tokio
+// clock leaves behind.
+#[tokio::test(flavor = "current_thread")]
+async fn outputs_a_refusal_could_withdraw_wait_for_the_router_and_never_go_without_it() {
+    let engine = Arc::new(MemoryEngine::new());
+    let later = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::default());
+    let (applied_tx, applied_rx) = mpsc::channel(16);
+    applied_tx
+        .send(crate::router::Applied::Members(3))
+        .await
+        .unwrap();
+    let service = BrokerService::start(BrokerParts {
+        config: BrokerConfig::default(),
+        snapshot: Snapshot::default(),
+        engine: engine.clone(),
+        committer: IndexedCommitter {
+            engine: engine.clone(),
+            later: later.clone(),
+        },
+        forwarder: Arc::new(NoForwarder),
+        metrics: metrics.clone(),
+        event_capacity: 64,
+        applied: Some(applied_rx),
+        sweeps: Arc::new(|| false),
+        view: RoutingView::default(),
+        visibility: None,
+    });
+    let events = service.events();
+    let mut sub = connect(&events, 1, "sub", false).await;
+    subscribe(&events, 1, &mut sub, "t/#").await;
+    let mut publisher = connect(&events, 2, "pub", false).await;
+
+    later.store(true, Ordering::SeqCst);
+    events
+        .send(Event::Publish {
+            conn: 2,
+            publish: publish("t/x", "fenced", QoS::AtLeastOnce, false, 9),
+        })
+        .await
+        .unwrap();
+
+    // Past the router's time (10 s).
+    assert!(
+        tokio::time::timeout(Duration::from_secs(12), publisher.next())
+            .await
+            .is_err(),
+        "no PUBACK before the router knows the PUBLISH was not refused"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), sub.next())
+            .await
+            .is_err(),
+        "nor a delivery"
+    );
+    assert_eq!(
+        metrics
+            .outputs_withdrawn
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "the PUBACK and the delivery are withheld and counted"
+    );
+    drop(applied_tx);
+}

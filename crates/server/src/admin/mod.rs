@@ -107,12 +107,14 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
         )
             .into_response();
     }
-    let raft_stopped = state.raft.as_ref().and_then(|raft| {
-        match &raft.group.metrics().borrow().running_state {
-            Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
-            Err(fatal) => Some(fatal.to_string()),
-        }
-    });
+    let raft_stopped =
+        state
+            .raft
+            .as_ref()
+            .and_then(|raft| match &raft.group.metrics().borrow().running_state {
+                Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+                Err(fatal) => Some(fatal.to_string()),
+            });
     match raft_stopped {
         None => "ok\n".into_response(),
         Some(reason) => (
