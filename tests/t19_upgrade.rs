@@ -66,4 +66,33 @@ async fn a_data_directory_of_the_previous_release_is_upgraded_and_loses_nothing(
         log.contains("raft log upgraded from format 2 to 3"),
         "the log says what happened to the data directory"
     );
+    // The earlier release's sled store became the state machine's snapshot file.
+    assert!(
+        log.contains("the state kept by an earlier release is now this node's snapshot file"),
+        "the log says where the store went"
+    );
+    assert!(
+        data.join("raft/state-snapshot").is_file(),
+        "the snapshot file"
+    );
+    assert!(!data.join("store").exists(), "the old store is moved aside");
+    assert!(data.join("store.before-upgrade").is_dir());
+
+    // After the upgrade the state lives in memory: a SIGKILL loses it, and the node
+    // comes back from the snapshot file and the log after it.
+    drop(watcher);
+    drop(reader);
+    let mut broker = broker;
+    broker.restart();
+    let mut opts = v4_options(&broker, "watcher");
+    opts.set_clean_session(false);
+    let watcher = V4Client::must_connect_with(opts).await;
+    assert!(
+        watcher.connack.session_present,
+        "the session survives the restart after the upgrade"
+    );
+    let mut reader = V4Client::must_connect(&broker, "reader-2").await;
+    reader.must_subscribe("status/#", QoS::AtLeastOnce).await;
+    let retained = reader.must_recv_publish(WAIT).await;
+    assert_eq!(&retained.payload[..], b"online");
 }

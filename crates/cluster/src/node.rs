@@ -24,7 +24,7 @@ use crate::network::{
     DrainFn, ForwardSink, GrpcNetworkConfig, GrpcNetworkFactory, KickFn, PeerGrpcServer,
     RaftGrpcServer, ServingHooks,
 };
-use crate::store::{open_raft_storage, stored_applied_index, ApplyFeed, FeedSlot};
+use crate::store::{open_raft_storage_kept, stored_applied_index, ApplyFeed, Durability, FeedSlot};
 use crate::types::{member_addr, NodeId, TypeConfig};
 use crate::visibility::PeerVisibility;
 
@@ -58,6 +58,8 @@ pub struct NodeOptions {
     pub dir: PathBuf,
     /// The store the state machine applies to, and the broker reads from.
     pub engine: Arc<dyn KvEngine>,
+    /// Where the state machine's snapshot is kept: with a memory `engine`, a file.
+    pub durability: Durability,
     pub trees: &'static [&'static str],
     pub grpc_listen: SocketAddr,
     /// Every member's gRPC address, this node's included.
@@ -146,16 +148,18 @@ impl RaftNode {
             node_id,
             dir,
             engine,
+            durability,
             trees,
             grpc_listen,
             members,
             metrics,
         } = options;
         let store_engine = engine.clone();
-        let (log_store, state_machine) =
-            tokio::task::spawn_blocking(move || open_raft_storage(&dir, store_engine, trees))
-                .await
-                .map_err(|e| NodeError::Raft(format!("storage task failed: {e}")))??;
+        let (log_store, state_machine) = tokio::task::spawn_blocking(move || {
+            open_raft_storage_kept(&dir, store_engine, trees, durability)
+        })
+        .await
+        .map_err(|e| NodeError::Raft(format!("storage task failed: {e}")))??;
         let feed = state_machine.feed_slot();
         let committed_index = log_store.committed_index();
         let network = GrpcNetworkFactory::new(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use fleetmq_broker::command::Command;
 use fleetmq_broker::persist::{MessageRecord, TREES};
 use fleetmq_broker::Committer;
-use fleetmq_cluster::{NodeOptions, RaftCommitter, RaftNode};
+use fleetmq_cluster::{Durability, NodeOptions, RaftCommitter, RaftNode, SNAPSHOT_FILE};
 use fleetmq_storage::{KvEngine, MemoryEngine};
 
 fn retained(topic: &str) -> MessageRecord {
@@ -37,10 +37,20 @@ async fn must_start(
     engine: Arc<dyn KvEngine>,
     addr: SocketAddr,
 ) -> RaftNode {
+    must_start_kept(dir, engine, addr, Durability::Engine).await
+}
+
+async fn must_start_kept(
+    dir: &std::path::Path,
+    engine: Arc<dyn KvEngine>,
+    addr: SocketAddr,
+    durability: Durability,
+) -> RaftNode {
     RaftNode::start(NodeOptions {
         node_id: 1,
         dir: dir.to_path_buf(),
         engine,
+        durability,
         trees: TREES,
         grpc_listen: addr,
         members: BTreeMap::from([(1, addr.to_string())]),
@@ -97,5 +107,84 @@ async fn committed_batches_are_applied_and_replayed_after_restart() {
     assert_eq!(fresh.scan_prefix("settings", b"").unwrap().len(), 20);
     assert!(fresh.get("retained", b"t/5").unwrap().is_some());
     assert_eq!(fresh.get("retained", b"t/10").unwrap(), None);
+    node.shutdown().await;
+}
+
+/// The state machine in memory, as a node runs it: what survives a restart is the
+/// snapshot file and the log after it, even once the log before the snapshot is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_machine_in_memory_comes_back_from_its_snapshot_file_and_the_log_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let file = dir.path().join(SNAPSHOT_FILE);
+    let kept = || Durability::SnapshotFile(file.clone());
+    let setting = |i: u8| Command::SetSetting {
+        name: format!("s{i}"),
+        value: Some(vec![i]),
+    };
+
+    let engine = Arc::new(MemoryEngine::new());
+    let node = must_start_kept(dir.path(), engine.clone(), addr, kept()).await;
+    let mut committer = RaftCommitter::new(node.raft.clone());
+    for i in 0..10u8 {
+        committer.commit(vec![setting(i)]).await.expect("commit");
+    }
+    node.raft.trigger().snapshot().await.expect("snapshot");
+    let snapshot_index = {
+        let mut metrics = node.raft.metrics();
+        let at = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            metrics.wait_for(|m| m.snapshot.is_some()),
+        )
+        .await
+        .expect("a snapshot within 10 s")
+        .expect("raft running");
+        at.snapshot.map(|id| id.index).unwrap_or_default()
+    };
+    assert!(file.exists(), "the snapshot is a file");
+    // The log up to the snapshot is gone: only the file holds those entries now.
+    node.raft
+        .trigger()
+        .purge_log(snapshot_index)
+        .await
+        .expect("purge");
+    let mut metrics = node.raft.metrics();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        metrics.wait_for(|m| m.purged.is_some_and(|p| p.index >= snapshot_index)),
+    )
+    .await
+    .expect("purged within 10 s")
+    .expect("raft running");
+    for i in 10..15u8 {
+        committer.commit(vec![setting(i)]).await.expect("commit");
+    }
+    committer
+        .commit(vec![Command::SetSetting {
+            name: "s3".into(),
+            value: None,
+        }])
+        .await
+        .expect("commit");
+    node.shutdown().await;
+
+    let fresh = Arc::new(MemoryEngine::new());
+    let node = must_start_kept(dir.path(), fresh.clone(), addr, kept()).await;
+    let names: Vec<String> = fresh
+        .scan_prefix("settings", b"")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| String::from_utf8(k).unwrap())
+        .collect();
+    let mut want: Vec<String> = (0..15u8)
+        .filter(|i| *i != 3)
+        .map(|i| format!("s{i}"))
+        .collect();
+    want.sort();
+    assert_eq!(
+        names, want,
+        "before the snapshot from the file, after it from the log"
+    );
+    assert_eq!(fresh.get("settings", b"s12").unwrap(), Some(vec![12]));
     node.shutdown().await;
 }

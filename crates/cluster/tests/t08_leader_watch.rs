@@ -42,6 +42,7 @@ async fn start_three() -> BTreeMap<NodeId, Member> {
                 node_id: id,
                 dir: dir.path().to_path_buf(),
                 engine: engine.clone() as Arc<dyn KvEngine>,
+                durability: fleetmq_cluster::Durability::Engine,
                 trees: TREES,
                 grpc_listen: addr,
                 members,

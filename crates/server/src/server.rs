@@ -45,22 +45,45 @@ pub async fn run(
         StorageEngineKind::Sled => {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-            let path = config.data_dir.join("store");
-            let engine: Arc<dyn KvEngine> =
-                Arc::new(SledEngine::open(&path).with_context(|| {
+            let raft_dir = config.data_dir.join("raft");
+            let snapshot_file = raft_dir.join(fleetmq_cluster::SNAPSHOT_FILE);
+            // Releases before this one kept the state machine in a sled store: its
+            // state becomes the snapshot file the node starts from.
+            let store = config.data_dir.join("store");
+            let adopted = {
+                let (from, file) = (store.clone(), snapshot_file.clone());
+                tokio::task::spawn_blocking(move || {
+                    fleetmq_cluster::adopt_engine_store(&from, &file, persist::TREES)
+                })
+                .await
+                .context("the store upgrade task failed")?
+                .with_context(|| {
                     format!(
-                        "cannot open the store in {} (is another fleetmq using this data_dir?)",
-                        path.display()
+                        "cannot move the state kept in {} into {} (is another fleetmq using this data_dir?)",
+                        store.display(),
+                        snapshot_file.display()
                     )
-                })?);
+                })?
+            };
+            if let Some(renamed) = adopted {
+                info!(
+                    from = %renamed.display(),
+                    to = %snapshot_file.display(),
+                    "the state kept by an earlier release is now this node's snapshot file; the old store may be deleted"
+                );
+            }
+            // The state machine lives in memory; the Raft log and the snapshot file are
+            // what survives a restart (docs/cluster-design.md).
+            let engine: Arc<dyn KvEngine> = Arc::new(MemoryEngine::new());
             let mut members = config.peers.clone();
             members
                 .entry(config.node_id)
                 .or_insert_with(|| config.grpc_listen.to_string());
             let mut node = RaftNode::start(NodeOptions {
                 node_id: config.node_id,
-                dir: config.data_dir.join("raft"),
+                dir: raft_dir,
                 engine: engine.clone(),
+                durability: fleetmq_cluster::Durability::SnapshotFile(snapshot_file),
                 trees: persist::TREES,
                 grpc_listen: config.grpc_listen,
                 members,

@@ -21,7 +21,8 @@
 //! apply order (see docs/cluster-design.md).
 
 use std::collections::BTreeSet;
-use std::io::Cursor;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -135,17 +136,49 @@ where
     tokio::task::spawn_blocking(f).await?
 }
 
-/// Keeps `candidate` as the current snapshot, in memory and under [`SNAPSHOT_KEY`], unless the
-/// current one is newer (a snapshot installed while this one was being built). Returns whether
-/// it was kept. Blocking.
+/// Where the state machine keeps its snapshot, and so what survives a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durability {
+    /// The engine is durable (sled): the snapshot and the applied state live in its
+    /// [`META_TREE`], and a restart reads them back.
+    Engine,
+    /// The engine is memory: the snapshot is this file, loaded into the engine on open;
+    /// a restart re-applies the Raft log's entries after it. The Raft log is the durable
+    /// record either way (apply never flushed), so this changes only where the state is
+    /// rebuilt from, and spares every node the per-write cost of a disk-backed tree
+    /// (docs/cluster-design.md, "The state machine in memory").
+    SnapshotFile(PathBuf),
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one, whole:
+/// a temporary file, fsynced, renamed over it, and the directory fsynced. Blocking.
+pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Keeps `candidate` as the current snapshot, in memory and where `durability` says,
+/// unless the current one is newer (a snapshot installed while this one was being
+/// built). Returns whether it was kept. Blocking.
 ///
-/// `batch` is written with it, atomically; the engine is flushed, since openraft purges the
-/// log up to a snapshot once it has one.
+/// `batch` is written with it (atomically, for a durable engine); the snapshot is on
+/// disk before this returns, since openraft purges the log up to a snapshot once it has
+/// one.
 fn keep_snapshot(
     engine: &dyn KvEngine,
     current: &CurrentSnapshot,
     candidate: StoredSnapshot,
     mut batch: WriteBatch,
+    durability: &Durability,
 ) -> Result<bool, StoreError> {
     // Held across the write so that a concurrent build and install cannot interleave their
     // compare and their write. The guarded value is replaced whole, so a poisoned lock holds
@@ -157,11 +190,137 @@ fn keep_snapshot(
     {
         return Ok(false);
     }
-    batch.put(META_TREE, SNAPSHOT_KEY, encode(&candidate)?);
-    engine.write(batch)?;
-    engine.flush()?;
+    match durability {
+        Durability::Engine => {
+            batch.put(META_TREE, SNAPSHOT_KEY, encode(&candidate)?);
+            engine.write(batch)?;
+            engine.flush()?;
+        }
+        Durability::SnapshotFile(path) => {
+            // The file first: after a crash the node restarts from it, and the entries
+            // after it are still in the log.
+            write_file_atomically(path, &encode(&candidate)?)?;
+            engine.write(batch)?;
+        }
+    }
     *guard = Some(candidate);
     Ok(true)
+}
+
+/// The writes that make an engine hold `trees` (a snapshot's) and `applied`, after
+/// emptying every tree in `known`. Trees a snapshot names that are not known are skipped.
+fn restore_batch(
+    known: &'static [&'static str],
+    trees: Vec<TreeDump>,
+    applied: &AppliedState,
+) -> Result<WriteBatch, StoreError> {
+    let mut batch = WriteBatch::new();
+    for tree in known {
+        batch.delete_prefix(tree, Vec::new());
+    }
+    for dump in trees {
+        let Some(tree) = known.iter().copied().find(|t| *t == dump.name) else {
+            tracing::warn!(tree = %dump.name, "snapshot holds an unknown tree; skipped");
+            continue;
+        };
+        for (key, value) in dump.pairs {
+            batch.put(tree, key, value);
+        }
+    }
+    batch.put(META_TREE, APPLIED_KEY, encode(applied)?);
+    Ok(batch)
+}
+
+/// The snapshot kept in `path`, if there is one. Blocking.
+fn read_snapshot_file(path: &Path) -> Result<Option<(StoredSnapshot, SnapshotBlob)>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let unreadable =
+        |e: postcard::Error| StoreError::Corrupt(format!("state snapshot {}: {e}", path.display()));
+    let stored: StoredSnapshot = postcard::from_bytes(&bytes).map_err(unreadable)?;
+    let format = stored.data.first().copied();
+    if format != Some(SNAPSHOT_FORMAT) {
+        return Err(StoreError::Incompatible {
+            what: "state snapshot",
+            found: format.map_or_else(|| "none".to_owned(), |f| f.to_string()),
+            expected: SNAPSHOT_FORMAT.to_string(),
+        });
+    }
+    let blob: SnapshotBlob = postcard::from_bytes(&stored.data).map_err(unreadable)?;
+    Ok(Some((stored, blob)))
+}
+
+/// The state a state machine kept in a durable engine holds (a `store` directory of
+/// a release before the state machine moved to memory), as the bytes of a snapshot
+/// file; `None` if it never applied an entry. Blocking.
+pub fn export_engine_state(
+    engine: &dyn KvEngine,
+    trees: &'static [&'static str],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    check_or_mark_format(engine)?;
+    let applied = stored_applied_state(engine)?;
+    if applied.last_applied.is_none() {
+        return Ok(None);
+    }
+    let dump = trees
+        .iter()
+        .map(|name| {
+            Ok(TreeDump {
+                name: (*name).to_owned(),
+                pairs: engine.scan_prefix(name, b"")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let candidate = snapshot_of(applied, dump)?;
+    Ok(Some(encode(&candidate)?))
+}
+
+/// A snapshot of `trees` as of `applied`.
+fn snapshot_of(applied: AppliedState, trees: Vec<TreeDump>) -> Result<StoredSnapshot, StoreError> {
+    let meta = SnapshotMeta {
+        last_log_id: applied.last_applied,
+        last_membership: applied.last_membership.clone(),
+        snapshot_id: snapshot_id(applied.last_applied),
+    };
+    let blob = SnapshotBlob {
+        format: SNAPSHOT_FORMAT,
+        applied,
+        trees,
+    };
+    Ok(StoredSnapshot {
+        meta,
+        data: encode(&blob)?,
+    })
+}
+
+/// Checks that the store in `engine` has the layout this build reads, and marks a fresh
+/// one. Blocking.
+fn check_or_mark_format(engine: &dyn KvEngine) -> Result<(), StoreError> {
+    match engine.get(META_TREE, FORMAT_KEY)? {
+        Some(v) if v == DATA_FORMAT => Ok(()),
+        found => {
+            let written_before = engine.get(META_TREE, APPLIED_KEY)?.is_some();
+            if found.is_some() || written_before {
+                return Err(StoreError::Incompatible {
+                    what: "state machine store",
+                    found: found.map_or_else(
+                        || "1 (unmarked)".to_owned(),
+                        |v| String::from_utf8_lossy(&v).into_owned(),
+                    ),
+                    expected: String::from_utf8_lossy(DATA_FORMAT).into_owned(),
+                });
+            }
+            // A fresh store. Not flushed: a crash keeps a prefix of the engine's
+            // writes, so a store that has `applied` has its format too.
+            let mut batch = WriteBatch::new();
+            batch.put(META_TREE, FORMAT_KEY, DATA_FORMAT);
+            engine.write(batch)?;
+            Ok(())
+        }
+    }
 }
 
 /// The replicated state machine over a [`KvEngine`] shared with the broker.
@@ -176,6 +335,7 @@ pub struct StateMachineStore {
     applied: AppliedState,
     current: CurrentSnapshot,
     feed: FeedSlot,
+    durability: Durability,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -212,41 +372,46 @@ impl StateMachineStore {
         engine: Arc<dyn KvEngine>,
         trees: &'static [&'static str],
     ) -> Result<Self, StoreError> {
+        Self::open(engine, trees, Durability::Engine)
+    }
+
+    /// Opens the state machine over `engine`, kept as `durability` says: with
+    /// [`Durability::SnapshotFile`], `engine` is an empty memory engine, filled here from
+    /// the snapshot file if there is one. Blocking.
+    pub fn open(
+        engine: Arc<dyn KvEngine>,
+        trees: &'static [&'static str],
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
         if trees.contains(&META_TREE) {
             return Err(StoreError::ReservedTree(META_TREE));
         }
-        match engine.get(META_TREE, FORMAT_KEY)? {
-            Some(v) if v == DATA_FORMAT => {}
-            found => {
-                let written_before = engine.get(META_TREE, APPLIED_KEY)?.is_some();
-                if found.is_some() || written_before {
-                    return Err(StoreError::Incompatible {
-                        what: "state machine store",
-                        found: found.map_or_else(
-                            || "1 (unmarked)".to_owned(),
-                            |v| String::from_utf8_lossy(&v).into_owned(),
-                        ),
-                        expected: String::from_utf8_lossy(DATA_FORMAT).into_owned(),
-                    });
+        check_or_mark_format(engine.as_ref())?;
+        let current = match &durability {
+            Durability::Engine => engine
+                .get(META_TREE, SNAPSHOT_KEY)?
+                .map(|v| decode(&v))
+                .transpose()?,
+            Durability::SnapshotFile(path) => match read_snapshot_file(path)? {
+                Some((stored, blob)) => {
+                    engine.write(restore_batch(trees, blob.trees, &blob.applied)?)?;
+                    tracing::info!(
+                        snapshot = %stored.meta,
+                        "state loaded from the snapshot file; the log's later entries follow"
+                    );
+                    Some(stored)
                 }
-                // A fresh store. Not flushed: a crash keeps a prefix of the engine's
-                // writes, so a store that has `applied` has its format too.
-                let mut batch = WriteBatch::new();
-                batch.put(META_TREE, FORMAT_KEY, DATA_FORMAT);
-                engine.write(batch)?;
-            }
-        }
+                None => None,
+            },
+        };
         let applied = stored_applied_state(engine.as_ref())?;
-        let current = engine
-            .get(META_TREE, SNAPSHOT_KEY)?
-            .map(|v| decode(&v))
-            .transpose()?;
         Ok(Self {
             engine,
             trees,
             applied,
             current: Arc::new(Mutex::new(current)),
             feed: FeedSlot::default(),
+            durability,
         })
     }
 
@@ -263,11 +428,6 @@ impl StateMachineStore {
     /// The trees commands may write.
     pub fn trees(&self) -> &'static [&'static str] {
         self.trees
-    }
-
-    /// The known tree called `name`, as the `&'static str` a [`WriteBatch`] needs.
-    fn resolve(&self, name: &str) -> Option<&'static str> {
-        self.trees.iter().copied().find(|t| *t == name)
     }
 
     /// Applies `entries` to the engine in one atomic write, admitting each command
@@ -528,6 +688,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             current: Arc::clone(&self.current),
             applied: self.applied.clone(),
             dump: Some(dump),
+            durability: self.durability.clone(),
         }
     }
 
@@ -558,24 +719,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
         // Every known tree is emptied and refilled in the batch that also moves `applied`, so
         // readers see the old state or the new one, never a mix.
-        let mut batch = WriteBatch::new();
-        for tree in self.trees {
-            batch.delete_prefix(tree, Vec::new());
-        }
-        for dump in blob.trees {
-            let Some(tree) = self.resolve(&dump.name) else {
-                tracing::warn!(tree = %dump.name, "snapshot holds an unknown tree; skipped");
-                continue;
-            };
-            for (key, value) in dump.pairs {
-                batch.put(tree, key, value);
-            }
-        }
-        batch.put(
-            META_TREE,
-            APPLIED_KEY,
-            encode(&applied).raft(subject(), ErrorVerb::Write)?,
-        );
+        let batch =
+            restore_batch(self.trees, blob.trees, &applied).raft(subject(), ErrorVerb::Write)?;
 
         let engine = Arc::clone(&self.engine);
         let current = Arc::clone(&self.current);
@@ -588,9 +733,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // the new one.
         let feed = Arc::clone(&self.feed);
         let feed = feed.lock().await;
-        let installed = blocking(move || keep_snapshot(&*engine, &current, candidate, batch))
-            .await
-            .raft(subject(), ErrorVerb::Write)?;
+        let durability = self.durability.clone();
+        let installed =
+            blocking(move || keep_snapshot(&*engine, &current, candidate, batch, &durability))
+                .await
+                .raft(subject(), ErrorVerb::Write)?;
         if installed {
             self.applied = applied;
             if let Some(feed) = feed.as_ref() {
@@ -632,6 +779,7 @@ pub struct StateMachineSnapshotBuilder {
     /// The trees as read in `get_snapshot_builder`, or why they could not be; taken by the
     /// first build.
     dump: Option<Result<Vec<TreeDump>, StoreError>>,
+    durability: Durability,
 }
 
 impl std::fmt::Debug for StateMachineSnapshotBuilder {
@@ -650,25 +798,23 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
             .take()
             .unwrap_or_else(|| Err(StoreError::Corrupt("snapshot builder used twice".into())))
             .raft(subject(), ErrorVerb::Read)?;
-        let blob = SnapshotBlob {
-            format: SNAPSHOT_FORMAT,
-            applied: self.applied.clone(),
-            trees,
-        };
-        let data = encode(&blob).raft(subject(), ErrorVerb::Write)?;
-        let meta = SnapshotMeta {
-            last_log_id: self.applied.last_applied,
-            last_membership: self.applied.last_membership.clone(),
-            snapshot_id: snapshot_id(self.applied.last_applied),
-        };
-        let candidate = StoredSnapshot { meta, data };
+        let candidate =
+            snapshot_of(self.applied.clone(), trees).raft(subject(), ErrorVerb::Write)?;
         let snapshot = candidate.to_snapshot();
         let engine = Arc::clone(&self.engine);
         let current = Arc::clone(&self.current);
-        let kept =
-            blocking(move || keep_snapshot(&*engine, &current, candidate, WriteBatch::new()))
-                .await
-                .raft(subject(), ErrorVerb::Write)?;
+        let durability = self.durability.clone();
+        let kept = blocking(move || {
+            keep_snapshot(
+                &*engine,
+                &current,
+                candidate,
+                WriteBatch::new(),
+                &durability,
+            )
+        })
+        .await
+        .raft(subject(), ErrorVerb::Write)?;
         if !kept {
             tracing::info!(snapshot = %snapshot.meta, "a newer snapshot was installed meanwhile");
         }
