@@ -351,3 +351,29 @@ async fn raw_writes_of_an_upgraded_log_apply_as_before_and_reload_the_router() {
     assert_eq!(stored.sessions.len(), 1);
     assert_eq!(stored.sessions[0].1.expiry_interval, 30);
 }
+
+/// With the state machine in memory a snapshot is all a restart has, and it holds the
+/// trees the store was opened with: a command writing another tree stops the node
+/// instead of being lost at the next restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_writing_a_tree_snapshots_do_not_hold_stops_the_state_machine() {
+    static ONLY_SESSIONS: &[&str] = &[persist::SESSIONS, persist::OWNERS];
+    let engine: Arc<dyn KvEngine> = Arc::new(MemoryEngine::new());
+    let mut sm = StateMachineStore::new(Arc::clone(&engine), ONLY_SESSIONS).unwrap();
+    let result = sm
+        .apply([entry(
+            1,
+            1,
+            vec![Command::SetSetting {
+                name: "acl".into(),
+                value: Some(vec![1]),
+            }],
+        )])
+        .await;
+    let error = result.expect_err("a write outside the snapshot's trees is an error");
+    assert!(
+        error.to_string().contains("snapshots do not hold"),
+        "the error says why: {error}"
+    );
+    assert_eq!(engine.get(persist::SETTINGS, b"acl").unwrap(), None);
+}

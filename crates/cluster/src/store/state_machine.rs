@@ -538,6 +538,15 @@ impl StateMachineStore {
             });
         }
         let mut batch = staged.into_batch();
+        // A snapshot holds the listed trees only, and with the state machine in memory a
+        // snapshot is all a restart has: a write elsewhere would be lost then, so it
+        // stops the node now (the same on every node) instead.
+        if let Some(op) = batch.ops().iter().find(|op| !trees.contains(&op.tree())) {
+            return Err(StoreError::Corrupt(format!(
+                "a command wrote tree {:?}, which snapshots do not hold",
+                op.tree()
+            )));
+        }
         batch.put(META_TREE, APPLIED_KEY, encode(&applied)?);
         engine.write(batch)?;
         if feed_node.is_some() && legacy_applied {
