@@ -56,7 +56,16 @@ impl KvEngine for MemoryEngine {
         for op in batch.into_ops() {
             match op {
                 WriteOp::Put { tree, key, value } => {
-                    trees.entry(tree.to_owned()).or_default().insert(key, value);
+                    // Only a tree's first put allocates its name: the state machine of a
+                    // cluster node puts every replicated write through here.
+                    match trees.get_mut(tree) {
+                        Some(t) => {
+                            t.insert(key, value);
+                        }
+                        None => {
+                            trees.entry(tree.to_owned()).or_default().insert(key, value);
+                        }
+                    }
                 }
                 WriteOp::Delete { tree, key } => {
                     if let Some(t) = trees.get_mut(tree) {
