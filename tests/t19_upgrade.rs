@@ -77,6 +77,14 @@ async fn a_data_directory_of_the_previous_release_is_upgraded_and_loses_nothing(
     );
     assert!(!data.join("store").exists(), "the old store is moved aside");
     assert!(data.join("store.before-upgrade").is_dir());
+    // And its sled Raft log became segment files.
+    assert!(
+        log.contains("raft log moved from sled into segment files"),
+        "the log says where the Raft log went"
+    );
+    assert!(data.join("raft/raft-wal").is_dir(), "the segment log");
+    assert!(data.join("raft/raft-log.before-upgrade").is_dir());
+    assert!(!data.join("raft/raft-log").exists());
 
     // After the upgrade the state lives in memory: a SIGKILL loses it, and the node
     // comes back from the snapshot file and the log after it.

@@ -20,7 +20,7 @@ pub use network::{ForwardSink, ForwarderConfig, GrpcForwarder, PeerAddressLookup
 pub use node::{NodeError, NodeOptions, RaftNode};
 pub use store::{
     adopt_engine_store, open_raft_storage, open_raft_storage_kept, ApplyFeed, Durability, FeedSlot,
-    SledLogReader, SledLogStore, StateMachineSnapshotBuilder, StateMachineStore, StoreError,
-    META_TREE, SNAPSHOT_FILE,
+    FileLogReader, FileLogStore, SledLogReader, SledLogStore, StateMachineSnapshotBuilder,
+    StateMachineStore, StoreError, META_TREE, SNAPSHOT_FILE,
 };
 pub use types::{ClusterOp, ClusterRequest, ClusterResponse, NodeId, TypeConfig};

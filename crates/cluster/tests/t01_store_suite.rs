@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use fleetmq_cluster::{
-    open_raft_storage, ClusterOp, ClusterRequest, ClusterResponse, NodeId, SledLogStore,
-    StateMachineStore, StoreError, TypeConfig, META_TREE,
+    open_raft_storage, ClusterOp, ClusterRequest, ClusterResponse, FileLogStore, NodeId,
+    SledLogStore, StateMachineStore, StoreError, TypeConfig, META_TREE,
 };
 use fleetmq_storage::{KvEngine, KvPair, MemoryEngine, SledEngine};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
@@ -85,10 +85,10 @@ struct Builder {
     sled_engine: bool,
 }
 
-impl StoreBuilder<TypeConfig, SledLogStore, StateMachineStore, TempDir> for Builder {
+impl StoreBuilder<TypeConfig, FileLogStore, StateMachineStore, TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(TempDir, SledLogStore, StateMachineStore), StorageError<NodeId>> {
+    ) -> Result<(TempDir, FileLogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().map_err(io_err)?;
         let engine: Arc<dyn KvEngine> = if self.sled_engine {
             Arc::new(SledEngine::open(&dir.path().join("sm")).map_err(io_err)?)
@@ -96,6 +96,20 @@ impl StoreBuilder<TypeConfig, SledLogStore, StateMachineStore, TempDir> for Buil
             Arc::new(MemoryEngine::new())
         };
         let (log, sm) = open_raft_storage(dir.path(), engine, TREES).map_err(io_err)?;
+        Ok((dir, log, sm))
+    }
+}
+
+/// The log as releases before segment files kept it: still read, to move it.
+struct SledLogBuilder;
+
+impl StoreBuilder<TypeConfig, SledLogStore, StateMachineStore, TempDir> for SledLogBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, SledLogStore, StateMachineStore), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().map_err(io_err)?;
+        let log = SledLogStore::open(&dir.path().join("raft-log")).map_err(io_err)?;
+        let sm = StateMachineStore::new(Arc::new(MemoryEngine::new()), TREES).map_err(io_err)?;
         Ok((dir, log, sm))
     }
 }
@@ -108,6 +122,11 @@ fn openraft_suite_with_sled_engine() {
 #[test]
 fn openraft_suite_with_memory_engine() {
     Suite::test_all(Builder { sled_engine: false }).unwrap();
+}
+
+#[test]
+fn openraft_suite_with_the_sled_log() {
+    Suite::test_all(SledLogBuilder).unwrap();
 }
 
 // --- the log store ----------------------------------------------------------------------
@@ -483,7 +502,7 @@ fn crash_payload(i: u64) -> Vec<u8> {
     vec![(i % 251) as u8; 64 + (i as usize * 7919) % 4000]
 }
 
-fn open_node(dir: &Path) -> (Arc<dyn KvEngine>, SledLogStore, StateMachineStore) {
+fn open_node(dir: &Path) -> (Arc<dyn KvEngine>, FileLogStore, StateMachineStore) {
     let engine: Arc<dyn KvEngine> = Arc::new(SledEngine::open(&dir.join("sm")).unwrap());
     let (log, sm) = open_raft_storage(dir, Arc::clone(&engine), TREES).unwrap();
     (engine, log, sm)
@@ -668,4 +687,174 @@ fn entries_round_trip_with_any_payload() {
         log.blocking_append(entries.clone()).await.unwrap();
         assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries);
     });
+}
+
+// --- the segment-file log --------------------------------------------------------------
+
+fn segment(dir: &Path, first: u64) -> std::path::PathBuf {
+    dir.join(format!("{first:020}.wal"))
+}
+
+#[test]
+fn the_segment_log_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let vote = Vote::new_committed(3, 2);
+    rt.block_on(async {
+        let mut log = FileLogStore::open(dir.path()).unwrap();
+        log.blocking_append((1..=5).map(|i| normal(i, vec![put("sessions", [i as u8], "v")])))
+            .await
+            .unwrap();
+        log.blocking_append([membership(6, &[1, 2, 3])])
+            .await
+            .unwrap();
+        log.blocking_append((7..=9).map(|i| normal(i, vec![])))
+            .await
+            .unwrap();
+        log.save_vote(&vote).await.unwrap();
+        log.save_committed(Some(log_id(1, 1, 6))).await.unwrap();
+        log.purge(log_id(1, 1, 2)).await.unwrap();
+        log.truncate(log_id(1, 1, 8)).await.unwrap();
+    });
+    rt.block_on(async {
+        let mut log = FileLogStore::open(dir.path()).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 2)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, 7)));
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1, 6)));
+        let entries = log.try_get_log_entries(0..100).await.unwrap();
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, vec![3, 4, 5, 6, 7]);
+        assert_eq!(entries[0], normal(3, vec![put("sessions", [3], "v")]));
+        assert_eq!(entries[3], membership(6, &[1, 2, 3]));
+        let mut reader = log.get_log_reader().await;
+        assert_eq!(
+            reader.try_get_log_entries(4..=5).await.unwrap(),
+            entries[1..3]
+        );
+        assert_eq!(reader.try_get_log_entries(6..).await.unwrap(), entries[3..]);
+        assert!(reader.try_get_log_entries(5..5).await.unwrap().is_empty());
+        // Appends go on after the truncation.
+        log.blocking_append([normal(8, vec![])]).await.unwrap();
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(1, 1, 8))
+        );
+    });
+}
+
+/// A crash during an append leaves a record cut short at the end: it was never
+/// acknowledged (its sync had not returned), and opening cuts it off. Anything else
+/// that does not read back whole, with records after it, is damage: refused.
+#[test]
+fn a_torn_tail_is_cut_and_damage_before_other_records_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let mut log = FileLogStore::open(dir.path()).unwrap();
+        log.blocking_append((1..=3).map(|i| normal(i, vec![put("sessions", [i as u8], "v")])))
+            .await
+            .unwrap();
+    });
+    let path = segment(dir.path(), 1);
+    let whole = std::fs::read(&path).unwrap();
+    // Half of a fourth record.
+    let mut torn = whole.clone();
+    let mut fourth = Vec::new();
+    fourth.extend_from_slice(&4u64.to_le_bytes());
+    fourth.extend_from_slice(&100u32.to_le_bytes());
+    fourth.extend_from_slice(&[7u8; 30]);
+    torn.extend_from_slice(&fourth);
+    std::fs::write(&path, &torn).unwrap();
+    rt.block_on(async {
+        let mut log = FileLogStore::open(dir.path()).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(3));
+        log.blocking_append([normal(4, vec![])]).await.unwrap();
+        let indexes: Vec<u64> = log
+            .try_get_log_entries(1..=4)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(indexes, [1, 2, 3, 4]);
+    });
+    // A flipped byte inside the first record, the others after it: refused.
+    let mut damaged = std::fs::read(&path).unwrap();
+    damaged[20] ^= 0xff;
+    std::fs::write(&path, &damaged).unwrap();
+    let error = FileLogStore::open(dir.path()).expect_err("damage is not cut off");
+    assert!(
+        error.to_string().contains("is damaged at byte 0"),
+        "the error says where: {error}"
+    );
+}
+
+/// An entry whose record is whole but whose encoding this build cannot read (a newer
+/// release's) is an error naming it, never skipped.
+#[test]
+fn an_undecodable_entry_in_the_segment_log_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let mut log = FileLogStore::open(dir.path()).unwrap();
+        log.blocking_append((1..=2).map(|i| normal(i, vec![])))
+            .await
+            .unwrap();
+    });
+    let path = segment(dir.path(), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let body = vec![0xffu8; 12];
+    bytes.extend_from_slice(&3u64.to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(&body);
+    std::fs::write(&path, &bytes).unwrap();
+    // The record after it is cut as torn; entry 3 itself is whole and read at open.
+    let error = FileLogStore::open(dir.path()).expect_err("entry 3 does not decode");
+    let text = error.to_string();
+    assert!(
+        text.contains(fleetmq_cluster::store::UNDECODABLE_ENTRY) && text.contains(" 3 "),
+        "the error names the entry: {text}"
+    );
+}
+
+/// A data directory of a release that kept the log in sled: the log moves into segment
+/// files at open, vote, committed and purge mark included, and the sled directory is
+/// renamed.
+#[test]
+fn a_sled_log_moves_into_segment_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let vote = Vote::new_committed(4, 1);
+    rt.block_on(async {
+        let mut log = SledLogStore::open(&dir.path().join("raft-log")).unwrap();
+        log.blocking_append(
+            (1..=600).map(|i| normal(i, vec![put("sessions", [(i % 200) as u8], "v")])),
+        )
+        .await
+        .unwrap();
+        log.save_vote(&vote).await.unwrap();
+        log.save_committed(Some(log_id(1, 1, 590))).await.unwrap();
+        log.purge(log_id(1, 1, 10)).await.unwrap();
+    });
+    rt.block_on(async {
+        let (mut log, _sm) =
+            open_raft_storage(dir.path(), Arc::new(MemoryEngine::new()), TREES).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 10)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, 600)));
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1, 590)));
+        let entries = log.try_get_log_entries(0..=600).await.unwrap();
+        assert_eq!(entries.len(), 590);
+        assert_eq!(entries[0], normal(11, vec![put("sessions", [11], "v")]));
+        assert_eq!(entries[589], normal(600, vec![put("sessions", [0], "v")]));
+    });
+    assert!(!dir.path().join("raft-log").exists());
+    assert!(dir.path().join("raft-log.before-upgrade").is_dir());
+    assert!(dir.path().join("raft-wal").is_dir());
 }

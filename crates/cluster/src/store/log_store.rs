@@ -254,6 +254,42 @@ impl SledLogStore {
         self.committed.clone()
     }
 
+    /// What a log moving to another store needs: the vote, the committed and purged
+    /// log ids, and the last entry's index (0 when none). Blocking.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn export_meta(
+        &self,
+    ) -> Result<
+        (
+            Option<Vote<NodeId>>,
+            Option<LogId<NodeId>>,
+            Option<LogId<NodeId>>,
+            u64,
+        ),
+        StoreError,
+    > {
+        let vote = read_meta(&self.tree, VOTE_KEY)?;
+        let committed: Option<Option<LogId<NodeId>>> = read_meta(&self.tree, COMMITTED_KEY)?;
+        let last = match self
+            .tree
+            .range(entry_key(0)..=entry_key(u64::MAX))
+            .next_back()
+            .transpose()?
+        {
+            Some((key, value)) => decode_entry(&key, &value)?.log_id.index,
+            None => 0,
+        };
+        Ok((vote, committed.flatten(), self.last_purged()?, last))
+    }
+
+    /// The entries in `range`, in index order. Blocking.
+    pub(crate) fn export_entries(
+        &self,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        read_entries(&self.tree, range)
+    }
+
     fn last_purged(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
         read_meta(&self.tree, PURGED_KEY)
     }

@@ -9,6 +9,7 @@
 mod error;
 mod log_store;
 mod state_machine;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,9 +23,13 @@ pub use state_machine::{
     stored_applied_index, ApplyFeed, FeedSlot, StateMachineSnapshotBuilder, StateMachineStore,
     META_TREE,
 };
+pub use wal::{FileLogReader, FileLogStore};
 
-/// The log store's directory under a node's Raft directory.
+/// The directory of the Raft log as releases before segment files kept it (sled), under
+/// a node's Raft directory; moved into [`WAL_DIR`] at start.
 pub const LOG_DIR: &str = "raft-log";
+/// The log store's directory under a node's Raft directory.
+pub const WAL_DIR: &str = "raft-wal";
 
 /// The state machine's snapshot file under a node's Raft directory, when the state
 /// machine is kept in memory ([`Durability::SnapshotFile`]).
@@ -37,7 +42,7 @@ pub fn open_raft_storage(
     dir: &Path,
     engine: Arc<dyn KvEngine>,
     trees: &'static [&'static str],
-) -> Result<(SledLogStore, StateMachineStore), StoreError> {
+) -> Result<(FileLogStore, StateMachineStore), StoreError> {
     open_raft_storage_kept(dir, engine, trees, Durability::Engine)
 }
 
@@ -47,10 +52,42 @@ pub fn open_raft_storage_kept(
     engine: Arc<dyn KvEngine>,
     trees: &'static [&'static str],
     durability: Durability,
-) -> Result<(SledLogStore, StateMachineStore), StoreError> {
-    let log = SledLogStore::open(&dir.join(LOG_DIR))?;
+) -> Result<(FileLogStore, StateMachineStore), StoreError> {
+    adopt_sled_log(dir)?;
+    let log = FileLogStore::open(&dir.join(WAL_DIR))?;
     let sm = StateMachineStore::open(engine, trees, durability)?;
     Ok((log, sm))
+}
+
+/// Moves a log an earlier release kept in sled (`dir`/[`LOG_DIR`], upgraded from format 2
+/// on the way) into segment files (`dir`/[`WAL_DIR`]), and renames the sled directory
+/// `raft-log.before-upgrade`. The copy is made beside and renamed into place, so a crash
+/// leaves either the sled log (copied again at the next start) or both (then only
+/// renamed). Blocking.
+fn adopt_sled_log(dir: &Path) -> Result<(), StoreError> {
+    let sled_dir = dir.join(LOG_DIR);
+    let wal_dir = dir.join(WAL_DIR);
+    if !sled_dir.exists() {
+        return Ok(());
+    }
+    if !wal_dir.exists() {
+        let building = dir.join(format!("{WAL_DIR}.partial"));
+        if building.exists() {
+            std::fs::remove_dir_all(&building)?;
+        }
+        let copied = {
+            let sled = SledLogStore::open(&sled_dir)?;
+            wal::copy_from_sled(&building, &sled)?
+        };
+        std::fs::rename(&building, &wal_dir)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        tracing::info!(
+            entries = copied,
+            "raft log moved from sled into segment files"
+        );
+    }
+    std::fs::rename(&sled_dir, dir.join(format!("{LOG_DIR}.before-upgrade")))?;
+    Ok(())
 }
 
 /// Moves the state a previous release kept in a sled store (`store_dir`) into a snapshot
